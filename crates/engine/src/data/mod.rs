@@ -1,0 +1,1 @@
+//! Datasets: format detection, parsing, rendering, tokenisation with loss masks, batching.

@@ -1,0 +1,105 @@
+//! The engine's one error type. Every variant names what was wrong and where (file, line,
+//! field or tensor), so a user reading it knows what to fix; the app maps [`Error::code`] to a
+//! stable string at its IPC boundary.
+
+use std::path::PathBuf;
+
+/// Errors raised anywhere in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file that does not parse, or a field with the wrong type.
+    #[error("{path}: {message}")]
+    Json { path: PathBuf, message: String },
+    /// A config value that parses but is not acceptable (missing, out of range, inconsistent).
+    #[error("{file}: field `{field}`: {message}")]
+    Config {
+        file: String,
+        field: String,
+        message: String,
+    },
+    /// An architecture, rope scaling, tensor type or format we do not implement.
+    #[error("{what} is not supported: {found}. Supported: {supported}")]
+    Unsupported {
+        what: String,
+        found: String,
+        supported: String,
+    },
+    /// A tensor that is missing, has the wrong shape or cannot be read.
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Tensor {
+        file: String,
+        tensor: String,
+        message: String,
+    },
+    /// A GGUF file that cannot be read or lacks a required key.
+    #[error("{file}: {message}")]
+    Gguf { file: String, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    /// Downloading from the Hugging Face hub failed.
+    #[error("hub: {repo}: {message}")]
+    Hub { repo: String, message: String },
+    /// A dataset row or file that cannot be used; `line` is 1-based.
+    #[error("{file}:{line}: {field}: {message}")]
+    Data {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+    /// A bad argument to an engine call (flag values, settings).
+    #[error("invalid setting `{name}`: {message}")]
+    Invalid { name: String, message: String },
+    /// The caller cancelled a long job.
+    #[error("cancelled")]
+    Cancelled,
+    /// A numerical failure inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Short alias used across the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A stable machine-readable code for front ends (the app's `{code, message, details}`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "Io",
+            Error::Json { .. } => "BadJson",
+            Error::Config { .. } => "BadConfig",
+            Error::Unsupported { .. } => "NotSupported",
+            Error::Tensor { .. } => "BadTensor",
+            Error::Gguf { .. } => "BadGguf",
+            Error::Tokenizer(_) => "Tokenizer",
+            Error::Template(_) => "ChatTemplate",
+            Error::Hub { .. } => "Hub",
+            Error::Data { .. } => "BadDataset",
+            Error::Invalid { .. } => "InvalidSetting",
+            Error::Cancelled => "Cancelled",
+            Error::Candle(_) => "Compute",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(name: &str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            name: name.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Generation: chat templates, sampling, streaming.
+
+pub mod template;

@@ -1,0 +1,1 @@
+//! Chat templates (Hugging Face Jinja semantics) rendered with minijinja.

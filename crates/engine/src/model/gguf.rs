@@ -1,0 +1,1 @@
+//! GGUF import (llama architecture): metadata → Config, tensors → f32 HF names, tokenizer.

@@ -1,0 +1,1 @@
+//! Hugging Face hub downloads through hf-hub, with byte-level progress.

@@ -1,0 +1,202 @@
+//! Where a model's weights come from, one tensor at a time.
+//!
+//! The decoder is built by asking a [`TensorSource`] for each Hugging Face tensor name in
+//! turn, so that a loader converting to a smaller storage type (bf16, NF4) never holds the
+//! whole model in f32 at once. Sources: safetensors files (single or sharded, memory-mapped,
+//! [`SafetensorsSource`]) and GGUF files (`model::gguf`).
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A read-only store of named tensors, loaded on demand as f32 CPU tensors.
+pub trait TensorSource: Send + Sync {
+    /// Names every tensor, in Hugging Face naming (`model.layers.0.self_attn.q_proj.weight`).
+    fn names(&self) -> Vec<String>;
+    /// Shape of a tensor without loading it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Loads one tensor, converted to f32 on the CPU.
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] naming the file and tensor when it is missing or unreadable.
+    fn load(&self, name: &str) -> Result<Tensor>;
+    /// The file(s) behind this source, for error messages.
+    fn label(&self) -> String;
+    /// Storage type on disk, for `peft info` (`F32`, `BF16`, `Q4_1`, …).
+    fn dtype_summary(&self) -> String;
+
+    fn contains(&self, name: &str) -> bool {
+        self.shape(name).is_some()
+    }
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// One or more `.safetensors` files, memory-mapped.
+pub struct SafetensorsSource {
+    shards: Vec<Shard>,
+    /// tensor name → (shard index, dtype, shape)
+    index: BTreeMap<String, (usize, safetensors::Dtype, Vec<usize>)>,
+}
+
+impl SafetensorsSource {
+    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    ///
+    /// # Errors
+    /// Missing files, a truncated file or a malformed header, each naming the file.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.exists() {
+            Self::open(&[single])
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    file: index.display().to_string(),
+                    field: "weight_map".into(),
+                    message: "missing or not an object".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+            Self::open(&paths)
+        } else {
+            Err(Error::io(
+                single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json in the model folder",
+                ),
+            ))
+        }
+    }
+
+    /// Opens the given safetensors files.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the file is opened read-only; a concurrent writer would be a user error
+            // that at worst yields wrong numbers, which is what every mmap loader accepts.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Tensor {
+                file: path.display().to_string(),
+                tensor: "(header)".into(),
+                message: format!("not a readable safetensors file: {e}"),
+            })?;
+            for (name, view) in st.tensors() {
+                index.insert(name, (i, view.dtype(), view.shape().to_vec()));
+            }
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+            });
+        }
+        Ok(Self { shards, index })
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.index.get(name).map(|(_, _, s)| s.clone())
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let (i, _, _) = self.index.get(name).ok_or_else(|| Error::Tensor {
+            file: self.label(),
+            tensor: name.into(),
+            message: "missing".into(),
+        })?;
+        let shard = &self.shards[*i];
+        let err = |message: String| Error::Tensor {
+            file: shard.path.display().to_string(),
+            tensor: name.into(),
+            message,
+        };
+        let st = safetensors::SafeTensors::deserialize(&shard.mmap)
+            .map_err(|e| err(e.to_string()))?;
+        let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            other => return Err(err(format!("unsupported dtype {other:?} (F32, F16, BF16)"))),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn label(&self) -> String {
+        match self.shards.as_slice() {
+            [one] => one.path.display().to_string(),
+            many => format!(
+                "{} (+{} shards)",
+                many[0].path.display(),
+                many.len().saturating_sub(1)
+            ),
+        }
+    }
+
+    fn dtype_summary(&self) -> String {
+        let mut kinds: Vec<String> = self
+            .index
+            .values()
+            .map(|(_, d, _)| format!("{d:?}"))
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds.join("+")
+    }
+}
+
+/// An in-memory source, for tests and for models built in code.
+pub struct MemorySource {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub label: String,
+}
+
+impl TensorSource for MemorySource {
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.dims().to_vec())
+    }
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::Tensor {
+            file: self.label.clone(),
+            tensor: name.into(),
+            message: "missing".into(),
+        })?;
+        Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+    fn dtype_summary(&self) -> String {
+        "F32".into()
+    }
+}

@@ -1,0 +1,1 @@
+//! Fused CPU ops with their own backward pass, where candle's fast kernels have none.

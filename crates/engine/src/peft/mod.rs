@@ -1,0 +1,3 @@
+//! Parameter-efficient fine-tuning: LoRA, QLoRA (NF4), selective.
+
+pub mod nf4;
