@@ -1,1 +1,6 @@
 //! Datasets: format detection, parsing, rendering, tokenisation with loss masks, batching.
+
+pub mod batch;
+pub mod formats;
+pub mod inspect;
+pub mod render;

@@ -1,3 +1,4 @@
 //! Generation: chat templates, sampling, streaming.
 
+pub mod generate;
 pub mod template;

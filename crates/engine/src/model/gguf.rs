@@ -1,1 +1,598 @@
-//! GGUF import (llama architecture): metadata → Config, tensors → f32 HF names, tokenizer.
+//! GGUF import for the `llama` architecture: metadata → [`Config`], tensors → f32 tensors under
+//! Hugging Face names ([`GgufSource`]), tokenizer metadata → [`crate::Tokenizer`]
+//! (`model::gguf_tokenizer`). [`open_gguf`] does all three.
+//!
+//! Tensor names: `token_embd.weight` → `model.embed_tokens.weight`, `output_norm.weight` →
+//! `model.norm.weight`, `output.weight` → `lm_head.weight` (absent ⇒ tied embeddings), and per
+//! block `blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}`
+//! → `model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, input_layernorm,
+//! post_attention_layernorm}` (weights, and biases where the file has them).
+//!
+//! RoPE layout: llama.cpp's converter permutes the rows of q_proj and k_proj so that its
+//! interleaved RoPE (pairs `(2i, 2i+1)`) computes what Hugging Face's rotate-half RoPE (pairs
+//! `(i, i + d/2)`) computes on the original rows. Our decoder is rotate-half, so
+//! [`GgufSource::load`] undoes that permutation ([`unpermute_rope_rows`]) for `attn_q`
+//! (`n_head` heads) and `attn_k` (`n_head_kv` heads). Shapes: candle reverses GGUF's
+//! fastest-first dims on read, so a tensor arrives as `[out, in]`, like `nn.Linear.weight`.
+//!
+//! Not supported: other architectures (qwen2, mistral-as-llama is fine, gemma, phi, …), MoE
+//! llamas, rope scaling (`rope_freqs.weight`, `llama.rope.scaling.type`), partial rotary,
+//! tensor types candle 0.11 cannot dequantize (Q8_1, Q8_K, the IQ* and TQ* families).
+//! Writing GGUF is `export::gguf`, not this module.
+
+use crate::error::{Error, Result};
+use crate::model::config::{Config, RawConfig};
+use crate::model::gguf_tokenizer::{gguf_tokenizer, Meta};
+use crate::model::tensors::TensorSource;
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::gguf_file::{Content, TensorInfo};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Architectures [`open_gguf`] imports (`general.architecture`).
+pub const SUPPORTED_ARCHS: &str = "llama";
+/// Tensor types [`GgufSource::load`] dequantizes (what candle 0.11 reads from GGUF).
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+
+/// A GGUF model ready to build our decoder from.
+pub struct GgufModel {
+    pub config: Config,
+    pub source: GgufSource,
+    pub tokenizer: Tokenizer,
+    /// `tokenizer.chat_template` (Jinja), when the file has one.
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// llama.cpp's name for `general.file_type` (`Q4_1`, `Q4_K_M`, `F16`, …).
+    pub file_type: String,
+}
+
+/// Opens a GGUF file: validated config, tensor source, tokenizer and chat metadata.
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be opened; [`Error::Gguf`] naming the file for a file that
+/// is not GGUF, truncated, or lacks a required metadata key (the key is named);
+/// [`Error::Unsupported`] for another architecture, a tensor type candle cannot read (naming
+/// the tensor), rope scaling or MoE; [`Error::Config`] from shared config validation;
+/// [`Error::Tokenizer`] if the tokenizer metadata cannot be built.
+pub fn open_gguf(path: &Path) -> Result<GgufModel> {
+    let file = path.display().to_string();
+    let content = read_content(path)?;
+    let meta = Meta::new(&content.metadata, &file);
+    let arch = meta.string("general.architecture")?;
+    if arch != "llama" {
+        return Err(Error::Unsupported {
+            what: format!("{file}: general.architecture"),
+            found: arch.to_string(),
+            supported: SUPPORTED_ARCHS.into(),
+        });
+    }
+    let source = GgufSource::from_content(path, &content)?;
+    let tokenizer = gguf_tokenizer(&meta)?;
+    let config = llama_config(&meta, &source, &tokenizer)?;
+    let file_type = match meta.opt_u64("general.file_type")? {
+        Some(ft) => file_type_name(ft),
+        None => source.dominant_type(),
+    };
+    Ok(GgufModel {
+        chat_template: meta.opt_string("tokenizer.chat_template")?.map(String::from),
+        bos_token: tokenizer.bos_id.and_then(|id| tokenizer.id_to_token(id)),
+        eos_token: meta
+            .opt_u64("tokenizer.ggml.eos_token_id")?
+            .and_then(|id| tokenizer.id_to_token(id as u32)),
+        config,
+        source,
+        tokenizer,
+        file_type,
+    })
+}
+
+/// `llama.*` metadata → the same [`RawConfig`] a `config.json` gives, validated the same way.
+fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Config> {
+    let file = meta.file;
+    if meta.opt_u64("llama.expert_count")?.unwrap_or(0) > 0 {
+        return Err(Error::Unsupported {
+            what: format!("{file}: llama.expert_count"),
+            found: "mixture of experts".into(),
+            supported: "dense llama models".into(),
+        });
+    }
+    if source.by_gguf_name("rope_freqs.weight") {
+        return Err(Error::Unsupported {
+            what: format!("{file}: tensor `rope_freqs.weight`"),
+            found: "rope scaling (Llama 3.1 style)".into(),
+            supported: "none".into(),
+        });
+    }
+    let head_count = meta.usize("llama.attention.head_count")?;
+    let key_length = meta.opt_u64("llama.attention.key_length")?.map(|v| v as usize);
+    let value_length = meta.opt_u64("llama.attention.value_length")?.map(|v| v as usize);
+    let hidden = meta.usize("llama.embedding_length")?;
+    let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
+    if value_length.is_some_and(|v| v != head_dim) {
+        return Err(Error::Unsupported {
+            what: format!("{file}: llama.attention.value_length"),
+            found: format!("value length {value_length:?} differs from key length {head_dim}"),
+            supported: "equal key and value head sizes".into(),
+        });
+    }
+    if let Some(rot) = meta.opt_u64("llama.rope.dimension_count")? {
+        if rot as usize != head_dim {
+            return Err(Error::Unsupported {
+                what: format!("{file}: llama.rope.dimension_count"),
+                found: format!("partial rotary ({rot} of {head_dim} dims)"),
+                supported: "rotary over the whole head".into(),
+            });
+        }
+    }
+    // Hand scaling to the shared validation, which refuses anything but none.
+    let rope_scaling = match meta.opt_string("llama.rope.scaling.type")? {
+        Some(t) if t != "none" => Some(serde_json::json!({ "rope_type": t })),
+        _ => None,
+    };
+    let vocab = tok.vocab_size();
+    if let Some(rows) = source.shape("model.embed_tokens.weight").map(|s| s[0]) {
+        if rows != vocab {
+            return Err(Error::Gguf {
+                file: file.into(),
+                message: format!(
+                    "tokenizer.ggml.tokens has {vocab} tokens but token_embd.weight has {rows} rows"
+                ),
+            });
+        }
+    }
+    let raw = RawConfig {
+        model_type: Some("llama".into()),
+        vocab_size: Some(vocab),
+        hidden_size: Some(hidden),
+        intermediate_size: Some(meta.usize("llama.feed_forward_length")?),
+        num_hidden_layers: Some(meta.usize("llama.block_count")?),
+        num_attention_heads: Some(head_count),
+        num_key_value_heads: meta.opt_u64("llama.attention.head_count_kv")?.map(|v| v as usize),
+        head_dim: Some(head_dim),
+        rms_norm_eps: Some(meta.f64("llama.attention.layer_norm_rms_epsilon")?),
+        rope_theta: meta.opt_f64("llama.rope.freq_base")?,
+        rope_scaling,
+        max_position_embeddings: meta.opt_u64("llama.context_length")?.map(|v| v as usize),
+        tie_word_embeddings: Some(!source.contains("lm_head.weight")),
+        attention_bias: Some(source.contains("model.layers.0.self_attn.q_proj.bias")),
+        hidden_act: Some("silu".into()),
+        bos_token_id: tok.bos_id,
+        eos_token_id: Some(crate::model::config::OneOrMany::Many(tok.eos_ids.clone())),
+        torch_dtype: Some(source.dtype_summary()),
+        ..RawConfig::default()
+    };
+    raw.validate(file)
+}
+
+/// Maps a llama.cpp tensor name to its Hugging Face name; `None` for names we do not import.
+pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    match gguf_name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = rest.split_once('.')?;
+    let hf_part = match part {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" if suffix == "weight" => "input_layernorm",
+        "ffn_norm" if suffix == "weight" => "post_attention_layernorm",
+        _ => return None,
+    };
+    match suffix {
+        "weight" | "bias" => Some(format!("model.layers.{layer}.{hf_part}.{suffix}")),
+        _ => None,
+    }
+}
+
+/// Reorders rows HF → GGUF, as llama.cpp's converter does for q/k:
+/// `w.reshape(n_heads, 2, head_dim/2, rest).swap(1, 2).reshape(w.shape)`. Works on `[out, in]`
+/// weights and `[out]` biases. Exposed for the GGUF exporter and for tests.
+///
+/// # Errors
+/// [`Error::Invalid`] when `out` is not a multiple of `2 * n_heads`.
+pub fn permute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    reorder_rows(w, n_heads, true)
+}
+
+/// Undoes [`permute_rope_rows`]: GGUF (interleaved RoPE) rows → HF (rotate-half) rows.
+///
+/// # Errors
+/// [`Error::Invalid`] when `out` is not a multiple of `2 * n_heads`.
+pub fn unpermute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    reorder_rows(w, n_heads, false)
+}
+
+fn reorder_rows(w: &Tensor, n_heads: usize, to_gguf: bool) -> Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let out = dims.first().copied().unwrap_or(0);
+    if n_heads == 0 || out % (2 * n_heads) != 0 {
+        return Err(Error::invalid(
+            "n_heads",
+            format!("{out} rows do not split into {n_heads} heads of even size"),
+        ));
+    }
+    let rest = w.elem_count() / out;
+    let half = out / n_heads / 2;
+    // HF order is (head, 2, half): first half of each head, then second half; GGUF interleaves
+    // them as (head, half, 2). Swapping the two middle axes converts either way.
+    let from = if to_gguf { (n_heads, 2, half, rest) } else { (n_heads, half, 2, rest) };
+    Ok(w.reshape(from)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+}
+
+struct Entry {
+    gguf_name: String,
+    dtype: GgmlDType,
+    shape: Vec<usize>,
+    offset: u64,
+    /// Heads to unpermute rows over (q: n_head, k: n_head_kv), `None` for other tensors.
+    rope_heads: Option<usize>,
+}
+
+/// The tensors of one GGUF file, under Hugging Face names. Holds only the index: each
+/// [`TensorSource::load`] reopens the file, reads that one tensor and dequantizes it to f32.
+pub struct GgufSource {
+    path: PathBuf,
+    data_offset: u64,
+    tensors: BTreeMap<String, Entry>,
+}
+
+impl GgufSource {
+    /// Opens a GGUF file's tensor index (reads the header; no tensor data).
+    ///
+    /// # Errors
+    /// As [`open_gguf`], minus the config and tokenizer checks.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::from_content(path, &read_content(path)?)
+    }
+
+    /// Builds the index from an already-read header, checking every tensor's type and that
+    /// its bytes lie inside the file (a truncated download fails here, not mid-load).
+    pub fn from_content(path: &Path, content: &Content) -> Result<Self> {
+        let file = path.display().to_string();
+        let meta = Meta::new(&content.metadata, &file);
+        let n_head = meta.usize("llama.attention.head_count")?;
+        let n_head_kv = meta
+            .opt_u64("llama.attention.head_count_kv")?
+            .map_or(n_head, |v| v as usize);
+        let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let mut tensors = BTreeMap::new();
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        for gguf_name in names {
+            let info = &content.tensor_infos[gguf_name];
+            if !dtype_supported(info.ggml_dtype) {
+                return Err(Error::Unsupported {
+                    what: format!("{file}: tensor `{gguf_name}` type"),
+                    found: type_name(info.ggml_dtype).into(),
+                    supported: SUPPORTED_TYPES.into(),
+                });
+            }
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let start = content.tensor_data_offset.saturating_add(info.offset);
+            if elems % block != 0 || start.saturating_add(bytes) > file_len {
+                return Err(Error::Gguf {
+                    file,
+                    message: format!(
+                        "tensor `{gguf_name}` ({} elements of {}) needs bytes {start}..{} but the \
+                         file has {file_len} bytes: truncated or corrupt",
+                        elems,
+                        type_name(info.ggml_dtype),
+                        start.saturating_add(bytes)
+                    ),
+                });
+            }
+            if gguf_name == "rope_freqs.weight" {
+                // Not a weight of the decoder; kept so `llama_config` can refuse rope scaling.
+                tensors.insert(gguf_name.clone(), entry(gguf_name, info, None));
+                continue;
+            }
+            let Some(hf) = hf_tensor_name(gguf_name) else {
+                return Err(Error::Unsupported {
+                    what: format!("{file}: tensor `{gguf_name}`"),
+                    found: "a tensor name the llama importer does not know".into(),
+                    supported: "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,\
+                                attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}"
+                        .into(),
+                });
+            };
+            let rope_heads = if gguf_name.contains(".attn_q.") {
+                Some(n_head)
+            } else if gguf_name.contains(".attn_k.") {
+                Some(n_head_kv)
+            } else {
+                None
+            };
+            tensors.insert(hf, entry(gguf_name, info, rope_heads));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            data_offset: content.tensor_data_offset,
+            tensors,
+        })
+    }
+
+    /// Storage type of a tensor (Hugging Face name), in llama.cpp spelling (`Q4_K`).
+    pub fn tensor_type(&self, name: &str) -> Option<&'static str> {
+        self.tensors.get(name).map(|e| type_name(e.dtype))
+    }
+
+    /// The GGUF name a Hugging Face name was imported from.
+    pub fn gguf_name(&self, name: &str) -> Option<&str> {
+        self.tensors.get(name).map(|e| e.gguf_name.as_str())
+    }
+
+    fn by_gguf_name(&self, gguf_name: &str) -> bool {
+        self.tensors.values().any(|e| e.gguf_name == gguf_name)
+    }
+
+    /// The type holding the most weights, for files without `general.file_type`.
+    fn dominant_type(&self) -> String {
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in self.tensors.values() {
+            *count.entry(type_name(e.dtype)).or_default() += e.shape.iter().product::<usize>();
+        }
+        let best = count.into_iter().max_by_key(|(_, n)| *n);
+        best.map_or_else(|| "unknown".into(), |(t, _)| t.to_string())
+    }
+}
+
+fn entry(gguf_name: &str, info: &TensorInfo, rope_heads: Option<usize>) -> Entry {
+    Entry {
+        gguf_name: gguf_name.to_string(),
+        dtype: info.ggml_dtype,
+        shape: info.shape.dims().to_vec(),
+        offset: info.offset,
+        rope_heads,
+    }
+}
+
+impl TensorSource for GgufSource {
+    fn names(&self) -> Vec<String> {
+        let decoder = |n: &&String| n.starts_with("model.") || n.starts_with("lm_head.");
+        self.tensors.keys().filter(decoder).cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|e| e.shape.clone())
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let err = |message: String| Error::Tensor {
+            file: self.label(),
+            tensor: name.into(),
+            message,
+        };
+        let e = self.tensors.get(name).ok_or_else(|| err("missing".into()))?;
+        let info = TensorInfo {
+            ggml_dtype: e.dtype,
+            shape: e.shape.clone().into(),
+            offset: e.offset,
+        };
+        let mut f = std::fs::File::open(&self.path).map_err(|io| Error::io(&self.path, io))?;
+        let what = format!("GGUF `{}` ({})", e.gguf_name, type_name(e.dtype));
+        let q = info
+            .read(&mut f, self.data_offset, &Device::Cpu)
+            .map_err(|c| err(format!("reading {what}: {c}")))?;
+        let t = q
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|c| err(format!("dequantizing {what}: {c}")))?;
+        match e.rope_heads {
+            Some(heads) => unpermute_rope_rows(&t, heads).map_err(|x| err(x.to_string())),
+            None => Ok(t),
+        }
+    }
+
+    fn label(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn dtype_summary(&self) -> String {
+        let mut kinds: Vec<&str> = self.tensors.values().map(|e| type_name(e.dtype)).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds.join("+")
+    }
+}
+
+/// Reads the GGUF header; a read failure becomes [`Error::Gguf`] naming the file, and an unknown
+/// tensor type becomes [`Error::Unsupported`] naming the tensor (found by our own header scan,
+/// since candle's message does not say which tensor).
+fn read_content(path: &Path) -> Result<Content> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Content::read(&mut BufReader::new(f)).map_err(|e| {
+        if let Ok(Some((tensor, id))) = find_unknown_type(path) {
+            return Error::Unsupported {
+                what: format!("{file}: tensor `{tensor}` type"),
+                found: format!("{} (ggml type {id})", type_id_name(id)),
+                supported: SUPPORTED_TYPES.into(),
+            };
+        }
+        Error::Gguf {
+            file,
+            message: format!("not a readable GGUF file: {e}"),
+        }
+    })
+}
+
+/// Walks a GGUF v2/v3 header to the first tensor whose type id candle does not know.
+fn find_unknown_type(path: &Path) -> std::io::Result<Option<(String, u32)>> {
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    let version = read_u32(&mut r)?;
+    if &magic != b"GGUF" || !(2..=3).contains(&version) {
+        return Ok(None);
+    }
+    let n_tensors = read_u64(&mut r)?;
+    let n_kv = read_u64(&mut r)?;
+    for _ in 0..n_kv {
+        skip_string(&mut r)?;
+        let ty = read_u32(&mut r)?;
+        skip_value(&mut r, ty)?;
+    }
+    for _ in 0..n_tensors {
+        let len = read_u64(&mut r)?.min(1 << 16);
+        let mut name = vec![0u8; len as usize];
+        r.read_exact(&mut name)?;
+        let n_dims = read_u32(&mut r)?.min(8);
+        r.seek_relative(8 * i64::from(n_dims))?;
+        let ty = read_u32(&mut r)?;
+        read_u64(&mut r)?;
+        if !matches!(ty, 0..=3 | 6..=15 | 30) {
+            return Ok(Some((String::from_utf8_lossy(&name).into_owned(), ty)));
+        }
+    }
+    Ok(None)
+}
+
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn skip_string(r: &mut (impl Read + Seek)) -> std::io::Result<()> {
+    let len = read_u64(r)?;
+    r.seek(SeekFrom::Current(len as i64))?;
+    Ok(())
+}
+
+fn skip_value(r: &mut (impl Read + Seek), ty: u32) -> std::io::Result<()> {
+    let fixed = |ty: u32| match ty {
+        0 | 1 | 7 => Some(1i64),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    };
+    match ty {
+        8 => skip_string(r),
+        9 => {
+            let elem = read_u32(r)?;
+            let n = read_u64(r)?;
+            match fixed(elem) {
+                Some(size) => r.seek(SeekFrom::Current(size * n as i64)).map(|_| ()),
+                None => (0..n).try_for_each(|_| skip_value(r, elem)),
+            }
+        }
+        _ => match fixed(ty) {
+            Some(size) => r.seek(SeekFrom::Current(size)).map(|_| ()),
+            None => Err(std::io::Error::other("bad metadata type")),
+        },
+    }
+}
+
+fn dtype_supported(d: GgmlDType) -> bool {
+    !matches!(d, GgmlDType::Q8_1 | GgmlDType::Q8K)
+}
+
+/// llama.cpp's spelling of a tensor type.
+pub fn type_name(d: GgmlDType) -> &'static str {
+    match d {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// Names of ggml type ids candle does not know (ggml.h `enum ggml_type`).
+fn type_id_name(id: u32) -> &'static str {
+    match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown type",
+    }
+}
+
+/// llama.cpp's name for `general.file_type` (`enum llama_ftype`).
+fn file_type_name(ft: u64) -> String {
+    let name = match ft {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        _ => return format!("file_type {ft}"),
+    };
+    name.to_string()
+}

@@ -1,6 +1,10 @@
 //! Model configuration, weights sources, loading and the decoder.
 
 pub mod config;
+pub mod count;
+pub mod decoder;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod hub;
+pub mod linear;
 pub mod tensors;

@@ -32,9 +32,23 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
+enum Bytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: Bytes,
+}
+
+impl Shard {
+    fn data(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
 }
 
 /// One or more `.safetensors` files, memory-mapped.
@@ -90,24 +104,40 @@ impl SafetensorsSource {
     /// Opens the given safetensors files.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut shards = Vec::new();
-        let mut index = BTreeMap::new();
-        for (i, path) in paths.iter().enumerate() {
+        for path in paths {
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the file is opened read-only; a concurrent writer would be a user error
             // that at worst yields wrong numbers, which is what every mmap loader accepts.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Tensor {
-                file: path.display().to_string(),
-                tensor: "(header)".into(),
-                message: format!("not a readable safetensors file: {e}"),
+            shards.push(Shard {
+                path: path.clone(),
+                bytes: Bytes::Mapped(mmap),
+            });
+        }
+        Self::index(shards)
+    }
+
+    /// A safetensors file compiled into the binary (the bundled demo model).
+    pub fn from_static(label: &str, bytes: &'static [u8]) -> Result<Self> {
+        Self::index(vec![Shard {
+            path: PathBuf::from(label),
+            bytes: Bytes::Static(bytes),
+        }])
+    }
+
+    fn index(shards: Vec<Shard>) -> Result<Self> {
+        let mut index = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let st = safetensors::SafeTensors::deserialize(shard.data()).map_err(|e| {
+                Error::Tensor {
+                    file: shard.path.display().to_string(),
+                    tensor: "(header)".into(),
+                    message: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+                }
             })?;
             for (name, view) in st.tensors() {
                 index.insert(name, (i, view.dtype(), view.shape().to_vec()));
             }
-            shards.push(Shard {
-                path: path.clone(),
-                mmap,
-            });
         }
         Ok(Self { shards, index })
     }
@@ -134,7 +164,7 @@ impl TensorSource for SafetensorsSource {
             tensor: name.into(),
             message,
         };
-        let st = safetensors::SafeTensors::deserialize(&shard.mmap)
+        let st = safetensors::SafeTensors::deserialize(shard.data())
             .map_err(|e| err(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
         let dtype = match view.dtype() {

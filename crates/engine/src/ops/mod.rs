@@ -1,1 +1,15 @@
-//! Fused CPU ops with their own backward pass, where candle's fast kernels have none.
+//! Fused CPU ops with their own backward pass, for the places where candle's fast kernels have
+//! none (rms_norm, rope, softmax_last_dim) or where its generic backward wastes memory (the
+//! gradient of a frozen weight). See `shared/notes/candle-training.md` for the measurements
+//! behind each choice. Every op here is checked against finite differences in `tests/ops.rs`.
+
+mod bridge;
+mod causal_softmax;
+mod frozen_linear;
+mod rms_norm;
+mod rope;
+
+pub use causal_softmax::causal_softmax;
+pub use frozen_linear::frozen_linear;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, RopeTables};

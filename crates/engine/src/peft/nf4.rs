@@ -1,1 +1,410 @@
-//! NF4 (4-bit NormalFloat) quantization with double quantization, as in QLoRA.
+//! NF4 (4-bit NormalFloat) storage with double quantization, as in QLoRA (Dettmers et al. 2023,
+//! arXiv 2305.14314) and bitsandbytes' `quantize_4bit(quant_type="nf4", blocksize=64)`.
+//!
+//! # What this is
+//! A frozen weight `W: [out, in]` (row-major, flattened to `n = out·in` elements) stored as:
+//! - **blocks of 64** consecutive elements `W[64b .. 64b+64]`, each with one scale
+//!   `absmax_b = max |W_i|` over the block;
+//! - **a 4-bit code per element**, `q_i = nearest(W_i / absmax_b)` in the 16-value table
+//!   [`NF4_CODE`]; dequantization is `Ŵ_i = NF4_CODE[q_i] · absmax_b` (computed in f32);
+//! - **two codes per byte**, element `2j` in the high nibble of `packed[j]` and `2j+1` in the low
+//!   nibble (bitsandbytes' order: `qvals[j] = q(2j) << 4 | q(2j+1)`);
+//! - optionally (**double quantization**, QLoRA's default) the absmax constants themselves
+//!   quantized to 8 bits in blocks of 256, see [`Absmax::DoubleQuant`].
+//!
+//! Storage: `4 + 32/64 = 4.5` bits/param plain; `4 + 8/64 + 32/(64·256) ≈ 4.127` with double
+//! quantization (plus one f32 mean per tensor). [`Nf4Tensor::storage_bytes`] and
+//! [`Nf4Tensor::bits_per_param`] count the real buffers.
+//!
+//! # Rounding, exactly as bitsandbytes
+//! The normalised value is `W_i · (1/absmax_b)` in f32 (bitsandbytes multiplies by the
+//! reciprocal). The code is chosen by the 15 midpoints of adjacent code values
+//! ([`NF4_THRESHOLDS`], bitsandbytes' `dQuantizeNF4` decision-tree literals): `q = #{t : x > t}`.
+//! A value exactly on a midpoint therefore rounds **down** (to the lower code), as in the tree.
+//! An all-zero block has `absmax = 0`; its elements get code 7 (the exact `0.0`) and dequantize
+//! to 0 (bitsandbytes would divide by zero there).
+//!
+//! # Element counts not divisible by 64
+//! Accepted, as bitsandbytes does: the last block holds the remaining `n mod 64` elements and its
+//! absmax is over those only. If `n` is odd, the low nibble of the last byte is padding and holds
+//! code 7 (zero). Nothing else is padded.
+//!
+//! # What this is not
+//! Not a compute dtype: weights are dequantized to f32 tile by tile for every matmul (see
+//! [`super::nf4_op::Nf4Linear`]). Not trainable, not mergeable in place (merging a LoRA into a
+//! 4-bit base loses the adapter's precision: merge into a dequantized f32 copy instead). The
+//! double-quantization code map is a linear int8 one, not bitsandbytes' dynamic map, so packed
+//! absmax bytes are not bit-compatible with bitsandbytes files (the 4-bit codes are).
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// Elements per NF4 block (one absmax each).
+pub const NF4_BLOCK: usize = 64;
+/// Absmax constants per double-quantization block (one f32 scale each).
+pub const DQ_BLOCK: usize = 256;
+
+/// The 16 NF4 code values, index 0..15, copied from bitsandbytes `functional.py`
+/// (`create_normal_map(offset=0.9677083, use_extra_value=True)`, stored as f32).
+#[allow(clippy::excessive_precision)] // verbatim bitsandbytes literals
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+];
+
+/// Decision thresholds between adjacent codes: the f64 midpoints of [`NF4_CODE`] rounded to f32,
+/// i.e. the literals of bitsandbytes' `dQuantizeNF4` tree.
+#[allow(clippy::excessive_precision)] // verbatim bitsandbytes literals
+pub const NF4_THRESHOLDS: [f32; 15] = [
+    -0.8480964004993439,
+    -0.6106329262256622,
+    -0.4599952697753906,
+    -0.33967943489551544,
+    -0.23460740596055984,
+    -0.13791173323988914,
+    -0.045525018125772476,
+    0.03979014977812767,
+    0.1202552504837513,
+    0.2035212516784668,
+    0.2920137718319893,
+    0.3893125355243683,
+    0.5016634166240692,
+    0.6427869200706482,
+    0.8614784181118011,
+];
+
+/// The code index of a normalised value (`x` in about `[-1, 1]`); ties round down.
+#[inline]
+pub fn nf4_index(x: f32) -> u8 {
+    // Thresholds are ascending, so `x > t` holds on a prefix: its length is the code.
+    NF4_THRESHOLDS.partition_point(|&t| x > t) as u8
+}
+
+/// The per-block scales of an [`Nf4Tensor`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Absmax {
+    /// One f32 per 64-block: 32/64 = 0.5 bits/param.
+    F32(Vec<f32>),
+    /// Double quantization: `absmax_b ≈ max(0, codes[b] · scales[b / 256] + offset)`.
+    ///
+    /// `offset` is the mean of all absmax constants; each block of 256 centred constants
+    /// `c = absmax − offset` is scaled symmetrically by `scale = max|c| / 127` and rounded to
+    /// the nearest integer in `[-127, 127]`. Reconstruction error per constant is at most
+    /// `scale / 2` (plus f32 rounding); clamping at 0 can only reduce it, since absmax ≥ 0.
+    ///
+    /// Why linear instead of bitsandbytes' dynamic 8-bit map: the centred constants of a weight
+    /// matrix lie in a narrow, roughly symmetric range, where a uniform grid has the smallest
+    /// worst-case error and a one-line bound; the resulting relative scale error of a block
+    /// (typically well under 1 %) is far below the NF4 rounding step itself (≥ 8 % of absmax).
+    DoubleQuant {
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        offset: f32,
+    },
+}
+
+impl Absmax {
+    /// Number of 64-blocks described.
+    pub fn len(&self) -> usize {
+        match self {
+            Absmax::F32(v) => v.len(),
+            Absmax::DoubleQuant { codes, .. } => codes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The (reconstructed) absmax of block `b`.
+    #[inline]
+    pub fn get(&self, b: usize) -> f32 {
+        match self {
+            Absmax::F32(v) => v[b],
+            Absmax::DoubleQuant {
+                codes,
+                scales,
+                offset,
+            } => (codes[b] as f32 * scales[b / DQ_BLOCK] + offset).max(0.0),
+        }
+    }
+
+    /// All reconstructed constants.
+    pub fn to_vec(&self) -> Vec<f32> {
+        (0..self.len()).map(|b| self.get(b)).collect()
+    }
+
+    /// Bytes held: 4 per constant, or 1 per constant + 4 per 256-block + 4 for the offset.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            Absmax::F32(v) => 4 * v.len(),
+            Absmax::DoubleQuant { codes, scales, .. } => codes.len() + 4 * scales.len() + 4,
+        }
+    }
+
+    /// Quantizes absmax constants (non-negative, finite) as described at [`Absmax::DoubleQuant`].
+    pub fn double_quantize(absmax: &[f32]) -> Absmax {
+        let mean = if absmax.is_empty() {
+            0.0
+        } else {
+            (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
+        };
+        let mut codes = Vec::with_capacity(absmax.len());
+        let mut scales = Vec::with_capacity(absmax.len().div_ceil(DQ_BLOCK));
+        for chunk in absmax.chunks(DQ_BLOCK) {
+            let range = chunk
+                .iter()
+                .map(|&a| (a - mean).abs())
+                .fold(0.0f32, f32::max);
+            let scale = range / 127.0;
+            // A block whose constants all equal the mean stores zeros and reconstructs the mean.
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            codes.extend(
+                chunk
+                    .iter()
+                    .map(|&a| ((a - mean) * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+            scales.push(scale);
+        }
+        Absmax::DoubleQuant {
+            codes,
+            scales,
+            offset: mean,
+        }
+    }
+}
+
+/// A frozen `[out, in]` matrix in NF4 (see the module docs for the layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nf4Tensor {
+    name: String,
+    shape: (usize, usize),
+    packed: Vec<u8>,
+    absmax: Absmax,
+}
+
+impl Nf4Tensor {
+    /// Quantizes a row-major `[out, in]` f32 matrix.
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] if `data.len() != out · in`, the matrix is empty, or a value is NaN or
+    /// infinite (the message gives its row and column).
+    pub fn quantize(data: &[f32], shape: (usize, usize), double_quant: bool) -> Result<Self> {
+        Self::quantize_named("<unnamed>", data, shape, double_quant)
+    }
+
+    /// [`Nf4Tensor::quantize`] with a tensor name (e.g. `model.layers.0.self_attn.q_proj.weight`)
+    /// that error messages and [`Nf4Tensor::name`] carry.
+    ///
+    /// # Errors
+    /// As [`Nf4Tensor::quantize`].
+    pub fn quantize_named(
+        name: &str,
+        data: &[f32],
+        shape: (usize, usize),
+        double_quant: bool,
+    ) -> Result<Self> {
+        let err = |message: String| Error::Tensor {
+            file: "NF4 quantization".into(),
+            tensor: name.into(),
+            message,
+        };
+        let (rows, cols) = shape;
+        let n = rows.checked_mul(cols).ok_or_else(|| {
+            err(format!(
+                "shape [{rows}, {cols}] has too many elements to address"
+            ))
+        })?;
+        if n == 0 {
+            return Err(err(format!("shape [{rows}, {cols}] is empty")));
+        }
+        if data.len() != n {
+            return Err(err(format!(
+                "shape [{rows}, {cols}] needs {n} values, got {}",
+                data.len()
+            )));
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(err(format!(
+                "value {} at [{}, {}] is not finite; NF4 needs finite weights",
+                data[i],
+                i / cols,
+                i % cols
+            )));
+        }
+
+        let mut packed = vec![0u8; n.div_ceil(2)];
+        let mut absmax = Vec::with_capacity(n.div_ceil(NF4_BLOCK));
+        for (b, block) in data.chunks(NF4_BLOCK).enumerate() {
+            let amax = block.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+            absmax.push(amax);
+            let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+            let base = b * NF4_BLOCK; // even, so nibble parity follows the in-block index
+            for (j, &v) in block.iter().enumerate() {
+                let q = nf4_index(v * inv);
+                let i = base + j;
+                packed[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
+            }
+        }
+        if n % 2 == 1 {
+            packed[n / 2] |= nf4_index(0.0); // padding nibble: the zero code
+        }
+        let absmax = if double_quant {
+            Absmax::double_quantize(&absmax)
+        } else {
+            Absmax::F32(absmax)
+        };
+        Ok(Self {
+            name: name.into(),
+            shape,
+            packed,
+            absmax,
+        })
+    }
+
+    /// Quantizes a 2-D candle tensor of any float dtype (widened to f32 first).
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] if `t` is not 2-D, plus those of [`Nf4Tensor::quantize`];
+    /// [`Error::Candle`] if reading the tensor fails.
+    pub fn from_tensor(name: &str, t: &Tensor, double_quant: bool) -> Result<Self> {
+        let (rows, cols) = t.dims2().map_err(|_| Error::Tensor {
+            file: "NF4 quantization".into(),
+            tensor: name.into(),
+            message: format!("expected a 2-D [out, in] weight, got shape {:?}", t.dims()),
+        })?;
+        let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Self::quantize_named(name, &data, (rows, cols), double_quant)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.0 * self.shape.1
+    }
+
+    /// Two codes per byte, first element in the high nibble.
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+
+    pub fn absmax(&self) -> &Absmax {
+        &self.absmax
+    }
+
+    pub fn is_double_quant(&self) -> bool {
+        matches!(self.absmax, Absmax::DoubleQuant { .. })
+    }
+
+    /// The 4-bit code of flat element `i` (row-major).
+    #[inline]
+    pub fn code_index(&self, i: usize) -> u8 {
+        let byte = self.packed[i / 2];
+        if i % 2 == 0 {
+            byte >> 4
+        } else {
+            byte & 0x0f
+        }
+    }
+
+    /// Bytes of quantized data: packed codes plus absmax storage (shape and name not counted).
+    pub fn storage_bytes(&self) -> usize {
+        self.packed.len() + self.absmax.storage_bytes()
+    }
+
+    /// `8 · storage_bytes / numel`: 4.5 plain, ≈ 4.127 with double quantization.
+    pub fn bits_per_param(&self) -> f64 {
+        8.0 * self.storage_bytes() as f64 / self.numel() as f64
+    }
+
+    /// Dequantizes flat elements `start .. start + out.len()` into `out`. Callers guarantee
+    /// the range is in bounds (the public wrappers check).
+    pub(crate) fn dequantize_range_into(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        debug_assert!(end <= self.numel());
+        let mut i = start;
+        let mut o = 0;
+        while i < end {
+            let b = i / NF4_BLOCK;
+            let scale = self.absmax.get(b);
+            let stop = end.min((b + 1) * NF4_BLOCK);
+            for j in i..stop {
+                out[o] = NF4_CODE[self.code_index(j) as usize] * scale;
+                o += 1;
+            }
+            i = stop;
+        }
+    }
+
+    /// The whole matrix as a contiguous f32 `Vec` (row-major).
+    pub fn dequantize_vec(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.numel()];
+        self.dequantize_range_into(0, &mut out);
+        out
+    }
+
+    /// The whole matrix as an f32 `[out, in]` tensor on the CPU.
+    ///
+    /// # Errors
+    /// [`Error::Candle`] if the tensor cannot be built.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.dequantize_vec(),
+            self.shape,
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Dequantizes rows `start .. end` into `out` (`(end − start) · in` values, row-major): the
+    /// tile primitive of the NF4 matmul.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the row range is empty-inverted or past the end, or `out` has the
+    /// wrong length.
+    pub fn dequantize_rows(&self, start: usize, end: usize, out: &mut [f32]) -> Result<()> {
+        let (rows, cols) = self.shape;
+        if start > end || end > rows {
+            return Err(Error::invalid(
+                "rows",
+                format!(
+                    "{start}..{end} is not a row range of `{}` ({rows} rows)",
+                    self.name
+                ),
+            ));
+        }
+        if out.len() != (end - start) * cols {
+            return Err(Error::invalid(
+                "out",
+                format!(
+                    "rows {start}..{end} of `{}` need {} values, buffer holds {}",
+                    self.name,
+                    (end - start) * cols,
+                    out.len()
+                ),
+            ));
+        }
+        self.dequantize_range_into(start * cols, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,239 @@
+//! Text generation with a KV cache: greedy or sampled (temperature, top-k, top-p, repetition
+//! penalty, seed — sampling is candle-transformers' `LogitsProcessor`), stopping on any
+//! end-of-generation id, streaming text that never splits a UTF-8 character, cancellable.
+
+use crate::error::{Error, Result};
+use crate::model::decoder::{Decoder, KvCache};
+use crate::tokenizer::Tokenizer;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Sampling settings. `temperature == 0` means greedy.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
+    pub top_p: f64,
+    /// > 1 discourages repeating tokens seen in the last `repeat_last_n` (1.0 = off).
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: 42,
+        }
+    }
+}
+
+impl GenerateOptions {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+
+    fn sampling(&self) -> Sampling {
+        let t = self.temperature;
+        if t <= 0.0 {
+            return Sampling::ArgMax;
+        }
+        match (self.top_k > 0, self.top_p < 1.0) {
+            (true, true) => Sampling::TopKThenTopP {
+                k: self.top_k,
+                p: self.top_p,
+                temperature: t,
+            },
+            (true, false) => Sampling::TopK {
+                k: self.top_k,
+                temperature: t,
+            },
+            (false, true) => Sampling::TopP {
+                p: self.top_p,
+                temperature: t,
+            },
+            (false, false) => Sampling::All { temperature: t },
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfText,
+    MaxTokens,
+    ContextFull,
+    Cancelled,
+}
+
+/// What [`generate`] produced.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Generation {
+    pub text: String,
+    /// Generated ids only (not the prompt; not the stop token).
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub stop: StopReason,
+    /// Prompt processing speed.
+    pub prompt_tokens_per_s: f64,
+    /// Generation speed (tokens after the first, per second of decoding).
+    pub tokens_per_s: f64,
+}
+
+/// Turns a growing list of ids into text pieces that never end inside a UTF-8 character
+/// or a byte-fallback sequence: text is emitted only once it decodes without a trailing
+/// replacement character.
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: String,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: String::new(),
+        }
+    }
+
+    /// Adds one id; returns newly complete text, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&self.emitted) {
+            return Ok(None);
+        }
+        let new = text[self.emitted.len()..].to_string();
+        self.emitted = text;
+        Ok((!new.is_empty()).then_some(new))
+    }
+
+    /// Everything decoded (including a trailing partial character, if generation stopped there).
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.len() > self.emitted.len() && text.starts_with(&self.emitted) {
+            let new = text[self.emitted.len()..].to_string();
+            self.emitted = text;
+            return Ok(Some(new));
+        }
+        Ok(None)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.emitted
+    }
+}
+
+/// Generates from `prompt_ids`, streaming text pieces to `on_text`.
+///
+/// Stops on any id in `stop_ids`, after `max_new_tokens`, at the model's context length,
+/// or when `cancel` becomes true (checked before every token).
+///
+/// # Errors
+/// An empty prompt, or a compute failure.
+pub fn generate(
+    model: &Decoder,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    stop_ids: &[u32],
+    cancel: Option<&AtomicBool>,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    if prompt_ids.is_empty() {
+        return Err(Error::invalid(
+            "prompt",
+            "no prompt tokens (and the model has no BOS token to start from)",
+        ));
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt_ids.len() >= context {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "{} tokens do not fit the model's context of {context}",
+                prompt_ids.len()
+            ),
+        ));
+    }
+    let mut sampler = LogitsProcessor::from_sampling(opts.seed, opts.sampling());
+    let mut cache = KvCache::new(model.layers.len());
+    let mut stream = TextStream::new(tokenizer);
+    let mut all: Vec<u32> = prompt_ids.to_vec();
+    let mut generated = Vec::new();
+    let mut stop = StopReason::MaxTokens;
+
+    let t0 = Instant::now();
+    let input = Tensor::new(prompt_ids, &Device::Cpu)?.unsqueeze(0)?;
+    let mut logits = model.forward_step(&input, &mut cache)?;
+    let prompt_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for i in 0..opts.max_new_tokens {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            stop = StopReason::Cancelled;
+            break;
+        }
+        let mut l = logits.squeeze(0)?;
+        if opts.repeat_penalty != 1.0 {
+            let start = all.len().saturating_sub(opts.repeat_last_n);
+            l = candle_transformers::utils::apply_repeat_penalty(
+                &l,
+                opts.repeat_penalty,
+                &all[start..],
+            )?;
+        }
+        let next = sampler.sample(&l)?;
+        if stop_ids.contains(&next) {
+            stop = StopReason::EndOfText;
+            break;
+        }
+        all.push(next);
+        generated.push(next);
+        if let Some(piece) = stream.push(next)? {
+            on_text(&piece);
+        }
+        if i + 1 == opts.max_new_tokens {
+            break;
+        }
+        if all.len() >= context {
+            stop = StopReason::ContextFull;
+            break;
+        }
+        let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+        logits = model.forward_step(&input, &mut cache)?;
+    }
+    if let Some(rest) = stream.finish()? {
+        on_text(&rest);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    Ok(Generation {
+        text: stream.text().to_string(),
+        prompt_tokens: prompt_ids.len(),
+        prompt_tokens_per_s: prompt_ids.len() as f64 / prompt_s.max(1e-9),
+        tokens_per_s: generated.len() as f64 / decode_s.max(1e-9),
+        token_ids: generated,
+        stop,
+    })
+}

@@ -1,0 +1,88 @@
+//! A linear layer of the decoder: a base weight (frozen or trainable, dense or NF4), an optional
+//! bias, and an optional LoRA adapter on top.
+//!
+//! Which kernel runs is decided by structure, not flags: a base weight that is a candle `Var`
+//! (full or selective fine-tuning) goes through the ordinary matmul so it receives a gradient;
+//! a plain tensor goes through [`crate::ops::frozen_linear`], whose backward returns only the
+//! input gradient; an NF4 weight goes through the NF4 op. The LoRA delta is added by
+//! [`crate::peft::lora::Lora::forward`], the one place `scale · B·A` is computed.
+
+use crate::ops::frozen_linear;
+use crate::peft::lora::Lora;
+use candle_core::{DType, Result, Tensor};
+
+/// The weight a linear layer multiplies by, `[out, in]`.
+#[derive(Clone)]
+pub enum Base {
+    /// f32 or bf16; a `Var`-backed tensor when trainable.
+    Dense(Tensor),
+}
+
+#[derive(Clone)]
+pub struct Linear {
+    pub base: Base,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// Per-call settings that change the forward pass during training.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardCtx {
+    /// Dropout is active only when training.
+    pub train: bool,
+    /// Seeds this step's dropout masks; derived from (run seed, step, micro-step) so that a
+    /// resumed run draws exactly the masks the uninterrupted run would have.
+    pub step_seed: u64,
+}
+
+/// `x · Wᵀ`, picking the kernel by whether `w` is trainable (see the module docs).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.is_variable() {
+        let w = if w.dtype() == DType::F32 {
+            w.clone()
+        } else {
+            w.to_dtype(DType::F32)?
+        };
+        x.broadcast_matmul(&w.t()?)
+    } else {
+        frozen_linear(x, w)
+    }
+}
+
+impl Linear {
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            base: Base::Dense(weight),
+            bias,
+            lora: None,
+        }
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.base {
+            Base::Dense(w) => (w.dims()[0], w.dims()[1]),
+        }
+    }
+
+    /// `y = x·Wᵀ + b + scale·B·A·dropout(x)`.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let mut y = match &self.base {
+            Base::Dense(w) => matmul_t(x, w)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(x, ctx)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The base weight as f32 (dequantized if NF4).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.base {
+            Base::Dense(w) => w.to_dtype(DType::F32),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Scaled, causally masked softmax over attention scores, with its backward.
+//!
+//! Input `s: [b, h, q, k]` where query `i` sits at absolute position `offset + i` and key `j`
+//! at position `j` (`k = offset + q` with a KV cache). Output
+//! `y_ij = softmax_j(scale · s_ij)` over `j ≤ offset + i`, and 0 above the diagonal.
+//! Folding the mask in here means no additive mask tensor collects a gradient per layer;
+//! the backward is `dx = scale · y ⊙ (g − Σ_j g ⊙ y)`. Right-padded batches need no extra
+//! mask: padding sits after every real token, so causality already hides it.
+
+use super::bridge::cpu_to_tensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+struct CausalSoftmax {
+    scale: f32,
+    offset: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let (q, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let x = cpu_to_tensor(storage, layout)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; x.len()];
+        let (scale, offset) = (self.scale, self.offset);
+        y.par_chunks_mut(k)
+            .zip(x.par_chunks(k))
+            .enumerate()
+            .for_each(|(row, (yr, xr))| {
+                let visible = ((row % q) + offset + 1).min(k);
+                let m = xr[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
+                let mut z = 0f32;
+                for (o, &v) in yr[..visible].iter_mut().zip(&xr[..visible]) {
+                    *o = (v * scale - m).exp();
+                    z += *o;
+                }
+                let inv = 1.0 / z;
+                for o in yr[..visible].iter_mut() {
+                    *o *= inv;
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let k = res.dim(candle_core::D::Minus1)?;
+        let y = res.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; y.len()];
+        let scale = self.scale;
+        dx.par_chunks_mut(k)
+            .zip(y.par_chunks(k).zip(g.par_chunks(k)))
+            .for_each(|(dr, (yr, gr))| {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                    *o = scale * yv * (gv - dot);
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+    }
+}
+
+/// `softmax(scale · scores)` with a causal mask; see the module docs for shapes.
+pub fn causal_softmax(scores: &Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+    scores.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+        offset,
+    })
+}

@@ -1,0 +1,75 @@
+//! Rotary position embeddings, Hugging Face "rotate half" layout, with a backward pass.
+//!
+//! `y = x·cos + rotate_half(x)·sin`. The map is a rotation per (i, i+d/2) pair, so its
+//! transpose is the rotation by the opposite angle: `dx = rope(g, cos, −sin)`. candle's fused
+//! `rope` kernel is used both ways; it has no backward of its own.
+
+use super::bridge::{cpu_to_tensor, tensor_to_cpu};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Precomputed `cos`/`sin` tables, `[max_positions, head_dim/2]`.
+#[derive(Clone, Debug)]
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl RopeTables {
+    /// `θ_i = base^(−2i/d)`, angles `p·θ_i` for positions `0..max_positions`.
+    pub fn new(head_dim: usize, base: f64, max_positions: usize, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / base.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, half), device)?;
+        let pos = Tensor::arange(0u32, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Self {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_to_tensor(storage, layout)?;
+        let y = candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?;
+        Ok((tensor_to_cpu(&y)?, y.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.detach().contiguous()?;
+        Ok(Some(candle_nn::rotary_emb::rope(
+            &g,
+            &self.cos,
+            &self.sin.neg()?,
+        )?))
+    }
+}
+
+/// Applies RoPE to `x: [b, heads, seq, head_dim]` for positions `offset..offset+seq`.
+pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
+    let seq = x.dim(2)?;
+    let cos = tables.cos.narrow(0, offset, seq)?.contiguous()?;
+    let sin = tables.sin.narrow(0, offset, seq)?.contiguous()?;
+    if !x.track_op() {
+        return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
+    }
+    x.apply_op1(Rope { cos, sin })
+}

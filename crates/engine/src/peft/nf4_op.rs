@@ -1,0 +1,274 @@
+//! The frozen NF4 linear op of QLoRA: `y = x · Wᵀ` with `W` stored in NF4 ([`Nf4Tensor`]).
+//!
+//! Shapes: `x: [..., in]` (f32, CPU, any strides/offset) → `y: [..., out]` (f32, contiguous),
+//! `W: [out, in]`. Bias is not part of the op (the caller adds it).
+//!
+//! # How
+//! A [`candle_core::CustomOp1`] whose forward flattens `x` to `[m, in]` and walks `W` in tiles of
+//! `tile_rows` output rows: each tile is dequantized into a transient f32 buffer
+//! (`tile_rows · in · 4` bytes) and multiplied with candle's CPU GEMM, `y[:, r0..r1] = x · W_tileᵀ`.
+//! The full f32 `W` never exists.
+//!
+//! Backward returns only the input gradient `dx = dy · W` (`[..., out] → [..., in]`), computed
+//! the same way over tiles of `W`'s *columns* (`dx[:, c0..c1] = dy · W[:, c0..c1]`, so every output
+//! column is written once and nothing is accumulated), with a column width chosen so the tile has
+//! at most as many elements as a forward tile. `W` gets no gradient and nothing is kept between
+//! forward and backward beyond what candle's graph already holds (`x` and `y`).
+//!
+//! Candle records the op only when `x` is tracked (derived from a `Var`); otherwise it is a plain
+//! forward. The result equals `x.matmul(W_deq.t())` up to GEMM summation order (≈ 1e-7 relative).
+//!
+//! # What this is not
+//! CPU only (no CUDA/Metal kernel); f32 input only; no second-order gradients.
+
+use super::nf4::Nf4Tensor;
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Default output rows dequantized per forward tile: a 128 × 4096 tile is 2 MiB of f32, large
+/// enough for the GEMM to run at full speed, small enough to stay in L2/L3.
+pub const DEFAULT_TILE_ROWS: usize = 128;
+
+/// A frozen linear layer whose weight is NF4; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Nf4Linear {
+    weight: Arc<Nf4Tensor>,
+    tile_rows: usize,
+}
+
+impl Nf4Linear {
+    pub fn new(weight: Arc<Nf4Tensor>) -> Self {
+        Self {
+            weight,
+            tile_rows: DEFAULT_TILE_ROWS,
+        }
+    }
+
+    /// Sets the rows per forward tile (values below 1 are raised to 1). Smaller tiles bound the
+    /// transient buffer more tightly; larger ones give the GEMM more work per call.
+    pub fn with_tile_rows(mut self, tile_rows: usize) -> Self {
+        self.tile_rows = tile_rows.max(1);
+        self
+    }
+
+    pub fn weight(&self) -> &Arc<Nf4Tensor> {
+        &self.weight
+    }
+
+    pub fn tile_rows(&self) -> usize {
+        self.tile_rows
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// Columns per backward tile: as many as keep `out · cols ≤ tile_rows · in`, at least 1.
+    pub fn tile_cols(&self) -> usize {
+        let (out, inp) = self.weight.shape();
+        (self.tile_rows.min(out) * inp / out).clamp(1, inp)
+    }
+
+    /// The largest transient dequantized-weight buffer forward or backward allocates, in bytes.
+    pub fn tile_bytes(&self) -> usize {
+        let (out, inp) = self.weight.shape();
+        4 * (self.tile_rows.min(out) * inp).max(out * self.tile_cols())
+    }
+
+    fn op(&self) -> Nf4MatMul {
+        Nf4MatMul {
+            w: self.weight.clone(),
+            tile_rows: self.tile_rows,
+            tile_cols: self.tile_cols(),
+        }
+    }
+
+    /// `x · Wᵀ`, `x: [..., in]` f32 on the CPU → `[..., out]`.
+    ///
+    /// # Errors
+    /// A candle error naming the weight if `x` is not f32, not on the CPU, or its last dimension
+    /// is not `in`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let name = self.weight.name();
+        if x.dtype() != DType::F32 {
+            bail!(
+                "NF4 linear `{name}`: input must be f32, got {:?}",
+                x.dtype()
+            );
+        }
+        if !x.device().is_cpu() {
+            bail!("NF4 linear `{name}`: only CPU tensors are supported");
+        }
+        let k = x.dims().last().copied().unwrap_or(0);
+        if x.rank() == 0 || k != self.in_features() {
+            bail!(
+                "NF4 linear `{name}`: input shape {:?} does not end in in_features {}",
+                x.dims(),
+                self.in_features()
+            );
+        }
+        x.apply_op1(self.op())
+    }
+}
+
+impl Module for Nf4Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Nf4Linear::forward(self, xs)
+    }
+}
+
+/// Forward op `x · Wᵀ`; its backward applies [`Nf4MatMulT`] to the output gradient.
+struct Nf4MatMul {
+    w: Arc<Nf4Tensor>,
+    tile_rows: usize,
+    tile_cols: usize,
+}
+
+/// Backward op `g · W`, never recorded (no second-order gradients).
+struct Nf4MatMulT {
+    w: Arc<Nf4Tensor>,
+    tile_cols: usize,
+}
+
+/// The f32 values of an op input in logical (row-major) order: borrowed when contiguous,
+/// gathered through the strides otherwise (transposed, narrowed, broadcast views).
+fn logical_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<Cow<'a, [f32]>> {
+    let data = match storage {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => bail!("NF4 linear: expected f32 input, got {:?}", other.dtype()),
+    };
+    if let Some((start, end)) = layout.contiguous_offsets() {
+        return Ok(Cow::Borrowed(&data[start..end]));
+    }
+    let dims = layout.dims();
+    let stride = layout.stride();
+    let n = layout.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return Ok(Cow::Owned(out));
+    }
+    // Odometer over all but the last dimension; the last is walked with its own stride.
+    let rank = dims.len();
+    let (last, last_stride) = (dims[rank - 1], stride[rank - 1]);
+    let mut idx = vec![0usize; rank - 1];
+    let mut offset = layout.start_offset();
+    loop {
+        out.extend((0..last).map(|j| data[offset + j * last_stride]));
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return Ok(Cow::Owned(out));
+            }
+            d -= 1;
+            idx[d] += 1;
+            offset += stride[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            offset -= idx[d] * stride[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Splits `[..., k]` into `(m, k)` and checks `k`.
+fn rows_of(layout: &Layout, k: usize, what: &str) -> candle_core::Result<usize> {
+    let dims = layout.dims();
+    match dims.last() {
+        Some(&last) if last == k => Ok(layout.shape().elem_count() / k),
+        _ => bail!("NF4 linear: {what} shape {dims:?} does not end in {k}"),
+    }
+}
+
+fn out_shape(layout: &Layout, last: usize) -> Shape {
+    let mut dims = layout.dims().to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
+    }
+    Shape::from(dims)
+}
+
+impl CustomOp1 for Nf4MatMul {
+    fn name(&self) -> &'static str {
+        "nf4-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, k) = self.w.shape();
+        let m = rows_of(layout, k, "input")?;
+        let mut y = vec![0.0f32; m * out];
+        if m > 0 {
+            let x = Tensor::from_slice(&logical_f32(storage, layout)?, (m, k), &Device::Cpu)?;
+            for r0 in (0..out).step_by(self.tile_rows) {
+                let t = self.tile_rows.min(out - r0);
+                let mut tile = vec![0.0f32; t * k];
+                self.w.dequantize_range_into(r0 * k, &mut tile);
+                let tile = Tensor::from_vec(tile, (t, k), &Device::Cpu)?;
+                let yt = x.matmul(&tile.t()?)?.flatten_all()?.to_vec1::<f32>()?; // [m, t]
+                for (row, src) in y.chunks_exact_mut(out).zip(yt.chunks_exact(t)) {
+                    row[r0..r0 + t].copy_from_slice(src);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), out_shape(layout, out)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let op = Nf4MatMulT {
+            w: self.w.clone(),
+            tile_cols: self.tile_cols,
+        };
+        Ok(Some(grad.detach().apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl CustomOp1 for Nf4MatMulT {
+    fn name(&self) -> &'static str {
+        "nf4-linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, k) = self.w.shape();
+        let m = rows_of(layout, out, "gradient")?;
+        let mut dx = vec![0.0f32; m * k];
+        if m > 0 {
+            let g = Tensor::from_slice(&logical_f32(storage, layout)?, (m, out), &Device::Cpu)?;
+            for c0 in (0..k).step_by(self.tile_cols) {
+                let c = self.tile_cols.min(k - c0);
+                // W[:, c0..c0+c] as a row-major [out, c] tile: one contiguous run per row.
+                let mut tile = vec![0.0f32; out * c];
+                for (r, dst) in tile.chunks_exact_mut(c).enumerate() {
+                    self.w.dequantize_range_into(r * k + c0, dst);
+                }
+                let tile = Tensor::from_vec(tile, (out, c), &Device::Cpu)?;
+                let dxt = g.matmul(&tile)?.flatten_all()?.to_vec1::<f32>()?; // [m, c]
+                for (row, src) in dx.chunks_exact_mut(k).zip(dxt.chunks_exact(c)) {
+                    row[c0..c0 + c].copy_from_slice(src);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(dx), out_shape(layout, k)))
+    }
+}
