@@ -1,1 +1,54 @@
-fn main() {}
+//! `peft`: PEFT Studio's headless front end. Every command is a thin layer over
+//! `peft_engine`; the desktop app calls the same functions.
+
+mod bench;
+mod generate;
+mod info;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "peft",
+    version,
+    about = "Fine-tune open language models on your own computer (selective PEFT, LoRA, QLoRA).",
+    long_about = "PEFT Studio's command line. MODEL arguments accept a local Hugging Face folder, \
+a .gguf file, a hub id like org/name[@revision] (downloaded into the standard Hugging Face \
+cache), or `demo` for the bundled stories260K model (the default)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, parameter count, storage type, size and context length.
+    Info(info::InfoArgs),
+    /// Generate text from a prompt (greedy with --temperature 0).
+    Generate(generate::GenerateArgs),
+    /// Chat interactively with a model, streamed, using its chat template.
+    Chat(generate::ChatArgs),
+    /// Measure speed and memory.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => generate::chat(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -89,14 +89,14 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
 
-    pub(crate) fn invalid(name: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(name: &str, message: impl Into<String>) -> Self {
         Error::Invalid {
             name: name.to_string(),
             message: message.into(),

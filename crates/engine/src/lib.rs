@@ -8,6 +8,7 @@ pub mod model;
 pub mod ops;
 pub mod tokenizer;
 pub mod infer;
+pub mod memory;
 pub mod data;
 pub mod peft;
 

@@ -621,7 +621,15 @@ fn interrupted_transfer_errors_cleanly_then_resumes() {
         } if file == "model.safetensors" => Some(*bytes_done as usize),
         _ => None,
     });
-    assert_eq!(last, Some(have));
+    // Events are throttled (one per ~1% of the file), so the last may trail the bytes on disk.
+    assert!(
+        last.is_some_and(|n| n > 0 && n <= have),
+        "{last:?} vs {have}"
+    );
+    assert!(
+        msg.contains(&format!("interrupted after {have} of")),
+        "{msg}"
+    );
 
     // Healthy server: the transfer resumes from the bytes already there.
     let good = FakeHub::start(vec![stories("org/tiny")], None);

@@ -63,6 +63,15 @@ fn norm_ppf(p: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// The next f32 above a finite, non-zero `x` (`f32::next_up` needs Rust 1.86).
+fn next_up(x: f32) -> f32 {
+    if x > 0.0 {
+        f32::from_bits(x.to_bits() + 1)
+    } else {
+        f32::from_bits(x.to_bits() - 1)
+    }
+}
+
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
@@ -103,13 +112,20 @@ fn code_table_matches_bitsandbytes_construction() {
     }
     eprintln!("NF4 code table vs f64 reference: max |diff| = {worst:.2e}");
 
-    // The decision thresholds are the f64 midpoints of adjacent codes, rounded to f32.
+    // The decision thresholds are bitsandbytes' decimal literals of the f64 midpoints of
+    // adjacent codes; parsed straight to f32 they are one of the two f32 values next to the
+    // exact midpoint (for code pairs whose midpoint is an exact f32 tie the literal picks a side).
     for i in 0..15 {
-        let mid = ((NF4_CODE[i] as f64 + NF4_CODE[i + 1] as f64) / 2.0) as f32;
-        assert_eq!(mid, NF4_THRESHOLDS[i], "threshold {i}");
+        let mid = (NF4_CODE[i] as f64 + NF4_CODE[i + 1] as f64) / 2.0;
+        let t = NF4_THRESHOLDS[i];
+        let ulp = (next_up(t) - t) as f64;
+        assert!(
+            (t as f64 - mid).abs() <= 0.5 * ulp,
+            "threshold {i}: {t} vs midpoint {mid}"
+        );
         // Ties round down (bitsandbytes' `x > t` tree); just above goes up.
         assert_eq!(nf4_index(NF4_THRESHOLDS[i]), i as u8);
-        assert_eq!(nf4_index(NF4_THRESHOLDS[i].next_up()), i as u8 + 1);
+        assert_eq!(nf4_index(next_up(NF4_THRESHOLDS[i])), i as u8 + 1);
     }
     // Each code maps to itself, and out-of-range values clamp to the ends.
     for (i, &c) in NF4_CODE.iter().enumerate() {
@@ -396,10 +412,17 @@ fn input_gradient_matches_dense_and_finite_differences() {
         let dx = grads.get(x.as_tensor()).expect("x has a gradient");
         assert_eq!(dx.dims(), x0.dims());
 
-        // Only graph nodes carry gradients: no weight (the op owns W, the graph never sees it).
-        let allowed: HashSet<_> = [x.as_tensor().id(), y.id(), prod.id(), loss.id()].into();
+        // After backward candle keeps entries only for leaves: the Var x, and r (candle
+        // computes a gradient for every operand of a recorded mul, tracked or not). Nothing for
+        // the weight: the op owns W, so the graph never sees it.
+        let allowed: HashSet<_> = [x.as_tensor().id(), r.id()].into();
         for id in grads.get_ids() {
             assert!(allowed.contains(id), "unexpected gradient entry {id:?}");
+            let g = grads.get_id(*id).unwrap();
+            assert!(
+                g.dims() != [out, inp] && g.dims() != [inp, out],
+                "weight-shaped gradient"
+            );
         }
 
         // Dense reference: the same loss through candle's matmul on the dequantized weight.

@@ -48,7 +48,10 @@ fn smollm2_template_from_gguf_renders_chatml() {
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let t = ChatTemplate::from_gguf_metadata(&content.metadata).unwrap();
     assert_eq!(t.source(), SMOLLM2_TEMPLATE);
-    assert_eq!((t.bos_token.as_str(), t.eos_token.as_str()), ("<|im_start|>", "<|im_end|>"));
+    assert_eq!(
+        (t.bos_token.as_str(), t.eos_token.as_str()),
+        ("<|im_start|>", "<|im_end|>")
+    );
     assert!(!t.is_fallback());
     let m = msgs(&[("user", "Hi"), ("assistant", "Hello!"), ("user", "2+2?")]);
     let expected = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
@@ -71,7 +74,8 @@ fn smollm2_template_from_gguf_renders_chatml() {
 fn llama3_template_trims_and_prepends_bos() {
     let t = ChatTemplate::new(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|end_of_text|>").unwrap();
     let m = msgs(&[("system", "Be brief."), ("user", "  Hi there \n")]);
-    let expected = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+    let expected =
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
                     <|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>\
                     <|start_header_id|>assistant<|end_header_id|>\n\n";
     assert_eq!(t.render(&m, true).unwrap(), expected);
@@ -88,7 +92,9 @@ fn mistral_template_and_raise_exception() {
     );
     assert_eq!(t.end_of_turn().as_deref(), Some("</s>"));
 
-    let err = t.render(&msgs(&[("user", "a"), ("user", "b")]), false).unwrap_err();
+    let err = t
+        .render(&msgs(&[("user", "a"), ("user", "b")]), false)
+        .unwrap_err();
     match &err {
         Error::Template(msg) => assert_eq!(
             msg,
@@ -97,8 +103,12 @@ fn mistral_template_and_raise_exception() {
         other => panic!("expected a template error, got {other:?}"),
     }
     assert_eq!(err.code(), "ChatTemplate");
-    let err = t.render(&msgs(&[("user", "a"), ("system", "s")]), false).unwrap_err();
-    assert!(matches!(err, Error::Template(m) if m == "Only user and assistant roles are supported!"));
+    let err = t
+        .render(&msgs(&[("user", "a"), ("system", "s")]), false)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Template(m) if m == "Only user and assistant roles are supported!")
+    );
 }
 
 #[test]
@@ -117,7 +127,9 @@ fn python_methods_and_hf_tojson() {
                {% if m['role'].startswith('u') %}!{% endif %}|{% endfor %}\
                {{ messages[0] | tojson }}|{{ {'b': [1, 2.5, none, true]} | tojson(indent=2) }}";
     let t = ChatTemplate::new(src, "", "").unwrap();
-    let out = t.render(&msgs(&[("user", "  a<b  "), ("assistant", "ok")]), false).unwrap();
+    let out = t
+        .render(&msgs(&[("user", "  a<b  "), ("assistant", "ok")]), false)
+        .unwrap();
     // Python's json.dumps: ", "/": " separators, no HTML escaping of `<`.
     assert_eq!(
         out,
@@ -139,18 +151,27 @@ fn tokenizer_config_variants_and_fallback() {
     });
     std::fs::write(&path, cfg.to_string()).unwrap();
     let t = ChatTemplate::from_tokenizer_config(&path).unwrap();
-    assert_eq!(t.render(&msgs(&[("user", "x")]), false).unwrap(), "<s>x</s>");
+    assert_eq!(
+        t.render(&msgs(&[("user", "x")]), false).unwrap(),
+        "<s>x</s>"
+    );
 
     // stories260K ships no template: the documented fallback, with its own BOS/EOS strings.
     let t = ChatTemplate::from_tokenizer_config(STORIES_CONFIG.as_ref()).unwrap();
     assert!(t.is_fallback());
-    let m = msgs(&[("system", "S"), ("user", "Q"), ("assistant", "A"), ("user", "Q2")]);
+    let m = msgs(&[
+        ("system", "S"),
+        ("user", "Q"),
+        ("assistant", "A"),
+        ("user", "Q2"),
+    ]);
     assert_eq!(
         t.render(&m, true).unwrap(),
         "<s>S\n\n### Instruction:\nQ\n\n### Response:\nA</s>\n\n### Instruction:\nQ2\n\n### Response:\n"
     );
     assert_eq!(
-        t.render(&msgs(&[("user", "Q"), ("assistant", "A")]), false).unwrap(),
+        t.render(&msgs(&[("user", "Q"), ("assistant", "A")]), false)
+            .unwrap(),
         "<s>### Instruction:\nQ\n\n### Response:\nA</s>"
     );
     assert_eq!(t.end_of_turn().as_deref(), Some("</s>"));

@@ -57,7 +57,10 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
 /// [`Error::Invalid`] when `val_fraction` is not in `[0, 1)`.
 pub fn split(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(0.0..1.0).contains(&val_fraction) {
-        return Err(Error::invalid("val_fraction", format!("{val_fraction} is not in [0, 1)")));
+        return Err(Error::invalid(
+            "val_fraction",
+            format!("{val_fraction} is not in [0, 1)"),
+        ));
     }
     let n_val = ((n as f64 * val_fraction).round() as usize).min(n.saturating_sub(1));
     // A different stream from any epoch order: the split must not correlate with epoch 0.
@@ -110,10 +113,21 @@ pub fn make_batch(examples: &[&TokenizedExample], pad_id: u32) -> Result<Batch> 
     if examples.is_empty() {
         return Err(Error::invalid("batch", "no examples"));
     }
-    if examples.iter().any(|e| e.loss_mask.len() != e.input_ids.len()) {
-        return Err(Error::invalid("batch", "loss_mask and input_ids lengths differ"));
+    if examples
+        .iter()
+        .any(|e| e.loss_mask.len() != e.input_ids.len())
+    {
+        return Err(Error::invalid(
+            "batch",
+            "loss_mask and input_ids lengths differ",
+        ));
     }
-    let seq = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(1);
+    let seq = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let cells = examples.len() * seq;
     let mut b = Batch {
         input_ids: vec![pad_id; cells],

@@ -186,8 +186,13 @@ fn read_jsonl(text: &str, bad: &Bad) -> Rows {
 }
 
 fn read_json_array(text: &str, bad: &Bad) -> Result<Rows> {
-    let items: Vec<Value> = serde_json::from_str(text)
-        .map_err(|e| bad(e.line().max(1), "(json)", format!("invalid JSON array: {e}")))?;
+    let items: Vec<Value> = serde_json::from_str(text).map_err(|e| {
+        bad(
+            e.line().max(1),
+            "(json)",
+            format!("invalid JSON array: {e}"),
+        )
+    })?;
     Ok(items
         .into_iter()
         .enumerate()
@@ -224,7 +229,10 @@ fn read_csv(text: &str, bad: &Bad) -> Result<Rows> {
             }
             Err(e) => {
                 let line = e.position().map_or(0, |p| p.line() as usize);
-                (line, Err(bad(line, "(csv)", format!("unreadable record: {e}"))))
+                (
+                    line,
+                    Err(bad(line, "(csv)", format!("unreadable record: {e}"))),
+                )
             }
         };
         rows.push(row);

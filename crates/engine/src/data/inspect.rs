@@ -99,7 +99,11 @@ pub fn inspect(
         histogram: histogram(&lengths, HISTOGRAM_BINS),
         lengths: stats(&mut lengths),
         truncated,
-        truncated_share: if rows == 0 { 0.0 } else { truncated as f64 / rows as f64 },
+        truncated_share: if rows == 0 {
+            0.0
+        } else {
+            truncated as f64 / rows as f64
+        },
         trained_tokens,
         total_tokens,
         example,
@@ -122,7 +126,11 @@ fn stats(lengths: &mut [usize]) -> LengthStats {
         p50: rank(50),
         p95: rank(95),
         max: lengths.last().copied().unwrap_or(0),
-        mean: if lengths.is_empty() { 0.0 } else { sum as f64 / lengths.len() as f64 },
+        mean: if lengths.is_empty() {
+            0.0
+        } else {
+            sum as f64 / lengths.len() as f64
+        },
     }
 }
 

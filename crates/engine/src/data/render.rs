@@ -7,10 +7,13 @@
 //! and `render(messages[..=i], false)` ends after the turn's closing text. Both must be prefixes
 //! of the full rendering (true of ChatML, Llama 3, Mistral and the fallback; a template that
 //! rewrites earlier turns is rejected with [`Error::Template`]). Within the turn the trained span
-//! runs from the reply to the end of the end-of-turn marker (so a trailing newline after
-//! `<|im_end|>` is not trained). The full text is then tokenised once and each token is trained
-//! when its first byte lies in a span — tokenising pieces separately would change the ids
-//! (SentencePiece prepends `▁` to every piece; BPE merges across piece boundaries).
+//! runs from the reply's text (searched for in the turn, so a role header left there by a
+//! template that ignores `add_generation_prompt` is not trained) to the end of the end-of-turn
+//! marker (so the newline after `<|im_end|>` is not trained). The full text is then tokenised
+//! once, and a token is trained when its bytes overlap a span — so a reply's first token that
+//! also carries the preceding space (GPT-2's `Ġyes`) is learned. Tokenising pieces separately
+//! instead would change the ids (SentencePiece prepends `▁` to every piece; BPE merges across
+//! piece boundaries).
 //!
 //! End of turn: the model must learn to stop, so when the template does not write the
 //! end-of-turn marker after a reply, its id is inserted (trained) after the span. Completion and
@@ -98,7 +101,11 @@ pub struct Renderer<'a> {
 impl<'a> Renderer<'a> {
     /// # Errors
     /// [`Error::Invalid`] for `max_len == 0`; [`Error::Tokenizer`] if probing the tokenizer fails.
-    pub fn new(tokenizer: &'a Tokenizer, template: &'a ChatTemplate, opts: RenderOptions) -> Result<Self> {
+    pub fn new(
+        tokenizer: &'a Tokenizer,
+        template: &'a ChatTemplate,
+        opts: RenderOptions,
+    ) -> Result<Self> {
         if opts.max_len == 0 {
             return Err(Error::invalid("max_len", "must be at least 1"));
         }
@@ -176,7 +183,7 @@ impl<'a> Renderer<'a> {
         let (mut tok, mut pos) = (0, 0);
         for &(start, end, closed) in &spans {
             // Untrained tokens before the span, then the span's own tokens.
-            while tok < ids.len() && offsets[tok].0 < start {
+            while tok < ids.len() && offsets[tok].1 <= start {
                 input_ids.push(ids[tok]);
                 loss_mask.push(0);
                 tok += 1;
@@ -215,12 +222,19 @@ impl<'a> Renderer<'a> {
     fn chat_spans(&self, msgs: &[Message]) -> Result<(String, Vec<(usize, usize, bool)>)> {
         let full = self.template.render(msgs, false)?;
         if self.opts.train_on == TrainOn::All {
-            let closed = self.eot.as_ref().is_some_and(|(m, _)| full.trim_end().ends_with(m));
+            let closed = self
+                .eot
+                .as_ref()
+                .is_some_and(|(m, _)| full.trim_end().ends_with(m));
             return Ok((full.clone(), vec![(0, full.len(), closed)]));
         }
         let marker = self.eot.as_ref().map(|(m, _)| m.as_str());
         let mut spans = Vec::new();
-        for (i, msg) in msgs.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+        for (i, msg) in msgs
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == "assistant")
+        {
             let prefix_of_full = |s: String| full.starts_with(&s).then_some(s.len());
             let mut start = prefix_of_full(self.template.render(&msgs[..i], true)?);
             if start.is_none() {
@@ -238,10 +252,21 @@ impl<'a> Renderer<'a> {
             if end < start {
                 continue;
             }
-            let turn = &full[start..end];
+            // The reply starts where its text does: templates that ignore
+            // add_generation_prompt leave the role header inside the turn.
+            let reply = msg.content.trim();
+            let (start, turn) = match full[start..end].find(reply) {
+                Some(p) if !reply.is_empty() => (start + p, &full[start + p..end]),
+                _ => (start, &full[start..end]),
+            };
             // Look for the marker after the reply so a reply that quotes it is not cut short.
-            let after = turn.find(msg.content.trim()).map_or(0, |p| p + msg.content.trim().len());
-            let span = match marker.and_then(|m| turn[after..].find(m).map(|p| after + p + m.len())) {
+            let after = if turn.starts_with(reply) {
+                reply.len()
+            } else {
+                0
+            };
+            let span = match marker.and_then(|m| turn[after..].find(m).map(|p| after + p + m.len()))
+            {
                 Some(close) => (start, start + close, true),
                 None => (start, start + turn.trim_end().len(), false),
             };

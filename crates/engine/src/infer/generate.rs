@@ -32,7 +32,7 @@ impl Default for GenerateOptions {
             temperature: 0.7,
             top_k: 40,
             top_p: 0.95,
-            repeat_penalty: 1.1,
+            repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 42,
         }

@@ -136,14 +136,13 @@ impl ChatTemplate {
         let (bos, eos) = (token("bos_token"), token("eos_token"));
         let source = match json.get("chat_template") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(list)) => {
-                list.iter()
-                    .find(|t| t.get("name").and_then(|v| v.as_str()) == Some("default"))
-                    .or(list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string)
-            }
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|v| v.as_str()) == Some("default"))
+                .or(list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
             _ => None,
         };
         match source {
@@ -163,7 +162,9 @@ impl ChatTemplate {
     ) -> Result<Self> {
         let token = |key: &str| -> String {
             let id = md.get(key).and_then(|v| v.to_u32().ok());
-            let tokens = md.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok());
+            let tokens = md
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok());
             match (id, tokens) {
                 (Some(id), Some(tokens)) => tokens
                     .get(id as usize)

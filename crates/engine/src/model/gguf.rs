@@ -79,7 +79,9 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
         None => source.dominant_type(),
     };
     Ok(GgufModel {
-        chat_template: meta.opt_string("tokenizer.chat_template")?.map(String::from),
+        chat_template: meta
+            .opt_string("tokenizer.chat_template")?
+            .map(String::from),
         bos_token: tokenizer.bos_id.and_then(|id| tokenizer.id_to_token(id)),
         eos_token: meta
             .opt_u64("tokenizer.ggml.eos_token_id")?
@@ -109,8 +111,12 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
         });
     }
     let head_count = meta.usize("llama.attention.head_count")?;
-    let key_length = meta.opt_u64("llama.attention.key_length")?.map(|v| v as usize);
-    let value_length = meta.opt_u64("llama.attention.value_length")?.map(|v| v as usize);
+    let key_length = meta
+        .opt_u64("llama.attention.key_length")?
+        .map(|v| v as usize);
+    let value_length = meta
+        .opt_u64("llama.attention.value_length")?
+        .map(|v| v as usize);
     let hidden = meta.usize("llama.embedding_length")?;
     let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
     if value_length.is_some_and(|v| v != head_dim) {
@@ -152,7 +158,9 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
         intermediate_size: Some(meta.usize("llama.feed_forward_length")?),
         num_hidden_layers: Some(meta.usize("llama.block_count")?),
         num_attention_heads: Some(head_count),
-        num_key_value_heads: meta.opt_u64("llama.attention.head_count_kv")?.map(|v| v as usize),
+        num_key_value_heads: meta
+            .opt_u64("llama.attention.head_count_kv")?
+            .map(|v| v as usize),
         head_dim: Some(head_dim),
         rms_norm_eps: Some(meta.f64("llama.attention.layer_norm_rms_epsilon")?),
         rope_theta: meta.opt_f64("llama.rope.freq_base")?,
@@ -230,8 +238,15 @@ fn reorder_rows(w: &Tensor, n_heads: usize, to_gguf: bool) -> Result<Tensor> {
     let half = out / n_heads / 2;
     // HF order is (head, 2, half): first half of each head, then second half; GGUF interleaves
     // them as (head, half, 2). Swapping the two middle axes converts either way.
-    let from = if to_gguf { (n_heads, 2, half, rest) } else { (n_heads, half, 2, rest) };
-    Ok(w.reshape(from)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    let from = if to_gguf {
+        (n_heads, 2, half, rest)
+    } else {
+        (n_heads, half, 2, rest)
+    };
+    Ok(w.reshape(from)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 struct Entry {
@@ -269,7 +284,9 @@ impl GgufSource {
         let n_head_kv = meta
             .opt_u64("llama.attention.head_count_kv")?
             .map_or(n_head, |v| v as usize);
-        let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         let mut tensors = BTreeMap::new();
         let mut names: Vec<&String> = content.tensor_infos.keys().collect();
         names.sort();
@@ -379,7 +396,10 @@ impl TensorSource for GgufSource {
             tensor: name.into(),
             message,
         };
-        let e = self.tensors.get(name).ok_or_else(|| err("missing".into()))?;
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| err("missing".into()))?;
         let info = TensorInfo {
             ggml_dtype: e.dtype,
             shape: e.shape.clone().into(),

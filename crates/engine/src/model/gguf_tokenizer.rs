@@ -73,7 +73,10 @@ impl<'a> Meta<'a> {
     fn wrong(&self, key: &str, want: &str, v: &Value) -> Error {
         Error::Gguf {
             file: self.file.into(),
-            message: format!("metadata key `{key}`: expected {want}, found {:?}", v.value_type()),
+            message: format!(
+                "metadata key `{key}`: expected {want}, found {:?}",
+                v.value_type()
+            ),
         }
     }
 
@@ -219,9 +222,13 @@ pub fn gguf_tokenizer(meta: &Meta) -> Result<Tokenizer> {
         pick.map(|(tok, _)| AddedToken::from(tok.to_string(), special).normalized(false))
             .collect()
     };
-    inner.add_special_tokens(added(&[2, 3], true)).map_err(tk_err)?;
+    inner
+        .add_special_tokens(added(&[2, 3], true))
+        .map_err(tk_err)?;
     inner.add_tokens(added(&[4], false)).map_err(tk_err)?;
-    let add_bos = meta.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
+    let add_bos = meta
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(default_add_bos);
     if let (true, Some(id)) = (add_bos, bos) {
         let b = tokens[id as usize];
         let post = TemplateProcessing::builder()
@@ -310,7 +317,10 @@ fn sentencepiece_bpe(meta: &Meta, tokens: &[&str]) -> Result<tokenizers::Tokeniz
     if scores.len() != n {
         return Err(Error::Gguf {
             file: file.into(),
-            message: format!("`tokenizer.ggml.scores` has {} entries for {n} tokens", scores.len()),
+            message: format!(
+                "`tokenizer.ggml.scores` has {} entries for {n} tokens",
+                scores.len()
+            ),
         });
     }
     let vocab = vocab(tokens);
@@ -332,7 +342,9 @@ fn sentencepiece_bpe(meta: &Meta, tokens: &[&str]) -> Result<tokenizers::Tokeniz
         .into_iter()
         .map(|(l, r, _)| (l.to_string(), r.to_string()))
         .collect();
-    let unk = meta.opt_token_id("tokenizer.ggml.unknown_token_id", n)?.unwrap_or(0);
+    let unk = meta
+        .opt_token_id("tokenizer.ggml.unknown_token_id", n)?
+        .unwrap_or(0);
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true)
@@ -340,8 +352,12 @@ fn sentencepiece_bpe(meta: &Meta, tokens: &[&str]) -> Result<tokenizers::Tokeniz
     if let Some(u) = tokens.get(unk as usize) {
         builder = builder.unk_token(u.to_string());
     }
-    let bpe = builder.build().map_err(|e| build_err(file, "BPE model", e))?;
-    let prefix = meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+    let bpe = builder
+        .build()
+        .map_err(|e| build_err(file, "BPE model", e))?;
+    let prefix = meta
+        .opt_bool("tokenizer.ggml.add_space_prefix")?
+        .unwrap_or(true);
     let replace = |a: &str, b: &str| Replace::new(a, b).map_err(|e| build_err(file, "replace", e));
     let mut normalizers = vec![replace(" ", "\u{2581}")?.into()];
     let mut decoders = vec![

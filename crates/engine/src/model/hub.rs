@@ -25,15 +25,16 @@
 //! abort a transfer, and doing the transfer ourselves would need `ureq` as a direct dependency,
 //! so a cancel during a file takes effect when that file's transfer ends; its bytes are kept.
 
+mod transfer;
+
 use crate::error::{Error, Result};
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
-use hf_hub::api::Progress;
+use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use transfer::{classify, Failure, Fetcher};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
@@ -246,7 +247,7 @@ pub fn download_model(
         return from_cache(hub, &repo_dir, on_event).map_err(|m| {
             hub_err(
                 hub,
-                format!("offline (HF_HUB_OFFLINE or --offline) and {m}"),
+                format!("working offline and {m}; run once with network access to download it"),
             )
         });
     }
@@ -342,7 +343,7 @@ pub fn download_model(
         }
         Ok(())
     })();
-    if !stray_existed && hub.revision != info.sha {
+    if !stray_existed {
         let _ = std::fs::remove_file(&stray_ref);
     }
     result?;
@@ -475,38 +476,6 @@ fn from_cache(
     Ok(snap)
 }
 
-/// Why an hf-hub call failed, in the terms our messages need.
-enum Failure {
-    /// The server answered with this HTTP status (and hub error code, e.g. `RevisionNotFound`).
-    Status {
-        code: u16,
-        hub_code: Option<String>,
-    },
-    /// No answer: DNS, refused connection, TLS, timeout, connection dropped.
-    Unreachable(String),
-    /// Reading the body or writing the file failed.
-    Io(std::io::Error),
-    Other(String),
-}
-
-fn classify(e: ApiError) -> Failure {
-    match e {
-        ApiError::RequestError(err) => {
-            let text = err.to_string();
-            match err.into_response() {
-                Some(resp) => Failure::Status {
-                    code: resp.status(),
-                    hub_code: resp.header("x-error-code").map(String::from),
-                },
-                None => Failure::Unreachable(text),
-            }
-        }
-        ApiError::IoError(io) => Failure::Io(io),
-        ApiError::TooManyRetries(inner) => classify(*inner),
-        other => Failure::Other(other.to_string()),
-    }
-}
-
 fn info_failure(hub: &HubRef, endpoint: &str, failure: Failure) -> String {
     match failure {
         Failure::Status { hub_code, .. } if hub_code.as_deref() == Some("RevisionNotFound") => {
@@ -532,184 +501,6 @@ fn info_failure(hub: &HubRef, endpoint: &str, failure: Failure) -> String {
         Failure::Io(e) => format!("{endpoint} sent an unreadable file list for {hub}: {e}"),
         Failure::Unreachable(cause) | Failure::Other(cause) => {
             format!("cannot get the file list of {hub} from {endpoint}: {cause}")
-        }
-    }
-}
-
-/// Downloads single files of one commit into its snapshot.
-struct Fetcher<'a> {
-    hub: &'a HubRef,
-    endpoint: &'a str,
-    repo: ApiRepo,
-    snapshot: &'a Path,
-    sha: &'a str,
-}
-
-impl Fetcher<'_> {
-    fn fetch(
-        &self,
-        file: &str,
-        on_event: &mut dyn FnMut(DownloadEvent),
-        cancel: Option<&AtomicBool>,
-    ) -> Result<()> {
-        check_cancel(cancel)?;
-        let target = self.snapshot.join(file);
-        if target.is_file() {
-            on_event(DownloadEvent::Cached {
-                file: file.to_string(),
-            });
-            return Ok(());
-        }
-        // A symlink left dangling (its blob deleted) would make hf-hub's symlink call fail.
-        if target.symlink_metadata().is_ok() {
-            std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
-        }
-        let state = Cell::new(Transfer::default());
-        let progress = EventProgress {
-            file,
-            on_event: &mut *on_event,
-            state: &state,
-            emitted: 0,
-        };
-        let result = self.repo.download_with_progress(file, progress);
-        let t = state.get();
-        let path =
-            result.map_err(|e| hub_err(self.hub, self.fetch_failure(file, t, classify(e))))?;
-        if path != target {
-            return Err(hub_err(
-                self.hub,
-                format!(
-                    "{} sent {file} of another commit than {} ({})",
-                    self.endpoint,
-                    self.sha,
-                    path.display()
-                ),
-            ));
-        }
-        // ureq rejects a body shorter than its Content-Length; this also catches a server that
-        // sent none, so that a short file never stays in the snapshot.
-        let len = std::fs::metadata(&target)
-            .map_err(|e| Error::io(&target, e))?
-            .len();
-        if len != t.total {
-            if let Ok(blob) = std::fs::canonicalize(&target) {
-                let _ = std::fs::remove_file(blob);
-            }
-            let _ = std::fs::remove_file(&target);
-            return Err(hub_err(
-                self.hub,
-                format!(
-                    "download of {file} interrupted after {len} of {} bytes; run again",
-                    t.total
-                ),
-            ));
-        }
-        on_event(DownloadEvent::Done {
-            file: file.to_string(),
-        });
-        Ok(())
-    }
-
-    fn fetch_failure(&self, file: &str, t: Transfer, failure: Failure) -> String {
-        let hub = self.hub;
-        match failure {
-            // The transfer had begun: what is on disk is kept in `blobs/<etag>.part`.
-            Failure::Io(_) | Failure::Unreachable(_) if t.started => {
-                let cause = match failure {
-                    Failure::Io(e) => e.to_string(),
-                    Failure::Unreachable(c) => c,
-                    _ => String::new(),
-                };
-                format!(
-                    "download of {file} interrupted after {} of {} bytes; run again to resume \
-                     ({cause})",
-                    t.done, t.total
-                )
-            }
-            Failure::Unreachable(cause) => format!(
-                "cannot reach {}: {cause} — use a local folder, or set HF_HUB_OFFLINE=1 to use \
-                 the cache",
-                self.endpoint
-            ),
-            Failure::Status { code: 404, .. } => {
-                format!(
-                    "file {file} not found in {} at commit {}",
-                    hub.repo, self.sha
-                )
-            }
-            Failure::Status {
-                code: 401 | 403, ..
-            } => format!(
-                "access to {file} of {} denied: set HF_TOKEN, and accept the model's terms on the \
-                 hub if it is gated",
-                hub.repo
-            ),
-            Failure::Status { code, .. } => {
-                format!("{} answered HTTP {code} for {file}", self.endpoint)
-            }
-            Failure::Io(e) => format!("cannot write {file} into the cache: {e}"),
-            Failure::Other(cause) => format!("cannot download {file}: {cause}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Transfer {
-    started: bool,
-    done: u64,
-    total: u64,
-}
-
-/// Turns hf-hub's progress calls into [`DownloadEvent`]s, at most ~100 per file.
-struct EventProgress<'a> {
-    file: &'a str,
-    on_event: &'a mut dyn FnMut(DownloadEvent),
-    state: &'a Cell<Transfer>,
-    /// Last `bytes_done` reported: hf-hub re-inits (count back to 0) on each retry, and events
-    /// must not go backwards.
-    emitted: u64,
-}
-
-impl EventProgress<'_> {
-    fn emit_progress(&mut self, t: Transfer) {
-        self.emitted = t.done;
-        (self.on_event)(DownloadEvent::Progress {
-            file: self.file.to_string(),
-            bytes_done: t.done,
-            total_bytes: t.total,
-        });
-    }
-}
-
-impl Progress for EventProgress<'_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        let mut t = self.state.get();
-        t.total = size as u64;
-        t.done = 0;
-        if !t.started {
-            t.started = true;
-            (self.on_event)(DownloadEvent::Start {
-                file: self.file.to_string(),
-                total_bytes: t.total,
-            });
-        }
-        self.state.set(t);
-    }
-
-    fn update(&mut self, size: usize) {
-        let mut t = self.state.get();
-        t.done += size as u64;
-        self.state.set(t);
-        let step = (t.total / 100).max(64 * 1024);
-        if t.done > self.emitted && (t.done >= t.total || t.done - self.emitted >= step) {
-            self.emit_progress(t);
-        }
-    }
-
-    fn finish(&mut self) {
-        let t = self.state.get();
-        if t.done > self.emitted {
-            self.emit_progress(t);
         }
     }
 }

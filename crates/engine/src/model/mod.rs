@@ -7,4 +7,6 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod linear;
+pub mod load;
+pub mod loaded;
 pub mod tensors;

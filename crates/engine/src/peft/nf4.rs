@@ -66,8 +66,9 @@ pub const NF4_CODE: [f32; 16] = [
     1.0,
 ];
 
-/// Decision thresholds between adjacent codes: the f64 midpoints of [`NF4_CODE`] rounded to f32,
-/// i.e. the literals of bitsandbytes' `dQuantizeNF4` tree.
+/// Decision thresholds between adjacent codes: bitsandbytes' `dQuantizeNF4` tree literals, the
+/// f64 midpoints of [`NF4_CODE`] written in decimal and parsed to f32 (where a midpoint is an
+/// exact tie between two f32 values, the literal decides which one; we keep it verbatim).
 #[allow(clippy::excessive_precision)] // verbatim bitsandbytes literals
 pub const NF4_THRESHOLDS: [f32; 15] = [
     -0.8480964004993439,
@@ -257,7 +258,7 @@ impl Nf4Tensor {
             for (j, &v) in block.iter().enumerate() {
                 let q = nf4_index(v * inv);
                 let i = base + j;
-                packed[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
+                packed[i / 2] |= if i & 1 == 0 { q << 4 } else { q };
             }
         }
         if n % 2 == 1 {
@@ -321,7 +322,7 @@ impl Nf4Tensor {
     #[inline]
     pub fn code_index(&self, i: usize) -> u8 {
         let byte = self.packed[i / 2];
-        if i % 2 == 0 {
+        if i & 1 == 0 {
             byte >> 4
         } else {
             byte & 0x0f

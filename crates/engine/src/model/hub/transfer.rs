@@ -1,0 +1,222 @@
+//! Fetching one file of a commit through hf-hub into the cache, with progress events and
+//! errors in our words. hf-hub does the HTTP (metadata request, resumable `.part` transfer,
+//! retries, blob + symlink); this module decides what is cached, turns its [`Progress`] calls
+//! into [`DownloadEvent`]s and its [`ApiError`]s into messages that say what to do.
+
+use super::{check_cancel, hub_err, DownloadEvent, HubRef};
+use crate::error::{Error, Result};
+use hf_hub::api::sync::{ApiError, ApiRepo};
+use hf_hub::api::Progress;
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+/// Why an hf-hub call failed, in the terms our messages need.
+pub(super) enum Failure {
+    /// The server answered with this HTTP status (and hub error code, e.g. `RevisionNotFound`).
+    Status {
+        code: u16,
+        hub_code: Option<String>,
+    },
+    /// No answer: DNS, refused connection, TLS, timeout, connection dropped.
+    Unreachable(String),
+    /// Reading the body or writing the file failed.
+    Io(std::io::Error),
+    Other(String),
+}
+
+pub(super) fn classify(e: ApiError) -> Failure {
+    match e {
+        ApiError::RequestError(err) => {
+            let text = err.to_string();
+            match err.into_response() {
+                Some(resp) => Failure::Status {
+                    code: resp.status(),
+                    hub_code: resp.header("x-error-code").map(String::from),
+                },
+                None => Failure::Unreachable(text),
+            }
+        }
+        ApiError::IoError(io) => Failure::Io(io),
+        ApiError::TooManyRetries(inner) => classify(*inner),
+        other => Failure::Other(other.to_string()),
+    }
+}
+
+/// Downloads single files of one commit into its snapshot.
+pub(super) struct Fetcher<'a> {
+    pub(super) hub: &'a HubRef,
+    pub(super) endpoint: &'a str,
+    pub(super) repo: ApiRepo,
+    pub(super) snapshot: &'a Path,
+    pub(super) sha: &'a str,
+}
+
+impl Fetcher<'_> {
+    pub(super) fn fetch(
+        &self,
+        file: &str,
+        on_event: &mut dyn FnMut(DownloadEvent),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<()> {
+        check_cancel(cancel)?;
+        let target = self.snapshot.join(file);
+        if target.is_file() {
+            on_event(DownloadEvent::Cached {
+                file: file.to_string(),
+            });
+            return Ok(());
+        }
+        // A symlink left dangling (its blob deleted) would make hf-hub's symlink call fail.
+        if target.symlink_metadata().is_ok() {
+            std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
+        }
+        let state = Cell::new(Transfer::default());
+        let progress = EventProgress {
+            file,
+            on_event: &mut *on_event,
+            state: &state,
+            emitted: 0,
+        };
+        let result = self.repo.download_with_progress(file, progress);
+        let t = state.get();
+        let path =
+            result.map_err(|e| hub_err(self.hub, self.fetch_failure(file, t, classify(e))))?;
+        if path != target {
+            return Err(hub_err(
+                self.hub,
+                format!(
+                    "{} sent {file} of another commit than {} ({})",
+                    self.endpoint,
+                    self.sha,
+                    path.display()
+                ),
+            ));
+        }
+        // ureq rejects a body shorter than its Content-Length; this also catches a server that
+        // sent none, so that a short file never stays in the snapshot.
+        let len = std::fs::metadata(&target)
+            .map_err(|e| Error::io(&target, e))?
+            .len();
+        if len != t.total {
+            if let Ok(blob) = std::fs::canonicalize(&target) {
+                let _ = std::fs::remove_file(blob);
+            }
+            let _ = std::fs::remove_file(&target);
+            return Err(hub_err(
+                self.hub,
+                format!(
+                    "download of {file} interrupted after {len} of {} bytes; run again",
+                    t.total
+                ),
+            ));
+        }
+        on_event(DownloadEvent::Done {
+            file: file.to_string(),
+        });
+        Ok(())
+    }
+
+    fn fetch_failure(&self, file: &str, t: Transfer, failure: Failure) -> String {
+        let hub = self.hub;
+        match failure {
+            // The transfer had begun: what is on disk is kept in `blobs/<etag>.part`.
+            Failure::Io(_) | Failure::Unreachable(_) if t.started => {
+                let cause = match failure {
+                    Failure::Io(e) => e.to_string(),
+                    Failure::Unreachable(c) => c,
+                    _ => String::new(),
+                };
+                format!(
+                    "download of {file} interrupted after {} of {} bytes; run again to resume \
+                     ({cause})",
+                    t.done, t.total
+                )
+            }
+            Failure::Unreachable(cause) => format!(
+                "cannot reach {}: {cause} — use a local folder, or set HF_HUB_OFFLINE=1 to use \
+                 the cache",
+                self.endpoint
+            ),
+            Failure::Status { code: 404, .. } => {
+                format!(
+                    "file {file} not found in {} at commit {}",
+                    hub.repo, self.sha
+                )
+            }
+            Failure::Status {
+                code: 401 | 403, ..
+            } => format!(
+                "access to {file} of {} denied: set HF_TOKEN, and accept the model's terms on the \
+                 hub if it is gated",
+                hub.repo
+            ),
+            Failure::Status { code, .. } => {
+                format!("{} answered HTTP {code} for {file}", self.endpoint)
+            }
+            Failure::Io(e) => format!("cannot write {file} into the cache: {e}"),
+            Failure::Other(cause) => format!("cannot download {file}: {cause}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Transfer {
+    started: bool,
+    done: u64,
+    total: u64,
+}
+
+/// Turns hf-hub's progress calls into [`DownloadEvent`]s, at most ~100 per file.
+struct EventProgress<'a> {
+    file: &'a str,
+    on_event: &'a mut dyn FnMut(DownloadEvent),
+    state: &'a Cell<Transfer>,
+    /// Last `bytes_done` reported: hf-hub re-inits (count back to 0) on each retry, and events
+    /// must not go backwards.
+    emitted: u64,
+}
+
+impl EventProgress<'_> {
+    fn emit_progress(&mut self, t: Transfer) {
+        self.emitted = t.done;
+        (self.on_event)(DownloadEvent::Progress {
+            file: self.file.to_string(),
+            bytes_done: t.done,
+            total_bytes: t.total,
+        });
+    }
+}
+
+impl Progress for EventProgress<'_> {
+    fn init(&mut self, size: usize, _filename: &str) {
+        let mut t = self.state.get();
+        t.total = size as u64;
+        t.done = 0;
+        if !t.started {
+            t.started = true;
+            (self.on_event)(DownloadEvent::Start {
+                file: self.file.to_string(),
+                total_bytes: t.total,
+            });
+        }
+        self.state.set(t);
+    }
+
+    fn update(&mut self, size: usize) {
+        let mut t = self.state.get();
+        t.done += size as u64;
+        self.state.set(t);
+        let step = (t.total / 100).max(64 * 1024);
+        if t.done > self.emitted && (t.done >= t.total || t.done - self.emitted >= step) {
+            self.emit_progress(t);
+        }
+    }
+
+    fn finish(&mut self) {
+        let t = self.state.get();
+        if t.done > self.emitted {
+            self.emit_progress(t);
+        }
+    }
+}
