@@ -4,6 +4,8 @@
 //! the desktop app) are thin layers over these calls.
 
 pub mod error;
+pub mod export;
+pub mod fsutil;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
@@ -11,6 +13,7 @@ pub mod infer;
 pub mod memory;
 pub mod data;
 pub mod peft;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::config::{Arch, Config};

@@ -69,70 +69,29 @@ fn data_err(e: Error) -> (usize, String) {
 fn every_format_is_detected_and_normalised() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LoadOptions::default();
+    let ua = |u: &str, a: &str| chat(&[("user", u), ("assistant", a)]);
+    let sua = chat(&[("system", "S"), ("user", "U"), ("assistant", "A")]);
+    let completion = Example::Completion {
+        prompt: "P".into(),
+        completion: "C".into(),
+    };
+    #[rustfmt::skip]
     let cases: Vec<(&str, &str, DataFormat, Example)> = vec![
-        (
-            "alpaca.jsonl",
-            "{\"instruction\": \"Add\", \"input\": \"2+2\", \"output\": \"4\"}\n",
-            DataFormat::Alpaca,
-            chat(&[("user", "Add\n\n2+2"), ("assistant", "4")]),
-        ),
-        (
-            "alpaca_noinput.jsonl",
-            "\n{\"instruction\": \"Hi\", \"output\": \"Hello\"}\n\n",
-            DataFormat::Alpaca,
-            chat(&[("user", "Hi"), ("assistant", "Hello")]),
-        ),
-        (
-            "chat.jsonl",
-            r#"{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}"#,
-            DataFormat::Chat,
-            chat(&[("system", "S"), ("user", "U"), ("assistant", "A")]),
-        ),
-        (
-            "sharegpt.jsonl",
-            r#"{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "U"}, {"from": "gpt", "value": "A"}]}"#,
-            DataFormat::ShareGpt,
-            chat(&[("system", "S"), ("user", "U"), ("assistant", "A")]),
-        ),
-        (
-            "pc.jsonl",
-            r#"{"prompt": "P", "completion": "C"}"#,
-            DataFormat::PromptCompletion,
-            Example::Completion {
-                prompt: "P".into(),
-                completion: "C".into(),
-            },
-        ),
-        (
-            "qa.jsonl",
-            r#"{"question": "Q", "answer": "A"}"#,
-            DataFormat::QuestionAnswer,
-            chat(&[("user", "Q"), ("assistant", "A")]),
-        ),
-        (
-            "pr.jsonl",
-            r#"{"prompt": "Q", "response": "A", "category": "x"}"#,
-            DataFormat::QuestionAnswer,
-            chat(&[("user", "Q"), ("assistant", "A")]),
-        ),
-        (
-            "text.jsonl",
-            r#"{"text": "T"}"#,
-            DataFormat::Text,
-            Example::Text("T".into()),
-        ),
-        (
-            "array.json",
-            "[\n {\"text\": \"one\"},\n {\"text\": \"two\"}\n]",
-            DataFormat::Text,
-            Example::Text("one".into()),
-        ),
-        (
-            "alpaca.csv",
-            "instruction,input,output\nAdd,\"2+2\",\"four,\nexactly\"\nB,,C\n",
-            DataFormat::Alpaca,
-            chat(&[("user", "Add\n\n2+2"), ("assistant", "four,\nexactly")]),
-        ),
+        ("alpaca.jsonl", "{\"instruction\": \"Add\", \"input\": \"2+2\", \"output\": \"4\"}\n",
+            DataFormat::Alpaca, ua("Add\n\n2+2", "4")),
+        ("alpaca_noinput.jsonl", "\n{\"instruction\": \"Hi\", \"output\": \"Hello\"}\n\n",
+            DataFormat::Alpaca, ua("Hi", "Hello")),
+        ("chat.jsonl", r#"{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}"#,
+            DataFormat::Chat, sua.clone()),
+        ("sharegpt.jsonl", r#"{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "U"}, {"from": "gpt", "value": "A"}]}"#,
+            DataFormat::ShareGpt, sua),
+        ("pc.jsonl", r#"{"prompt": "P", "completion": "C"}"#, DataFormat::PromptCompletion, completion),
+        ("qa.jsonl", r#"{"question": "Q", "answer": "A"}"#, DataFormat::QuestionAnswer, ua("Q", "A")),
+        ("pr.jsonl", r#"{"prompt": "Q", "response": "A", "category": "x"}"#, DataFormat::QuestionAnswer, ua("Q", "A")),
+        ("text.jsonl", r#"{"text": "T"}"#, DataFormat::Text, Example::Text("T".into())),
+        ("array.json", "[\n {\"text\": \"one\"},\n {\"text\": \"two\"}\n]", DataFormat::Text, Example::Text("one".into())),
+        ("alpaca.csv", "instruction,input,output\nAdd,\"2+2\",\"four,\nexactly\"\nB,,C\n",
+            DataFormat::Alpaca, ua("Add\n\n2+2", "four,\nexactly")),
     ];
     for (name, text, format, first) in cases {
         let ds = load(&write(dir.path(), name, text), &opts).unwrap();
@@ -163,56 +122,21 @@ fn malformed_rows_name_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LoadOptions::default();
     let row = r#"{"instruction": "i", "output": "o"}"#;
+    let turn_ok = r#"{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}"#;
+    #[rustfmt::skip]
     let cases = [
-        (
-            "badjson.jsonl",
-            format!("{row}\n{row}\n{{\"instruction\": \"i\",\n"),
-            3,
-            "(json)",
-        ),
-        (
-            "nooutput.jsonl",
-            format!("{row}\n{{\"instruction\": \"i\", \"input\": \"x\"}}\n"),
-            2,
-            "output",
-        ),
-        (
-            "wrongtype.jsonl",
-            "{\"messages\": \"hello\"}\n".to_string(),
-            1,
-            "messages",
-        ),
-        (
-            "badturn.jsonl",
-            format!(
-                "{}\n{}\n",
-                r#"{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}"#,
-                r#"{"messages": [{"role": "user", "content": 5}]}"#
-            ),
-            2,
-            "messages[0].content",
-        ),
-        (
-            "nocolumn.csv",
-            "instruction,input\na,b\n".to_string(),
-            1,
-            "output",
-        ),
+        ("badjson.jsonl", format!("{row}\n{row}\n{{\"instruction\": \"i\",\n"), 3, "(json)"),
+        ("nooutput.jsonl", format!("{row}\n{{\"instruction\": \"i\", \"input\": \"x\"}}\n"), 2, "output"),
+        ("wrongtype.jsonl", "{\"messages\": \"hello\"}\n".to_string(), 1, "messages"),
+        ("badturn.jsonl", format!("{turn_ok}\n{}\n", r#"{"messages": [{"role": "user", "content": 5}]}"#),
+            2, "messages[0].content"),
+        ("nocolumn.csv", "instruction,input\na,b\n".to_string(), 1, "output"),
         ("empty.jsonl", "\n  \n".to_string(), 1, "(file)"),
         ("array.json", format!("[{row}, 3]"), 2, "(row)"),
         ("unknown.jsonl", "{\"foo\": 1}\n".to_string(), 1, "(row)"),
-        (
-            "sharegpt.jsonl",
-            r#"{"conversations": [{"from": "alien", "value": "x"}]}"#.to_string(),
-            1,
-            "conversations[0].from",
-        ),
-        (
-            "noreply.jsonl",
-            r#"{"messages": [{"role": "user", "content": "u"}]}"#.to_string(),
-            1,
-            "messages",
-        ),
+        ("sharegpt.jsonl", r#"{"conversations": [{"from": "alien", "value": "x"}]}"#.to_string(),
+            1, "conversations[0].from"),
+        ("noreply.jsonl", r#"{"messages": [{"role": "user", "content": "u"}]}"#.to_string(), 1, "messages"),
     ];
     for (name, text, line, field) in cases {
         let err = load(&write(dir.path(), name, &text), &opts).unwrap_err();

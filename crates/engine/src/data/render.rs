@@ -31,7 +31,8 @@ use crate::tokenizer::Tokenizer;
 use serde::Serialize;
 
 /// Which tokens carry loss in chat examples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TrainOn {
     /// Assistant replies and their end-of-turn token (default: the model learns to answer,
     /// not to imitate users; the usual choice for instruction tuning).
@@ -182,6 +183,8 @@ impl<'a> Renderer<'a> {
         let mut segments = Vec::new();
         let (mut tok, mut pos) = (0, 0);
         for &(start, end, closed) in &spans {
+            // Spans come sorted from a prefix-stable template; never slice backwards if not.
+            let (start, end) = (start.max(pos), end.max(start.max(pos)));
             // Untrained tokens before the span, then the span's own tokens.
             while tok < ids.len() && offsets[tok].1 <= start {
                 input_ids.push(ids[tok]);
@@ -218,8 +221,8 @@ impl<'a> Renderer<'a> {
         Ok((ex, segments))
     }
 
-    /// The full rendering and its trained byte spans `(start, end, template_wrote_end_of_turn)`.
-    fn chat_spans(&self, msgs: &[Message]) -> Result<(String, Vec<(usize, usize, bool)>)> {
+    /// The full rendering and its trained byte spans.
+    fn chat_spans(&self, msgs: &[Message]) -> Result<(String, Vec<Span>)> {
         let full = self.template.render(msgs, false)?;
         if self.opts.train_on == TrainOn::All {
             let closed = self
@@ -275,6 +278,9 @@ impl<'a> Renderer<'a> {
         Ok((full, spans))
     }
 }
+
+/// A trained byte range `(start, end, template_wrote_end_of_turn)` of the rendered text.
+type Span = (usize, usize, bool);
 
 fn push_segment(segments: &mut Vec<Segment>, text: &str, trained: bool) {
     if text.is_empty() {

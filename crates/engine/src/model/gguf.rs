@@ -15,10 +15,12 @@
 //! (`n_head` heads) and `attn_k` (`n_head_kv` heads). Shapes: candle reverses GGUF's
 //! fastest-first dims on read, so a tensor arrives as `[out, in]`, like `nn.Linear.weight`.
 //!
-//! Not supported: other architectures (qwen2, mistral-as-llama is fine, gemma, phi, …), MoE
+//! Not supported: other architectures (qwen2, gemma, phi, …; Mistral GGUFs say `llama`), MoE
 //! llamas, rope scaling (`rope_freqs.weight`, `llama.rope.scaling.type`), partial rotary,
 //! tensor types candle 0.11 cannot dequantize (Q8_1, Q8_K, the IQ* and TQ* families).
-//! Writing GGUF is `export::gguf`, not this module.
+//! Writing GGUF files is not this module (see [`permute_rope_rows`] for the q/k row order).
+
+mod types;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Config, RawConfig};
@@ -29,14 +31,13 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use types::{dtype_supported, file_type_name, find_unknown_type, type_id_name};
+pub use types::{type_name, SUPPORTED_TYPES};
 
 /// Architectures [`open_gguf`] imports (`general.architecture`).
 pub const SUPPORTED_ARCHS: &str = "llama";
-/// Tensor types [`GgufSource::load`] dequantizes (what candle 0.11 reads from GGUF).
-pub const SUPPORTED_TYPES: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 /// A GGUF model ready to build our decoder from.
 pub struct GgufModel {
@@ -118,6 +119,8 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
         .opt_u64("llama.attention.value_length")?
         .map(|v| v as usize);
     let hidden = meta.usize("llama.embedding_length")?;
+    // Without key_length, validation derives head_dim (and checks divisibility); this copy is
+    // only for the rotary check.
     let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
     if value_length.is_some_and(|v| v != head_dim) {
         return Err(Error::Unsupported {
@@ -161,7 +164,7 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
         num_key_value_heads: meta
             .opt_u64("llama.attention.head_count_kv")?
             .map(|v| v as usize),
-        head_dim: Some(head_dim),
+        head_dim: key_length,
         rms_norm_eps: Some(meta.f64("llama.attention.layer_norm_rms_epsilon")?),
         rope_theta: meta.opt_f64("llama.rope.freq_base")?,
         rope_scaling,
@@ -299,11 +302,17 @@ impl GgufSource {
                     supported: SUPPORTED_TYPES.into(),
                 });
             }
-            let elems = info.shape.elem_count();
+            // Checked: a crafted header can declare dims whose product overflows.
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d));
+            let elems = elems.unwrap_or(usize::MAX);
             let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let bytes = (elems / block).saturating_mul(info.ggml_dtype.type_size()) as u64;
             let start = content.tensor_data_offset.saturating_add(info.offset);
-            if elems % block != 0 || start.saturating_add(bytes) > file_len {
+            if !elems.is_multiple_of(block) || start.saturating_add(bytes) > file_len {
                 return Err(Error::Gguf {
                     file,
                     message: format!(
@@ -451,168 +460,4 @@ fn read_content(path: &Path) -> Result<Content> {
             message: format!("not a readable GGUF file: {e}"),
         }
     })
-}
-
-/// Walks a GGUF v2/v3 header to the first tensor whose type id candle does not know.
-fn find_unknown_type(path: &Path) -> std::io::Result<Option<(String, u32)>> {
-    let mut r = BufReader::new(std::fs::File::open(path)?);
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
-    let version = read_u32(&mut r)?;
-    if &magic != b"GGUF" || !(2..=3).contains(&version) {
-        return Ok(None);
-    }
-    let n_tensors = read_u64(&mut r)?;
-    let n_kv = read_u64(&mut r)?;
-    for _ in 0..n_kv {
-        skip_string(&mut r)?;
-        let ty = read_u32(&mut r)?;
-        skip_value(&mut r, ty)?;
-    }
-    for _ in 0..n_tensors {
-        let len = read_u64(&mut r)?.min(1 << 16);
-        let mut name = vec![0u8; len as usize];
-        r.read_exact(&mut name)?;
-        let n_dims = read_u32(&mut r)?.min(8);
-        r.seek_relative(8 * i64::from(n_dims))?;
-        let ty = read_u32(&mut r)?;
-        read_u64(&mut r)?;
-        if !matches!(ty, 0..=3 | 6..=15 | 30) {
-            return Ok(Some((String::from_utf8_lossy(&name).into_owned(), ty)));
-        }
-    }
-    Ok(None)
-}
-
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
-}
-
-fn skip_string(r: &mut (impl Read + Seek)) -> std::io::Result<()> {
-    let len = read_u64(r)?;
-    r.seek(SeekFrom::Current(len as i64))?;
-    Ok(())
-}
-
-fn skip_value(r: &mut (impl Read + Seek), ty: u32) -> std::io::Result<()> {
-    let fixed = |ty: u32| match ty {
-        0 | 1 | 7 => Some(1i64),
-        2 | 3 => Some(2),
-        4..=6 => Some(4),
-        10..=12 => Some(8),
-        _ => None,
-    };
-    match ty {
-        8 => skip_string(r),
-        9 => {
-            let elem = read_u32(r)?;
-            let n = read_u64(r)?;
-            match fixed(elem) {
-                Some(size) => r.seek(SeekFrom::Current(size * n as i64)).map(|_| ()),
-                None => (0..n).try_for_each(|_| skip_value(r, elem)),
-            }
-        }
-        _ => match fixed(ty) {
-            Some(size) => r.seek(SeekFrom::Current(size)).map(|_| ()),
-            None => Err(std::io::Error::other("bad metadata type")),
-        },
-    }
-}
-
-fn dtype_supported(d: GgmlDType) -> bool {
-    !matches!(d, GgmlDType::Q8_1 | GgmlDType::Q8K)
-}
-
-/// llama.cpp's spelling of a tensor type.
-pub fn type_name(d: GgmlDType) -> &'static str {
-    match d {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
-    }
-}
-
-/// Names of ggml type ids candle does not know (ggml.h `enum ggml_type`).
-fn type_id_name(id: u32) -> &'static str {
-    match id {
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        _ => "unknown type",
-    }
-}
-
-/// llama.cpp's name for `general.file_type` (`enum llama_ftype`).
-fn file_type_name(ft: u64) -> String {
-    let name = match ft {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        19 => "IQ2_XXS",
-        20 => "IQ2_XS",
-        21 => "Q2_K_S",
-        22 => "IQ3_XS",
-        23 => "IQ3_XXS",
-        24 => "IQ1_S",
-        25 => "IQ4_NL",
-        26 => "IQ3_S",
-        27 => "IQ3_M",
-        28 => "IQ2_S",
-        29 => "IQ2_M",
-        30 => "IQ4_XS",
-        31 => "IQ1_M",
-        32 => "BF16",
-        36 => "TQ1_0",
-        37 => "TQ2_0",
-        38 => "MXFP4_MOE",
-        _ => return format!("file_type {ft}"),
-    };
-    name.to_string()
 }

@@ -21,7 +21,7 @@
 //! hub cannot be reached, a complete cached snapshot of the revision is used, as Python does.
 //!
 //! # Cancellation
-//! Checked before the first request and before each file. hf-hub's [`Progress`] trait cannot
+//! Checked before the first request and before each file. hf-hub's [`Progress`](hf_hub::api::Progress) trait cannot
 //! abort a transfer, and doing the transfer ourselves would need `ureq` as a direct dependency,
 //! so a cancel during a file takes effect when that file's transfer ends; its bytes are kept.
 
@@ -225,8 +225,9 @@ pub enum DownloadEvent {
 /// [`Error::Hub`] naming the repository and what went wrong: repository or revision not found
 /// (or private), a required file or shard missing, the hub unreachable with no complete cached
 /// copy, a transfer interrupted (run again to resume), offline with files missing from the
-/// cache. [`Error::Cancelled`] when `cancel` was set; [`Error::Io`]/[`Error::Json`] for a
-/// cache that cannot be written or an index file that does not parse.
+/// cache. [`Error::Cancelled`] when `cancel` was set; [`Error::Io`] for a
+/// cache that cannot be written, [`Error::Json`]/[`Error::Config`] for an index file that does
+/// not parse or names no usable shards.
 pub fn download_model(
     hub: &HubRef,
     opts: &HubOptions,

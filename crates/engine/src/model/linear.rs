@@ -23,6 +23,8 @@ pub struct Linear {
     pub base: Base,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
+    /// True while the adapter's delta is folded into `base` (then `forward` skips the adapter).
+    pub merged: bool,
 }
 
 /// Per-call settings that change the forward pass during training.
@@ -55,6 +57,7 @@ impl Linear {
             base: Base::Dense(weight),
             bias,
             lora: None,
+            merged: false,
         }
     }
 
@@ -73,10 +76,35 @@ impl Linear {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
         }
-        if let Some(lora) = &self.lora {
+        if let (Some(lora), false) = (&self.lora, self.merged) {
             y = (y + lora.forward(x, ctx)?)?;
         }
         Ok(y)
+    }
+
+    /// Folds `scale·B·A` into the base weight (f32). Refuses to merge twice or without an
+    /// adapter, so a delta is never added twice.
+    pub fn merge(&mut self) -> crate::error::Result<()> {
+        let lora = self.lora.as_ref().ok_or_else(|| crate::error::Error::invalid("merge", "layer has no adapter"))?;
+        if self.merged {
+            return Err(crate::error::Error::invalid("merge", "adapter is already merged"));
+        }
+        let w = (self.dense_weight()?.detach() + lora.delta_weight()?)?;
+        self.base = Base::Dense(w);
+        self.merged = true;
+        Ok(())
+    }
+
+    /// Subtracts the adapter's delta again (exact up to f32 rounding).
+    pub fn unmerge(&mut self) -> crate::error::Result<()> {
+        let lora = self.lora.as_ref().ok_or_else(|| crate::error::Error::invalid("unmerge", "layer has no adapter"))?;
+        if !self.merged {
+            return Err(crate::error::Error::invalid("unmerge", "adapter is not merged"));
+        }
+        let w = (self.dense_weight()?.detach() - lora.delta_weight()?)?;
+        self.base = Base::Dense(w);
+        self.merged = false;
+        Ok(())
     }
 
     /// The base weight as f32 (dequantized if NF4).

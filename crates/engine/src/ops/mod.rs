@@ -4,6 +4,7 @@
 //! behind each choice. Every op here is checked against finite differences in `tests/ops.rs`.
 
 mod bridge;
+pub(crate) use bridge::{cpu_to_tensor, tensor_to_cpu};
 mod causal_softmax;
 mod frozen_linear;
 mod rms_norm;

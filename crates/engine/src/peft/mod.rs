@@ -1,5 +1,7 @@
 //! Parameter-efficient fine-tuning: LoRA, QLoRA (NF4), selective.
 
+pub mod adapter_io;
 pub mod lora;
+pub mod method;
 pub mod nf4;
 pub mod nf4_op;

@@ -1,0 +1,96 @@
+//! Merging an adapter into its base and writing a Hugging Face model folder that our loader
+//! and Python `transformers` both load.
+//!
+//! The merged weights are written in f32 (or bf16 on request) — never re-quantized: folding a
+//! light fine-tune into a 4-bit base and quantizing again erases most of the change, so a
+//! QLoRA base is dequantized first.
+
+use crate::error::{Error, Result};
+use crate::fsutil::{save_safetensors_atomic, write_atomic, write_json_atomic};
+use crate::model::decoder::Decoder;
+use crate::model::loaded::LoadedModel;
+use candle_core::{DType, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Folds every attached LoRA adapter into its base weight; returns how many were merged.
+pub fn merge_adapters(model: &mut Decoder) -> Result<usize> {
+    let mut n = 0;
+    for (_, lin) in model.linears_mut() {
+        if lin.lora.is_some() && !lin.merged {
+            lin.merge()?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Reverses [`merge_adapters`].
+pub fn unmerge_adapters(model: &mut Decoder) -> Result<usize> {
+    let mut n = 0;
+    for (_, lin) in model.linears_mut() {
+        if lin.merged {
+            lin.unmerge()?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Storage type of written weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// Merges adapters and writes `config.json`, `model.safetensors`, `tokenizer.json`,
+/// `tokenizer_config.json` (with the chat template) and `generation_config.json` into `dir`.
+pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    merge_adapters(&mut model.decoder)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in model.decoder.named_tensors_mut() {
+        let t = t.detach().to_dtype(DType::F32)?;
+        let t = match dtype {
+            ExportDtype::F32 => t,
+            ExportDtype::Bf16 => t.to_dtype(DType::BF16)?,
+        };
+        tensors.insert(name, t);
+    }
+    let mut config = model.decoder.config.to_hf_json();
+    config["torch_dtype"] = serde_json::json!(match dtype {
+        ExportDtype::F32 => "float32",
+        ExportDtype::Bf16 => "bfloat16",
+    });
+    save_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
+    write_json_atomic(&dir.join("config.json"), &config)?;
+    let tok_json = model
+        .tokenizer
+        .inner
+        .to_string(false)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    write_atomic(&dir.join("tokenizer.json"), tok_json.as_bytes())?;
+    let mut tc = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model.decoder.config.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    if !model.template.bos_token.is_empty() {
+        tc["bos_token"] = serde_json::json!(model.template.bos_token);
+    }
+    if !model.template.eos_token.is_empty() {
+        tc["eos_token"] = serde_json::json!(model.template.eos_token);
+    }
+    if !model.template.is_fallback() {
+        tc["chat_template"] = serde_json::json!(model.template.source());
+    }
+    write_json_atomic(&dir.join("tokenizer_config.json"), &tc)?;
+    let gen = serde_json::json!({
+        "bos_token_id": model.tokenizer.bos_id,
+        "eos_token_id": model.tokenizer.eos_ids,
+    });
+    write_json_atomic(&dir.join("generation_config.json"), &gen)
+}

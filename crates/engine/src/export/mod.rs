@@ -1,0 +1,3 @@
+//! Exports: merged Hugging Face model folders.
+
+pub mod merge;

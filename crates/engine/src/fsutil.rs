@@ -1,0 +1,70 @@
+//! Writing files so that a crash never leaves a half-written one in place: write to a
+//! temporary name in the same folder, flush to disk, then rename over the target.
+
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Atomically writes `bytes` to `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Atomically writes pretty JSON.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Atomically writes tensors as safetensors (f32 or whatever dtype they have).
+pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let tmp = tmp_path(path);
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::Tensor {
+        file: path.display().to_string(),
+        tensor: "(write)".into(),
+        message: e.to_string(),
+    })?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads a safetensors file into f32 CPU tensors, naming the file on error.
+pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "not found")));
+    }
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::Tensor {
+        file: path.display().to_string(),
+        tensor: "(header)".into(),
+        message: format!("not a readable safetensors file: {e}"),
+    })?;
+    map.into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?)))
+        .collect()
+}
+
+/// Reads and parses a JSON file, naming it on error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
