@@ -4,7 +4,10 @@ use crate::load::{load_model, ModelArgs};
 use clap::Args;
 use peft_engine::infer::generate::{generate, GenerateOptions};
 use peft_engine::infer::template::Message;
+use peft_engine::model::loaded::LoadedModel;
+use peft_engine::peft::adapter_io::apply_adapter;
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -45,10 +48,22 @@ impl SamplingArgs {
     }
 }
 
+/// Loads the model and applies `--adapter` if given.
+fn load_with_adapter(model: &ModelArgs, adapter: &Option<PathBuf>) -> peft_engine::Result<LoadedModel> {
+    let mut m = load_model(model)?;
+    if let Some(dir) = adapter {
+        apply_adapter(&mut m.decoder, dir)?;
+    }
+    Ok(m)
+}
+
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Apply a trained adapter folder (PEFT LoRA or a selective/full run) on top of the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// The prompt. An empty prompt ("") starts from the BOS token.
     #[arg(long, short, default_value = "")]
     prompt: String,
@@ -73,7 +88,7 @@ fn ctrl_c_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run(a: GenerateArgs) -> peft_engine::Result<()> {
-    let m = load_model(&a.model)?;
+    let m = load_with_adapter(&a.model, &a.adapter)?;
     let ids = if a.chat {
         m.chat_ids(&[Message::new("user", &a.prompt)])?
     } else {
@@ -126,6 +141,9 @@ pub fn run(a: GenerateArgs) -> peft_engine::Result<()> {
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Apply a trained adapter folder on top of the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// An optional system message that sets the assistant's behaviour.
     #[arg(long)]
     system: Option<String>,
@@ -134,7 +152,7 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> peft_engine::Result<()> {
-    let m = load_model(&a.model)?;
+    let m = load_with_adapter(&a.model, &a.adapter)?;
     if m.template.is_fallback() {
         eprintln!("note: this model has no chat template; using PEFT Studio's fallback format.");
     }

@@ -19,6 +19,15 @@ pub struct ModelArgs {
 }
 
 pub fn load_model(args: &ModelArgs) -> peft_engine::Result<LoadedModel> {
+    load_model_with(args, &peft_engine::peft::method::Method::Full)
+}
+
+/// Loads the model as `method` needs it (QLoRA quantizes the base while loading).
+pub fn load_model_with(
+    args: &ModelArgs,
+    method: &peft_engine::peft::method::Method,
+) -> peft_engine::Result<LoadedModel> {
+    let _ = method;
     let source = ModelSource::parse(&args.model)?;
     let bar = ProgressBar::hidden();
     bar.set_style(

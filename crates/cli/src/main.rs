@@ -2,9 +2,12 @@
 //! `peft_engine`; the desktop app calls the same functions.
 
 mod bench;
+mod data;
 mod generate;
 mod info;
 mod load;
+mod merge;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +34,13 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat interactively with a model, streamed, using its chat template.
     Chat(generate::ChatArgs),
+    /// Fine-tune a model (LoRA, QLoRA, selective or full) on a dataset.
+    Train(Box<train::TrainArgs>),
+    /// Fold an adapter into its base model and write a Hugging Face model folder.
+    Merge(merge::MergeArgs),
+    /// Look at a dataset the way training will see it.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -42,6 +52,9 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => generate::chat(a),
+        Command::Train(a) => train::run(*a),
+        Command::Merge(a) => merge::run(a),
+        Command::Data(d) => data::run(d),
         Command::Bench(b) => bench::run(b),
     };
     match result {
@@ -50,5 +63,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -14,6 +14,8 @@ pub mod memory;
 pub mod data;
 pub mod peft;
 pub mod train;
+pub mod hardware;
+pub mod plan;
 
 pub use error::{Error, Result};
 pub use model::config::{Arch, Config};

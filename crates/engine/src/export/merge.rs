@@ -14,7 +14,23 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Folds every attached LoRA adapter into its base weight; returns how many were merged.
+///
+/// # Errors
+/// [`Error::Invalid`] when adapters are already merged: merging again would add each delta a
+/// second time. Call [`unmerge_adapters`] first.
 pub fn merge_adapters(model: &mut Decoder) -> Result<usize> {
+    let already = model.linears_mut().iter().filter(|(_, l)| l.merged).count();
+    if already > 0 {
+        return Err(Error::invalid(
+            "merge",
+            format!("{already} adapters are already merged; merging again would add their deltas twice (unmerge first)"),
+        ));
+    }
+    merge_pending(model)
+}
+
+/// Merges the adapters not merged yet (none twice).
+fn merge_pending(model: &mut Decoder) -> Result<usize> {
     let mut n = 0;
     for (_, lin) in model.linears_mut() {
         if lin.lora.is_some() && !lin.merged {
@@ -46,11 +62,18 @@ pub enum ExportDtype {
     Bf16,
 }
 
-/// Merges adapters and writes `config.json`, `model.safetensors`, `tokenizer.json`,
-/// `tokenizer_config.json` (with the chat template) and `generation_config.json` into `dir`.
+/// Merges adapters (those not merged already) and writes `config.json`, `model.safetensors`,
+/// `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
+/// `generation_config.json` into `dir`.
+///
+/// The chat template is written even when it is our fallback: the model was fine-tuned in
+/// that format, so `transformers`, Ollama or llama.cpp must prompt it the same way.
+///
+/// # Errors
+/// I/O failures naming the file; tokenizer serialization failures.
 pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    merge_adapters(&mut model.decoder)?;
+    merge_pending(&mut model.decoder)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in model.decoder.named_tensors_mut() {
         let t = t.detach().to_dtype(DType::F32)?;
@@ -84,9 +107,7 @@ pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> 
     if !model.template.eos_token.is_empty() {
         tc["eos_token"] = serde_json::json!(model.template.eos_token);
     }
-    if !model.template.is_fallback() {
-        tc["chat_template"] = serde_json::json!(model.template.source());
-    }
+    tc["chat_template"] = serde_json::json!(model.template.source());
     write_json_atomic(&dir.join("tokenizer_config.json"), &tc)?;
     let gen = serde_json::json!({
         "bos_token_id": model.tokenizer.bos_id,

@@ -103,25 +103,57 @@ pub struct Generation {
 /// Turns a growing list of ids into text pieces that never end inside a UTF-8 character
 /// or a byte-fallback sequence: text is emitted only once it decodes without a trailing
 /// replacement character.
+///
+/// Decoding starts from a few prompt tokens of context, because decoders treat the first
+/// token specially (SentencePiece drops its leading space): "Tom had" + "▁a" must stream
+/// " a", not "a".
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
+    /// Length of the decoded context prefix, in bytes.
+    prefix_len: usize,
+    prefix_tokens: usize,
     emitted: String,
 }
+
+/// Prompt tokens kept as decoding context.
+const CONTEXT_TOKENS: usize = 4;
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
         Self {
             tokenizer,
             ids: Vec::new(),
+            prefix_len: 0,
+            prefix_tokens: 0,
             emitted: String::new(),
         }
+    }
+
+    /// A stream that continues `prompt` (only new text is emitted).
+    pub fn after(tokenizer: &'a Tokenizer, prompt: &[u32]) -> Result<Self> {
+        let ctx = prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..].to_vec();
+        let prefix = tokenizer.decode(&ctx, true)?;
+        Ok(Self {
+            tokenizer,
+            prefix_tokens: ctx.len(),
+            ids: ctx,
+            prefix_len: prefix.len(),
+            emitted: String::new(),
+        })
+    }
+
+    fn decoded(&self) -> Result<Option<String>> {
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        Ok(text.get(self.prefix_len..).map(String::from))
     }
 
     /// Adds one id; returns newly complete text, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids, true)?;
+        let Some(text) = self.decoded()? else {
+            return Ok(None);
+        };
         if text.ends_with('\u{FFFD}') || !text.starts_with(&self.emitted) {
             return Ok(None);
         }
@@ -132,7 +164,9 @@ impl<'a> TextStream<'a> {
 
     /// Everything decoded (including a trailing partial character, if generation stopped there).
     pub fn finish(&mut self) -> Result<Option<String>> {
-        let text = self.tokenizer.decode(&self.ids, true)?;
+        let Some(text) = self.decoded()? else {
+            return Ok(None);
+        };
         if text.len() > self.emitted.len() && text.starts_with(&self.emitted) {
             let new = text[self.emitted.len()..].to_string();
             self.emitted = text;
@@ -143,6 +177,11 @@ impl<'a> TextStream<'a> {
 
     pub fn text(&self) -> &str {
         &self.emitted
+    }
+
+    /// Generated ids so far (without the context prefix).
+    pub fn generated(&self) -> &[u32] {
+        &self.ids[self.prefix_tokens..]
     }
 }
 
@@ -180,7 +219,7 @@ pub fn generate(
     }
     let mut sampler = LogitsProcessor::from_sampling(opts.seed, opts.sampling());
     let mut cache = KvCache::new(model.layers.len());
-    let mut stream = TextStream::new(tokenizer);
+    let mut stream = TextStream::after(tokenizer, prompt_ids)?;
     let mut all: Vec<u32> = prompt_ids.to_vec();
     let mut generated = Vec::new();
     let mut stop = StopReason::MaxTokens;

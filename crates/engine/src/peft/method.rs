@@ -114,7 +114,7 @@ impl Selective {
         }
     }
 
-    fn selects(&self, name: &str, num_layers: usize) -> bool {
+    pub(crate) fn selects(&self, name: &str, num_layers: usize) -> bool {
         match self {
             Selective::Bias => name.ends_with(".bias"),
             Selective::Norm => name.ends_with("layernorm.weight") || name == "model.norm.weight",

@@ -350,11 +350,28 @@ impl Nf4Tensor {
             let b = i / NF4_BLOCK;
             let scale = self.absmax.get(b);
             let stop = end.min((b + 1) * NF4_BLOCK);
-            for j in i..stop {
-                out[o] = NF4_CODE[self.code_index(j) as usize] * scale;
+            // A lone low nibble first, then whole bytes (two values each, no per-element
+            // branch), then a lone high nibble: the hot loop of every NF4 matmul tile.
+            if i & 1 == 1 {
+                out[o] = NF4_CODE[(self.packed[i / 2] & 0x0f) as usize] * scale;
                 o += 1;
+                i += 1;
             }
-            i = stop;
+            let pairs = (stop - i) / 2;
+            for (&byte, dst) in self.packed[i / 2..i / 2 + pairs]
+                .iter()
+                .zip(out[o..o + 2 * pairs].chunks_exact_mut(2))
+            {
+                dst[0] = NF4_CODE[(byte >> 4) as usize] * scale;
+                dst[1] = NF4_CODE[(byte & 0x0f) as usize] * scale;
+            }
+            i += 2 * pairs;
+            o += 2 * pairs;
+            if i < stop {
+                out[o] = NF4_CODE[(self.packed[i / 2] >> 4) as usize] * scale;
+                o += 1;
+                i += 1;
+            }
         }
     }
 

@@ -1,0 +1,89 @@
+//! CPU and host-memory detection: model name, core counts, the SIMD features candle's CPU
+//! kernels use, RAM and swap. Detection only — no policy (that is `crate::plan`).
+
+use serde::{Deserialize, Serialize};
+
+/// Instruction-set extensions that change CPU training speed (candle's GEMM and elementwise
+/// kernels pick AVX2/AVX-512 on x86-64 and NEON on aarch64 at run time).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuFeatures {
+    pub avx2: bool,
+    pub avx512f: bool,
+    pub fma: bool,
+    pub neon: bool,
+}
+
+/// The host processor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    /// Brand string (`AMD EPYC 9R14 …`), empty when the OS does not say.
+    pub model: String,
+    /// `x86_64`, `aarch64`, …
+    pub arch: String,
+    /// Physical cores when the OS reports them, else equal to `logical_cores`.
+    pub physical_cores: usize,
+    pub logical_cores: usize,
+    pub features: CpuFeatures,
+}
+
+/// Host memory, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    pub total_bytes: u64,
+    /// What the OS says can be allocated without swapping (`MemAvailable` on Linux).
+    pub available_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_free_bytes: u64,
+}
+
+/// Features of the running CPU, detected at run time.
+pub fn detect_features() -> CpuFeatures {
+    #[allow(unused_mut)]
+    let mut f = CpuFeatures::default();
+    #[cfg(target_arch = "x86_64")]
+    {
+        f.avx2 = std::arch::is_x86_feature_detected!("avx2");
+        f.avx512f = std::arch::is_x86_feature_detected!("avx512f");
+        f.fma = std::arch::is_x86_feature_detected!("fma");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        f.neon = std::arch::is_aarch64_feature_detected!("neon");
+        f.fma = f.neon;
+    }
+    f
+}
+
+/// Reads CPU and memory facts from the OS through `sysinfo`.
+pub fn detect() -> (CpuInfo, MemoryInfo) {
+    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing())
+            .with_memory(MemoryRefreshKind::everything()),
+    );
+    let logical = sys.cpus().len().max(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    );
+    let model = sys
+        .cpus()
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .unwrap_or_default();
+    let cpu = CpuInfo {
+        model,
+        arch: System::cpu_arch(),
+        physical_cores: System::physical_core_count().unwrap_or(logical),
+        logical_cores: logical,
+        features: detect_features(),
+    };
+    let mem = MemoryInfo {
+        total_bytes: sys.total_memory(),
+        available_bytes: sys.available_memory(),
+        swap_total_bytes: sys.total_swap(),
+        swap_free_bytes: sys.free_swap(),
+    };
+    (cpu, mem)
+}

@@ -1,0 +1,434 @@
+//! The memory and time estimate of one training run: pure functions of the model config and
+//! the run's settings, one named term per line (like llm.c's `fill_in_parameter_sizes`).
+//! No I/O here — the machine's throughput comes in as [`Throughput`] (see `calibrate`).
+//!
+//! # What is counted (CPU, f32 compute)
+//! Every tensor our decoder records for backward stays alive until `backward()` returns, so
+//! the activation terms are the outputs of every tracked op in `Decoder::block_forward`
+//! (see [`block_activations`] for the list, tensor by tensor). The peak is the largest of
+//! these moments of a step, each the sum of what is alive then:
+//! - **logits backward**: weights + optimizer state + all kept activations + logits and
+//!   log-softmax + the vocabulary-sized gradients in flight;
+//! - **block backward**: the same minus the logits gradients, plus every weight gradient and
+//!   (checkpointing) one block's recomputed activations and their gradients;
+//! - **optimizer step**: weights + gradients + moments + AdamW's temporaries;
+//! - **evaluation** (when a validation split exists): the forward activations without
+//!   checkpointing (the recipe evaluates without it).
+//!
+//! On a GPU the same device-side terms apply (candle keeps the same graph) plus a CUDA context;
+//! host terms are the runtime and the tokenizer. Constants measured on this project's runs are
+//! in [`Calibration`], each with how it was obtained.
+
+use super::params::{
+    adapted_linears, base_weight_bytes, block_trains, largest_trainable, nf4_bytes, tensors,
+    trainable_parameters, trains_tensor,
+};
+use crate::model::config::Config;
+use crate::model::decoder::WeightDtype;
+use crate::peft::method::Method;
+use crate::peft::nf4_op::DEFAULT_TILE_ROWS;
+use serde::{Deserialize, Serialize};
+
+/// Where the run computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+/// The machine's measured speed (from `plan::calibrate`), the input to the time estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// f32 GEMM speed with all threads, GFLOP/s.
+    pub gemm_gflops: f64,
+    /// Memory copy bandwidth, GB/s.
+    pub mem_gbps: f64,
+}
+
+impl Default for Throughput {
+    /// A 2-core Zen 4 (this project's reference machine, `shared/notes/candle-training.md`).
+    fn default() -> Self {
+        Self {
+            gemm_gflops: 190.0,
+            mem_gbps: 10.0,
+        }
+    }
+}
+
+/// The run being planned; the same knobs as `TrainConfig`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub method: Method,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub grad_checkpointing: bool,
+    /// Storage of frozen dense weights (QLoRA's block projections are NF4 regardless).
+    pub weight_dtype: WeightDtype,
+    pub device: ComputeDevice,
+    /// A validation split is evaluated (its forward pass has its own peak).
+    pub evaluation: bool,
+    pub throughput: Throughput,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        Self {
+            method: Method::Lora(Default::default()),
+            seq_len: 256,
+            batch_size: 1,
+            grad_accum: 1,
+            grad_checkpointing: false,
+            weight_dtype: WeightDtype::F32,
+            device: ComputeDevice::Cpu,
+            evaluation: true,
+            throughput: Throughput::default(),
+        }
+    }
+}
+
+/// Measured constants. Every one was fitted to `peft bench plan` runs (see the CLI's
+/// `bench_plan.rs`) on the reference machine; the doc of each says what it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
+    /// arenas, the dataset. Measured as the peak RSS of training the 260K-parameter demo
+    /// model minus its (tiny) model terms.
+    pub runtime_bytes: u64,
+    /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
+    /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
+    pub tokenizer_bytes_per_token: u64,
+    /// Vocabulary-sized f32 buffers alive together while the loss backpropagates into the
+    /// logits (gather's scatter, log-softmax's three grads, max's mask): counted, then fitted.
+    pub logits_grad_copies: f64,
+    /// Extra resident bytes per byte of activations (allocator fragmentation: freed tensors
+    /// below glibc's mmap threshold stay mapped).
+    pub activation_slack: f64,
+    /// Share of the GEMM peak a training step sustains (the rest is elementwise work,
+    /// allocation and graph bookkeeping; notes: ≈ 74 of 195 GFLOP/s).
+    pub gemm_efficiency: f64,
+    /// Bytes moved per activation byte by elementwise work over forward and backward.
+    pub memory_passes: f64,
+    /// CUDA/Metal context and allocator reserve on a GPU.
+    pub gpu_context_bytes: u64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self {
+            runtime_bytes: 30 << 20,
+            tokenizer_bytes_per_token: 400,
+            logits_grad_copies: 3.0,
+            activation_slack: 0.05,
+            gemm_efficiency: 0.38,
+            memory_passes: 3.0,
+            gpu_context_bytes: 400 << 20,
+        }
+    }
+}
+
+/// One named term of the estimate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    /// Stable key (`base_weights.dense`, `activations.attention_scores`, …).
+    pub name: String,
+    pub bytes: u64,
+    /// What the term is, with its formula filled in.
+    pub explanation: String,
+}
+
+/// Total bytes of one moment of a training step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Parameter counts of the planned run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamCounts {
+    pub total: usize,
+    pub trainable: usize,
+}
+
+/// The result: lines that sum to `peak_bytes`, the phase they belong to, and the time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Terms alive at the peak; `Σ bytes == peak_bytes`.
+    pub lines: Vec<Line>,
+    pub peak_bytes: u64,
+    /// Which moment of the step is the peak.
+    pub peak_phase: String,
+    pub phases: Vec<Phase>,
+    /// On a GPU: the device part of `peak_bytes` (the rest is host memory). 0 on CPU.
+    pub device_bytes: u64,
+    pub host_bytes: u64,
+    pub params: ParamCounts,
+    /// Matmul FLOPs of one trained token (forward, backward, recompute).
+    pub flops_per_token: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Per-token f32 element counts of what one decoder block keeps for backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockActivations {
+    /// Everything but attention scores and LoRA: `8h + (5 + 2g)·q + 5·kv + 4·i`.
+    pub dense: u64,
+    /// `scores` and `probs` `[b, heads, s, s]`: `2·heads·s` per token.
+    pub attention: u64,
+    /// LoRA adapters: `3·out + r` per adapted projection.
+    pub lora: u64,
+    /// LoRA dropout: mask and masked input, `2·in` per adapted projection.
+    pub dropout: u64,
+}
+
+impl BlockActivations {
+    pub fn total(&self) -> u64 {
+        self.dense + self.attention + self.lora + self.dropout
+    }
+}
+
+/// What block `n` keeps per token, tensor by tensor from `Decoder::block_forward`:
+/// - two rms-norms, each its normalised output and the weighted output: `4h`;
+/// - q: projection, head-major copy, rotated: `3q`; k: the same `3kv`; v: projection and
+///   copy `2kv`; with GQA (`g = heads/kv_heads > 1`) the repeated k and v: `2q`;
+/// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
+/// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
+/// - MLP: gate, silu(gate), up, their product `4i`; down output and residual sum `2h`;
+/// - LoRA per adapted projection: base output, `B·(A·x)`, its scaled copy (`3·out`) and
+///   `A·x` (`r`); with dropout the mask and the masked input (`2·in`).
+///
+/// `train == false` is the evaluation forward (no dropout).
+pub fn block_activations(c: &Config, method: &Method, seq: usize, train: bool) -> BlockActivations {
+    let (h, q, kv, i) = (
+        c.hidden_size as u64,
+        c.q_dim() as u64,
+        c.kv_dim() as u64,
+        c.intermediate_size as u64,
+    );
+    let gqa = if c.num_kv_groups() > 1 { 2 * q } else { 0 };
+    let mut a = BlockActivations {
+        dense: 8 * h + 5 * q + gqa + 5 * kv + 4 * i,
+        attention: 2 * (c.num_attention_heads * seq) as u64,
+        ..Default::default()
+    };
+    if let Some(s) = method.lora() {
+        let per_layer = adapted_linears(c, method).len() / c.num_hidden_layers.max(1);
+        let linears: Vec<(usize, usize)> = adapted_linears(c, method)
+            .into_iter()
+            .take(per_layer)
+            .collect();
+        let r = s.rank as u64;
+        a.lora = linears.iter().map(|&(_, o)| 3 * o as u64 + r).sum();
+        if train && s.dropout > 0.0 {
+            a.dropout = linears.iter().map(|&(inp, _)| 2 * inp as u64).sum();
+        }
+    }
+    a
+}
+
+/// Index of the first block that trains: blocks before it see an untracked input and no
+/// trainable tensor, so they keep nothing. 0 when the embedding trains.
+pub fn first_kept_block(c: &Config, method: &Method) -> usize {
+    if trains_tensor(method, "model.embed_tokens.weight", c.num_hidden_layers) {
+        return 0;
+    }
+    (0..c.num_hidden_layers)
+        .find(|&n| block_trains(c, method, n))
+        .unwrap_or(c.num_hidden_layers)
+}
+
+/// Bytes of a KV cache for chat: k and v, f32, `[kv_heads, tokens, head_dim]` per layer.
+pub fn kv_cache_bytes(c: &Config, tokens: usize) -> u64 {
+    (2 * c.num_hidden_layers * c.kv_dim() * tokens * 4) as u64
+}
+
+/// Matmul FLOPs per trained token: forward `2·in·out` per frozen projection, backward
+/// `2·in·out` for the input gradient and another `2·in·out` where the weight trains; LoRA
+/// `6·r·(in+out)`; attention `4·s·q` forward and `8·s·q` backward per layer; the logits
+/// `2·h·V` each way; checkpointing repeats the block forwards.
+pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
+    let (h, v, s) = (
+        c.hidden_size as f64,
+        c.vocab_size as f64,
+        req.seq_len as f64,
+    );
+    let mut fwd_blocks = 0.0;
+    let mut bwd = 0.0;
+    for t in tensors(c) {
+        let Some((inp, out)) = t.dims else { continue };
+        let mm = 2.0 * inp as f64 * out as f64;
+        let trained = trains_tensor(&req.method, &t.name, c.num_hidden_layers);
+        if t.block_linear {
+            fwd_blocks += mm;
+            bwd += mm + if trained { mm } else { 0.0 };
+        } else if t.name == "lm_head.weight" || c.tie_word_embeddings {
+            bwd += if trained { mm } else { 0.0 };
+        }
+    }
+    let r = req.method.lora().map(|l| l.rank).unwrap_or(0) as f64;
+    let lora: f64 = adapted_linears(c, &req.method)
+        .iter()
+        .map(|&(i, o)| 2.0 * r * (i + o) as f64)
+        .sum();
+    let attn = 4.0 * s * c.q_dim() as f64 * c.num_hidden_layers as f64;
+    let logits = 2.0 * h * v;
+    let fwd = fwd_blocks + lora + attn;
+    let recompute = if req.grad_checkpointing { fwd } else { 0.0 };
+    fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + 2.0 * logits
+}
+
+/// The estimate with the project's measured [`Calibration`].
+pub fn estimate(c: &Config, req: &PlanRequest) -> Estimate {
+    estimate_with(c, req, &Calibration::default())
+}
+
+/// The estimate with explicit constants (the benchmark refits them).
+pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate {
+    let f = 4u64; // f32 compute
+    let (b, s) = (req.batch_size.max(1) as u64, req.seq_len.max(1) as u64);
+    let tokens = b * s;
+    let (h, v, layers) = (
+        c.hidden_size as u64,
+        c.vocab_size as u64,
+        c.num_hidden_layers as u64,
+    );
+    let trainable = trainable_parameters(c, &req.method) as u64;
+    let is_lora = req.method.lora().is_some();
+    let (nf4, dense, trained_base) = base_weight_bytes(c, &req.method, req.weight_dtype);
+    let line = |name: &str, bytes: u64, explanation: String| Line {
+        name: name.into(),
+        bytes,
+        explanation,
+    };
+
+    // Alive for the whole run.
+    let mut stat = vec![
+        line(
+            "runtime",
+            k.runtime_bytes,
+            "binary, threads, allocator arenas and the dataset (measured)".into(),
+        ),
+        line(
+            "tokenizer",
+            k.tokenizer_bytes_per_token * v,
+            format!("vocabulary maps: {v} tokens × {} B", k.tokenizer_bytes_per_token),
+        ),
+    ];
+    if nf4 > 0 {
+        stat.push(line("base_weights.nf4", nf4, "block projections in NF4 with double quantization (≈ 0.516 B/param)".into()));
+    }
+    if dense > 0 {
+        let what = match req.weight_dtype {
+            WeightDtype::F32 => "f32, 4 B/param",
+            WeightDtype::Bf16 => "bf16 matrices 2 B/param, vectors f32",
+        };
+        stat.push(line("base_weights.frozen", dense, format!("frozen weights ({what})")));
+    }
+    if trained_base > 0 {
+        stat.push(line("base_weights.trainable", trained_base, "weights being trained, f32 Vars (4 B/param)".into()));
+    }
+    if is_lora {
+        stat.push(line("adapters", f * trainable, format!("LoRA A and B, {trainable} params × 4 B")));
+    }
+    stat.push(line("optimizer_state", 2 * f * trainable, format!("AdamW first and second moments: 2 × {trainable} × 4 B")));
+
+    let grads = line("gradients", f * trainable, format!("one f32 gradient per trainable parameter: {trainable} × 4 B"));
+
+    // Activations kept by the forward pass.
+    let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
+    let kept_layers = layers - first_kept_block(c, &req.method) as u64;
+    let per = block_activations(c, &req.method, req.seq_len, true);
+    let mut acts = Vec::new();
+    if req.grad_checkpointing {
+        acts.push(line("activations.block_inputs", slack(f * tokens * h * (layers + 1)), format!("checkpointing keeps each block's input: ({layers} + 1) × {tokens} tokens × {h} × 4 B")));
+    } else {
+        acts.push(line("activations.blocks", slack(f * tokens * (per.dense * kept_layers + h)), format!("norms, q/k/v (+rope, head copies), attention output, MLP gate/up/product, residuals: {} floats/token × {kept_layers} blocks", per.dense)));
+        acts.push(line("activations.attention_scores", slack(f * tokens * per.attention * kept_layers), format!("scores and softmax probs [b, {}, s, s] f32 × {kept_layers} blocks", c.num_attention_heads)));
+        if per.lora > 0 {
+            acts.push(line("activations.lora", slack(f * tokens * per.lora * kept_layers), format!("LoRA base outputs, B·A·x and its scaled copy, A·x: {} floats/token/block", per.lora)));
+        }
+        if per.dropout > 0 {
+            acts.push(line("activations.lora_dropout", slack(f * tokens * per.dropout * kept_layers), format!("dropout masks and masked inputs: {} floats/token/block", per.dropout)));
+        }
+    }
+    acts.push(line("activations.final_norm", f * tokens * h * 2, "final rms-norm output and weighted output".into()));
+    acts.push(line("logits", f * tokens * v * 4, format!("logits, log-softmax's shifted logits, exp and result: 4 × {tokens} × {v} × 4 B")));
+    let acts_bytes: u64 = acts.iter().map(|l| l.bytes).sum();
+
+    let logits_grad = line("logits_grad", (k.logits_grad_copies * (f * tokens * v) as f64) as u64, format!("vocabulary-sized gradients in flight in the loss backward: {} × {tokens} × {v} × 4 B", k.logits_grad_copies));
+    let one_block = f * tokens * per.total();
+    let block_bwd = if req.grad_checkpointing {
+        line("activations.recompute", slack(2 * one_block), "checkpointing: one block's activations recomputed plus their gradients".into())
+    } else {
+        line("block_backward", one_block, "gradients of one block's activations in flight".into())
+    };
+    let tile = (4 * DEFAULT_TILE_ROWS * c.intermediate_size.max(c.hidden_size)) as u64;
+    let nf4_tiles = line("nf4_dequant_tiles", if nf4 > 0 { 2 * tile } else { 0 }, format!("QLoRA: dequantized f32 tiles of {DEFAULT_TILE_ROWS} rows (forward and backward)"));
+    let opt_tmp = line("optimizer_temporaries", 5 * f * largest_trainable(c, &req.method) as u64, "AdamW's per-tensor temporaries (m̂, v̂, √v̂, update), largest trainable tensor".into());
+
+    let mut candidates: Vec<(String, Vec<Line>)> = Vec::new();
+    let mut with_static = |name: &str, extra: Vec<Line>| {
+        let mut all = stat.clone();
+        all.extend(extra);
+        candidates.push((name.to_string(), all));
+    };
+    let mut p1 = acts.clone();
+    p1.push(logits_grad.clone());
+    p1.push(nf4_tiles.clone());
+    with_static("logits backward", p1);
+    let mut p2 = acts.clone();
+    p2.push(grads.clone());
+    p2.push(block_bwd);
+    p2.push(nf4_tiles.clone());
+    with_static("block backward", p2);
+    with_static("optimizer step", vec![grads.clone(), opt_tmp]);
+    if req.evaluation {
+        let eval = block_activations(c, &req.method, req.seq_len, false);
+        let eval_acts = f * tokens * (eval.total() * kept_layers + 3 * h + 4 * v);
+        with_static("evaluation forward", vec![line("evaluation_activations", slack(eval_acts), "validation forward without checkpointing keeps its graph (the adapters are Vars)".into())]);
+    }
+    let phases: Vec<Phase> = candidates
+        .iter()
+        .map(|(n, ls)| Phase { name: n.clone(), bytes: ls.iter().map(|l| l.bytes).sum() })
+        .collect();
+    let (peak_phase, mut lines) = candidates
+        .into_iter()
+        .max_by_key(|(_, ls)| ls.iter().map(|l| l.bytes).sum::<u64>())
+        .unwrap_or_default();
+    lines.retain(|l| l.bytes > 0);
+    if req.device != ComputeDevice::Cpu {
+        lines.push(line("gpu_context", k.gpu_context_bytes, "CUDA/Metal context and allocator reserve".into()));
+    }
+    let peak_bytes: u64 = lines.iter().map(|l| l.bytes).sum();
+    let host_bytes = if req.device == ComputeDevice::Cpu {
+        peak_bytes
+    } else {
+        lines.iter().filter(|l| l.name == "runtime" || l.name == "tokenizer").map(|l| l.bytes).sum()
+    };
+
+    let flops_per_token = train_flops_per_token(c, req);
+    let act_bytes_per_token = (acts_bytes as f64 / tokens as f64).max(1.0);
+    let secs_per_token = flops_per_token / (req.throughput.gemm_gflops * 1e9 * k.gemm_efficiency)
+        + k.memory_passes * act_bytes_per_token * if req.grad_checkpointing { 1.5 } else { 1.0 }
+            / (req.throughput.mem_gbps * 1e9);
+    Estimate {
+        lines,
+        peak_bytes,
+        peak_phase,
+        phases,
+        device_bytes: peak_bytes - host_bytes,
+        host_bytes,
+        params: ParamCounts { total: crate::model::count::parameter_count(c), trainable: trainable as usize },
+        flops_per_token,
+        tokens_per_s: 1.0 / secs_per_token.max(1e-12),
+    }
+}
+
+/// Bytes of the block projections of `c` in NF4 with double quantization.
+pub fn nf4_linear_bytes(c: &Config) -> u64 {
+    tensors(c).iter().filter(|t| t.block_linear).map(|t| nf4_bytes(t.numel)).sum()
+}

@@ -1,0 +1,300 @@
+//! Ranking training configurations for a machine, a model and a dataset.
+//!
+//! Given free memory (VRAM for a GPU run, RAM for CPU) minus a visible safety margin, the
+//! recommender walks configurations from the best-quality/fastest to the leanest — LoRA,
+//! LoRA + checkpointing, QLoRA, QLoRA + checkpointing — first at a sequence length covering
+//! ~95 % of the examples, then at shorter ones, and keeps every candidate with its estimate,
+//! headroom, speed and a plain-language reason. When nothing fits it says what would.
+//!
+//! Pure: hardware and dataset figures come in as values; nothing is measured here.
+
+use super::estimate::{estimate_with, Calibration, ComputeDevice, Estimate, PlanRequest};
+use crate::data::inspect::DatasetReport;
+use crate::hardware::Hardware;
+use crate::memory::format_bytes;
+use crate::model::config::Config;
+use crate::peft::method::{LoraSettings, Method};
+use serde::{Deserialize, Serialize};
+
+/// Token lengths of the dataset's examples (before truncation).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataStats {
+    /// Sorted ascending.
+    pub lengths: Vec<usize>,
+}
+
+impl DataStats {
+    pub fn from_lengths(mut lengths: Vec<usize>) -> Self {
+        lengths.sort_unstable();
+        Self { lengths }
+    }
+
+    /// Rebuilds lengths from an inspect report's histogram (each bin's rows spread evenly over
+    /// it; the maximum and p95 are kept exact).
+    pub fn from_report(r: &DatasetReport) -> Self {
+        let mut lengths = Vec::with_capacity(r.rows);
+        for &(lo, hi, count) in &r.histogram {
+            for j in 0..count {
+                lengths.push((lo + (hi - lo) * (2 * j + 1) / (2 * count.max(1))).min(r.lengths.max));
+            }
+        }
+        if let Some(last) = lengths.iter_mut().max() {
+            *last = r.lengths.max;
+        }
+        Self::from_lengths(lengths)
+    }
+
+    /// Smallest length covering `share` of the examples (nearest rank).
+    pub fn percentile(&self, share: f64) -> usize {
+        if self.lengths.is_empty() {
+            return 0;
+        }
+        let k = ((share * self.lengths.len() as f64).ceil() as usize).clamp(1, self.lengths.len());
+        self.lengths[k - 1]
+    }
+
+    /// Share of examples longer than `seq` (cut by training).
+    pub fn truncated_share(&self, seq: usize) -> f64 {
+        if self.lengths.is_empty() {
+            return 0.0;
+        }
+        self.lengths.iter().filter(|&&l| l > seq).count() as f64 / self.lengths.len() as f64
+    }
+
+    /// Tokens one epoch trains on at `seq`.
+    pub fn epoch_tokens(&self, seq: usize) -> usize {
+        self.lengths.iter().map(|&l| l.min(seq)).sum()
+    }
+}
+
+/// What the user fixed; everything `None` is the recommender's to choose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecommendOptions {
+    /// `None`: automatic (LoRA family); `Some`: only this method (its variants may still add
+    /// checkpointing or a shorter sequence).
+    pub method: Option<Method>,
+    /// Rank/targets used for automatic LoRA/QLoRA candidates.
+    pub lora: LoraSettings,
+    pub seq_len: Option<usize>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Share of free memory kept free; at least `min_margin_bytes`.
+    pub safety_margin: f64,
+    pub min_margin_bytes: u64,
+    /// Share of examples the sequence length should cover.
+    pub coverage: f64,
+    /// The base request (dtype, evaluation, throughput) every candidate starts from.
+    pub base: PlanRequest,
+}
+
+impl Default for RecommendOptions {
+    /// Batch 1 with 8 accumulation steps (effective batch 8: on CPU a larger batch barely
+    /// raises tokens/s but multiplies activation memory); 10 % / 256 MiB margin; 95 % coverage.
+    fn default() -> Self {
+        Self {
+            method: None,
+            lora: LoraSettings::default(),
+            seq_len: None,
+            batch_size: 1,
+            grad_accum: 8,
+            safety_margin: 0.10,
+            min_margin_bytes: 256 << 20,
+            coverage: 0.95,
+            base: PlanRequest::default(),
+        }
+    }
+}
+
+/// One ranked configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// `LoRA`, `QLoRA with checkpointing`, …
+    pub label: String,
+    pub request: PlanRequest,
+    pub truncated_share: f64,
+    pub estimate: Estimate,
+    pub fits: bool,
+    /// `usable − peak` (negative when it does not fit).
+    pub headroom_bytes: i64,
+    pub tokens_per_s: f64,
+    pub epoch_seconds: f64,
+    pub reason: String,
+}
+
+/// The ranked list and the verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub device: ComputeDevice,
+    /// Free memory of the budgeted device.
+    pub available_bytes: u64,
+    pub margin_bytes: u64,
+    /// `available − margin`: what a plan may use.
+    pub usable_bytes: u64,
+    /// Fitting candidates first, best first; then the ones that do not fit.
+    pub candidates: Vec<Candidate>,
+    /// One-paragraph summary ("LoRA needs 9.1 GiB, you have 6.0 GiB free; …").
+    pub summary: String,
+}
+
+impl Recommendation {
+    /// The top candidate, if any fits.
+    pub fn best(&self) -> Option<&Candidate> {
+        self.candidates.first().filter(|c| c.fits)
+    }
+}
+
+fn label(method: &Method, ckpt: bool) -> String {
+    let m = match method {
+        Method::Full => "full fine-tuning",
+        Method::Selective { .. } => "selective",
+        Method::Lora(_) => "LoRA",
+        Method::Qlora(_) => "QLoRA",
+    };
+    if ckpt {
+        format!("{m} with checkpointing")
+    } else {
+        m.to_string()
+    }
+}
+
+/// Sequence lengths to try: the coverage length rounded up to 64 (capped by the model's
+/// context), then halvings down to 64.
+fn seq_lengths(c: &Config, data: &DataStats, o: &RecommendOptions) -> Vec<usize> {
+    let first = o
+        .seq_len
+        .unwrap_or_else(|| data.percentile(o.coverage).max(1).div_ceil(64) * 64)
+        .clamp(1, c.max_position_embeddings);
+    let mut out = vec![first];
+    let mut s = first;
+    while s > 64 {
+        s = (s / 2).max(64);
+        out.push(s);
+    }
+    out
+}
+
+/// Ranks configurations for `hw`; see the module docs.
+pub fn recommend(c: &Config, hw: &Hardware, data: &DataStats, o: &RecommendOptions) -> Recommendation {
+    recommend_with(c, hw, data, o, &Calibration::default())
+}
+
+/// [`recommend`] with explicit estimate constants.
+pub fn recommend_with(
+    c: &Config,
+    hw: &Hardware,
+    data: &DataStats,
+    o: &RecommendOptions,
+    k: &Calibration,
+) -> Recommendation {
+    let gpu = hw.best_gpu().filter(|g| hw.assumed || hw.gpu.backends.cuda || g.unified_memory);
+    let (device, available) = match gpu {
+        Some(g) if g.unified_memory => (ComputeDevice::Metal, g.free_bytes),
+        Some(g) => (ComputeDevice::Cuda, g.free_bytes),
+        None => (ComputeDevice::Cpu, hw.memory.available_bytes),
+    };
+    let margin = ((available as f64 * o.safety_margin) as u64).max(o.min_margin_bytes);
+    let usable = available.saturating_sub(margin);
+    let methods: Vec<Method> = match &o.method {
+        Some(m) => vec![m.clone()],
+        None => vec![Method::Lora(o.lora.clone()), Method::Qlora(o.lora.clone())],
+    };
+    let mut all = Vec::new();
+    for seq in seq_lengths(c, data, o) {
+        for m in &methods {
+            for ckpt in [false, true] {
+                let req = PlanRequest {
+                    method: m.clone(),
+                    seq_len: seq,
+                    batch_size: o.batch_size.max(1),
+                    grad_accum: o.grad_accum.max(1),
+                    grad_checkpointing: ckpt,
+                    device,
+                    ..o.base.clone()
+                };
+                let est = estimate_with(c, &req, k);
+                // Device memory on a GPU (host needs are small and separate), RAM on CPU.
+                let need = if device == ComputeDevice::Cpu { est.peak_bytes } else { est.device_bytes };
+                let fits = need <= usable;
+                let trunc = data.truncated_share(seq);
+                let tokens = data.epoch_tokens(seq).max(1) as f64;
+                let name = label(m, ckpt);
+                let reason = if fits {
+                    format!(
+                        "{name} at {seq} tokens needs {}, leaving {} of the {} usable",
+                        format_bytes(need),
+                        format_bytes(usable - need),
+                        format_bytes(usable)
+                    )
+                } else {
+                    format!("{name} at {seq} tokens needs {}, you have {} free", format_bytes(need), format_bytes(available))
+                };
+                all.push(Candidate {
+                    label: name,
+                    truncated_share: trunc,
+                    fits,
+                    headroom_bytes: usable as i64 - need as i64,
+                    tokens_per_s: est.tokens_per_s,
+                    epoch_seconds: tokens / est.tokens_per_s.max(1e-9),
+                    estimate: est,
+                    request: req,
+                    reason,
+                });
+            }
+        }
+    }
+    // Stable partition: candidates were generated best-first, so fitting ones keep that order.
+    let (mut fit, mut rest): (Vec<Candidate>, Vec<Candidate>) = all.into_iter().partition(|c| c.fits);
+    rest.sort_by_key(|c| c.estimate.peak_bytes);
+    let where_ = if device == ComputeDevice::Cpu { "RAM" } else { "GPU memory" };
+    let summary = match fit.first() {
+        Some(best) => {
+            let mut s = String::new();
+            if let Some(first) = rest.iter().find(|r| r.request.seq_len >= best.request.seq_len && !r.label.contains("checkpointing")) {
+                s.push_str(&format!(
+                    "{} needs {}, you have {} of {where_} free; ",
+                    first.label,
+                    format_bytes(first.estimate.peak_bytes),
+                    format_bytes(available)
+                ));
+            }
+            s.push_str(&format!(
+                "{} at {} tokens needs {} ({} kept free as a safety margin), covering {:.0} % of examples in full.",
+                best.label,
+                best.request.seq_len,
+                format_bytes(best.estimate.peak_bytes),
+                format_bytes(margin),
+                100.0 * (1.0 - best.truncated_share)
+            ));
+            s
+        }
+        None => nothing_fits(c, &rest, available, usable, where_),
+    };
+    fit.append(&mut rest);
+    Recommendation { device, available_bytes: available, margin_bytes: margin, usable_bytes: usable, candidates: fit, summary }
+}
+
+fn nothing_fits(c: &Config, rest: &[Candidate], available: u64, usable: u64, where_: &str) -> String {
+    let Some(least) = rest.first() else {
+        return "no configuration to evaluate".into();
+    };
+    let fixed: u64 = least
+        .estimate
+        .lines
+        .iter()
+        .filter(|l| l.name == "runtime" || l.name == "tokenizer" || l.name == "gpu_context")
+        .map(|l| l.bytes)
+        .sum();
+    let scale = usable.saturating_sub(fixed) as f64 / least.estimate.peak_bytes.saturating_sub(fixed).max(1) as f64;
+    let params = crate::model::count::parameter_count(c) as f64;
+    format!(
+        "Nothing fits: the leanest configuration ({} at {} tokens) needs {}, you have {} of {where_} free ({} usable after the safety margin). \
+         Free {} of memory, or choose a model of about {:.0}M parameters or fewer.",
+        least.label,
+        least.request.seq_len,
+        format_bytes(least.estimate.peak_bytes),
+        format_bytes(available),
+        format_bytes(usable),
+        format_bytes(least.estimate.peak_bytes.saturating_sub(usable)),
+        (params * scale.min(1.0) / 1e6).floor().max(0.0)
+    )
+}

@@ -1,0 +1,89 @@
+//! The TypeScript types of every DTO, generated from the Rust types with ts-rs into
+//! `ui/src/lib/bindings/` and checked in. `cargo test -p peft-studio bindings` fails when the
+//! checked-in files are stale; `UPDATE_BINDINGS=1` with the same command rewrites them.
+
+use std::path::{Path, PathBuf};
+use ts_rs::TS;
+
+/// The checked-in bindings folder.
+pub fn bindings_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui/src/lib/bindings")
+}
+
+/// Writes every type (and what it references) into `dir`.
+///
+/// # Errors
+/// ts-rs's export error (I/O) as text.
+pub fn export_all(dir: &Path) -> Result<(), String> {
+    use crate::commands::*;
+    macro_rules! export {
+        ($($t:ty),* $(,)?) => {{ $( <$t>::export_all_to(dir).map_err(|e| e.to_string())?; )* }};
+    }
+    export!(
+        crate::error::ApiError,
+        crate::AppInfo,
+        crate::settings::TrainSettings,
+        crate::history::RunRecord,
+        hardware::HardwareDto,
+        model::ModelInfoDto,
+        model::DownloadProgress,
+        data::DatasetReportDto,
+        plan::PlanDto,
+        plan::EstimateDto,
+        train::TrainUpdate,
+        chat::ChatSide,
+        chat::ChatMessage,
+        chat::Sampling,
+        chat::ChatReply,
+        export::ExportKind,
+        export::ExportResult,
+        dialogs::PickWhat,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_dir(dir: &Path) -> std::collections::BTreeMap<String, String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ts"))
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            std::fs::read_to_string(e.path()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn bindings_are_fresh() {
+        let fresh = tempfile::tempdir().unwrap();
+        export_all(fresh.path()).unwrap();
+        if std::env::var_os("UPDATE_BINDINGS").is_some() {
+            let dir = bindings_dir();
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in read_dir(fresh.path()) {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+        }
+        let want = read_dir(fresh.path());
+        let have = read_dir(&bindings_dir());
+        for (name, text) in &want {
+            assert_eq!(
+                have.get(name),
+                Some(text),
+                "ui/src/lib/bindings/{name} is stale: run `make bindings` and commit the result"
+            );
+        }
+        for name in have.keys() {
+            assert!(want.contains_key(name), "ui/src/lib/bindings/{name} is no longer generated: delete it");
+        }
+    }
+}

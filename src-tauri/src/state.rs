@@ -1,0 +1,88 @@
+//! What the shell remembers between commands: the open model, the inspected dataset, the last
+//! hardware scan, and one cancel token per kind of long job. Everything here is either an
+//! engine value or a token; the shell computes nothing from it.
+
+use crate::error::{ApiError, ApiResult};
+use peft_engine::data::inspect::DatasetReport;
+use peft_engine::hardware::Hardware;
+use peft_engine::model::load::ModelSource;
+use peft_engine::model::loaded::LoadedModel;
+use peft_engine::plan::Throughput;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The model the wizard works on.
+pub struct ModelSlot {
+    /// What the user typed or picked (`demo`, a folder, a .gguf, `org/name`).
+    pub spec: String,
+    pub source: ModelSource,
+    /// Shared with chat threads; training loads its own copy (the recipe consumes it).
+    pub base: Arc<LoadedModel>,
+}
+
+/// The dataset the wizard works on.
+pub struct DatasetSlot {
+    pub path: PathBuf,
+    pub report: DatasetReport,
+}
+
+/// A training run in progress (or just finished), so the Train step can re-attach.
+pub struct TrainJob {
+    pub run_id: String,
+    pub cancel: Arc<AtomicBool>,
+    /// Cleared by the training thread when it ends.
+    pub running: Arc<AtomicBool>,
+    /// Kept current by the training thread (steps, curves, final status).
+    pub record: Arc<Mutex<crate::history::RunRecord>>,
+}
+
+/// Managed state of the app.
+pub struct AppState {
+    /// Run history, the demo dataset copy and default export folders live here.
+    pub data_dir: PathBuf,
+    pub model: Mutex<Option<ModelSlot>>,
+    /// The tuned model for chat: (run id, base + that run's adapter).
+    pub tuned: Mutex<Option<(String, Arc<LoadedModel>)>>,
+    pub dataset: Mutex<Option<DatasetSlot>>,
+    pub hardware: Mutex<Option<Hardware>>,
+    /// Measured once per app start (a third of a second), for the plan's time estimate.
+    pub throughput: Mutex<Option<Throughput>>,
+    pub download_cancel: Mutex<Option<Arc<AtomicBool>>>,
+    pub train: Mutex<Option<TrainJob>>,
+    /// One token per streaming chat reply (tuned and base run side by side).
+    pub chat_cancel: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl AppState {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            model: Mutex::new(None),
+            tuned: Mutex::new(None),
+            dataset: Mutex::new(None),
+            hardware: Mutex::new(None),
+            throughput: Mutex::new(None),
+            download_cancel: Mutex::new(None),
+            train: Mutex::new(None),
+            chat_cancel: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+
+    /// The open model's source and shared copy.
+    pub fn current_model(&self) -> ApiResult<(String, ModelSource, Arc<LoadedModel>)> {
+        let slot = lock(&self.model)?;
+        let m = slot.as_ref().ok_or_else(ApiError::no_model)?;
+        Ok((m.spec.clone(), m.source.clone(), m.base.clone()))
+    }
+}
+
+/// Locks a mutex, turning a poisoned lock (a panicked job) into an error instead of a panic.
+pub fn lock<T>(m: &Mutex<T>) -> ApiResult<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| ApiError::internal("an earlier job crashed; restart the app"))
+}
