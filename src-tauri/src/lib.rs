@@ -49,6 +49,8 @@ pub struct AppInfo {
     pub data_dir: String,
     /// The preselected starting point that works offline.
     pub default_model: String,
+    /// Settings that make the bundled demo learn visibly in about a minute on a laptop CPU.
+    pub demo_settings: settings::TrainSettings,
 }
 
 #[tauri::command]
@@ -57,6 +59,7 @@ fn app_info(state: tauri::State<'_, AppState>) -> AppInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         data_dir: state.data_dir.display().to_string(),
         default_model: peft_engine::model::load::BUNDLED_NAME.into(),
+        demo_settings: settings::TrainSettings::demo(),
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Planner check: predicted vs measured peak RSS and tokens/s over a grid of real runs.
+    Plan(crate::bench_plan::BenchPlanArgs),
     /// Prompt-processing and generation tokens/s with peak RSS, one model per child process.
     Generate {
         /// Models to measure (default: the bundled model and the SmolLM2 GGUF in ../shared).
@@ -26,10 +28,34 @@ pub enum BenchCommand {
         #[arg(long, hide = true)]
         child: bool,
     },
+    /// Training tokens/s and peak RSS for LoRA (with and without gradient checkpointing) and
+    /// full fine-tuning, each in its own child process.
+    Train {
+        /// Model to train (default: SmolLM2-135M-Instruct from ../shared, dequantized to f32).
+        #[arg(long, default_value = SMOLLM2)]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// Optimizer steps per configuration (the first is not timed).
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        /// Only these configurations (comma list of lora, lora-ckpt, qlora, qlora-ckpt, full).
+        #[arg(long, default_value = "lora,lora-ckpt,full")]
+        configs: String,
+        #[arg(long, hide = true)]
+        child: Option<String>,
+    },
 }
+
+const SMOLLM2: &str = "../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 pub fn run(cmd: BenchCommand) -> peft_engine::Result<()> {
     match cmd {
+        BenchCommand::Plan(a) => crate::bench_plan::run(a),
+        BenchCommand::Train { model, seq_len, steps, configs, child } => match child {
+            Some(c) => crate::bench_train::child(&model, seq_len, steps, &c),
+            None => crate::bench_train::parent(&model, seq_len, steps, &configs),
+        },
         BenchCommand::Generate {
             model,
             prompt_tokens,

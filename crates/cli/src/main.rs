@@ -2,11 +2,15 @@
 //! `peft_engine`; the desktop app calls the same functions.
 
 mod bench;
+mod bench_plan;
+mod bench_train;
 mod data;
 mod generate;
+mod hardware;
 mod info;
 mod load;
 mod merge;
+mod plan;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +34,10 @@ struct Cli {
 enum Command {
     /// Show a model's architecture, parameter count, storage type, size and context length.
     Info(info::InfoArgs),
+    /// Show CPU, memory and GPUs as training sees them.
+    Hardware(hardware::HardwareArgs),
+    /// Estimate memory and time, and rank configurations that fit this machine.
+    Plan(Box<plan::PlanArgs>),
     /// Generate text from a prompt (greedy with --temperature 0).
     Generate(generate::GenerateArgs),
     /// Chat interactively with a model, streamed, using its chat template.
@@ -50,6 +58,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Hardware(a) => hardware::run(a),
+        Command::Plan(a) => plan::run(*a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => generate::chat(a),
         Command::Train(a) => train::run(*a),

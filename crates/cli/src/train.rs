@@ -142,6 +142,10 @@ pub struct TrainArgs {
     /// Continue the run in --out exactly where it stopped (same flags required).
     #[arg(long)]
     pub resume: bool,
+    /// `auto`: train with `peft plan`'s top recommendation (method, sequence length, batch,
+    /// checkpointing) for this machine, model and data, overriding those flags.
+    #[arg(long)]
+    pub plan: Option<String>,
 }
 
 impl TrainArgs {
@@ -172,7 +176,10 @@ impl TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> peft_engine::Result<()> {
-    let cfg = a.config()?;
+    let mut cfg = a.config()?;
+    if let Some(p) = &a.plan {
+        cfg = crate::plan::auto_train_config(p, &a.model, &a.data, cfg)?;
+    }
     let model = load_model_with(&a.model, &cfg.method)?;
     let cancel = Arc::new(AtomicBool::new(false));
     {

@@ -183,6 +183,7 @@ fn bf16_storage_stays_close_to_f32() {
     let f32m = Decoder::load(&c, &src, &LoadOptions::default()).unwrap();
     let opts = LoadOptions {
         dtype: peft_engine::model::decoder::WeightDtype::Bf16,
+        ..Default::default()
     };
     let bf16m = Decoder::load(&c, &src, &opts).unwrap();
     assert_eq!(bf16m.layers[0].self_attn.q_proj.dense_weight().unwrap().dims(), &[64, 64]);

@@ -343,8 +343,16 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
     let back = LoadedModel::load(&ModelSource::Folder(out.clone()), OpenOptions::default(), &LoadOptions::default()).unwrap();
     let after = bundled_logits(&back.decoder);
     let d = max_abs_diff(&after, &before);
-    eprintln!("merged folder: max |Δlogit| {d:.2e}");
-    assert!(d < 1e-5, "reloaded merged model differs by {d}");
+    let in_memory = bundled_logits(&model.decoder);
+    let range = before.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    eprintln!("merged folder: max |Δlogit| {d:.2e} vs unmerged, max |logit| {range}");
+    // The safetensors round trip itself is bit-exact …
+    assert_eq!(max_abs_diff(&after, &in_memory), 0.0, "reloading changed the merged model");
+    // … and merged vs unmerged differ by f32 rounding only: `(W + s·B·A)·x` and
+    // `W·x + s·B·(A·x)` round differently. Through 5 blocks that is ~1e-6 of the logit scale
+    // (measured 2.4e-5 at max |logit| 14 with this strong adapter), so the bound is 1e-5
+    // relative to the largest logit.
+    assert!(d < 1e-5 * range.max(1.0), "reloaded merged model differs by {d}");
     assert!(back.info.has_chat_template);
     assert_eq!(back.tokenizer.encode("Tom had a kite.", true).unwrap(), model.tokenizer.encode("Tom had a kite.", true).unwrap());
     assert_eq!(back.stop_ids(), model.stop_ids());
@@ -357,7 +365,6 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
     assert!((s16 as f64) < 0.55 * s32 as f64, "bf16 file {s16} B vs f32 {s32} B");
     let back16 = LoadedModel::load(&ModelSource::Folder(out16), OpenOptions::default(), &LoadOptions::default()).unwrap();
     let d16 = max_abs_diff(&bundled_logits(&back16.decoder), &before);
-    let range = before.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     eprintln!("merged bf16 folder: max |Δlogit| {d16:.2e} (max |logit| {range:.2})");
     // bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 %); through 5 blocks the
     // logits move by a few times that.

@@ -28,10 +28,31 @@ pub enum WeightDtype {
     Bf16,
 }
 
+/// QLoRA's base storage: the linear layers of every block in NF4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuantizeOptions {
+    /// Quantize the absmax constants too (≈ 4.127 instead of 4.5 bits per weight).
+    pub double_quant: bool,
+    /// Also quantize an untied `lm_head` (tied heads share the embedding, which stays dense).
+    pub lm_head: bool,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        Self {
+            double_quant: true,
+            lm_head: false,
+        }
+    }
+}
+
 /// Options for [`Decoder::load`].
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub dtype: WeightDtype,
+    /// NF4 for the block linears (QLoRA). Tensors are quantized one at a time as they are read,
+    /// so loading never holds the whole model in f32.
+    pub quantize: Option<QuantizeOptions>,
 }
 
 #[derive(Clone)]
@@ -98,10 +119,21 @@ pub struct Decoder {
 struct Loader<'a> {
     src: &'a dyn TensorSource,
     dtype: WeightDtype,
+    quantize: Option<QuantizeOptions>,
 }
 
 impl Loader<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_f32(name, shape)?;
+        Ok(match self.dtype {
+            WeightDtype::F32 => t,
+            // Norm vectors are tiny; only matrices are narrowed.
+            WeightDtype::Bf16 if shape.len() == 2 => t.to_dtype(DType::BF16)?,
+            WeightDtype::Bf16 => t,
+        })
+    }
+
+    fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let found = self.src.shape(name).ok_or_else(|| Error::Tensor {
             file: self.src.label(),
             tensor: name.into(),
@@ -114,17 +146,27 @@ impl Loader<'_> {
                 message: format!("shape {found:?}, expected {shape:?} from config.json"),
             });
         }
-        let t = self.src.load(name)?;
-        Ok(match self.dtype {
-            WeightDtype::F32 => t,
-            // Norm vectors are tiny; only matrices are narrowed.
-            WeightDtype::Bf16 if shape.len() == 2 => t.to_dtype(DType::BF16)?,
-            WeightDtype::Bf16 => t,
-        })
+        self.src.load(name)
     }
 
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let w = self.get(&format!("{prefix}.weight"), &[out, inp])?;
+        let quantize = self
+            .quantize
+            .filter(|q| prefix != "lm_head" || q.lm_head);
+        let w = match quantize {
+            Some(q) => {
+                let name = format!("{prefix}.weight");
+                let f32w = self.get_f32(&name, &[out, inp])?;
+                let nf4 = crate::peft::nf4::Nf4Tensor::from_tensor(&name, &f32w, q.double_quant)?;
+                return Ok(Linear {
+                    base: crate::model::linear::Base::Nf4(std::sync::Arc::new(nf4)),
+                    bias: if bias { Some(self.get(&format!("{prefix}.bias"), &[out])?) } else { None },
+                    lora: None,
+                    merged: false,
+                });
+            }
+            None => self.get(&format!("{prefix}.weight"), &[out, inp])?,
+        };
         let b = if bias {
             Some(self.get(&format!("{prefix}.bias"), &[out])?)
         } else {
@@ -144,6 +186,7 @@ impl Decoder {
         let l = Loader {
             src,
             dtype: opts.dtype,
+            quantize: opts.quantize,
         };
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let embed_tokens = l.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -388,6 +431,44 @@ impl Decoder {
         out
     }
 
+    /// Replaces every NF4 base with its dequantized f32 weight (before merging or exporting:
+    /// a merged model is never written back in 4 bits).
+    pub fn dequantize_all(&mut self) -> Result<usize> {
+        fn dequantize(lin: &mut Linear) -> Result<usize> {
+            if let crate::model::linear::Base::Nf4(q) = &lin.base {
+                lin.base = crate::model::linear::Base::Dense(q.dequantize()?);
+                return Ok(1);
+            }
+            Ok(0)
+        }
+        let mut n = 0;
+        for (_, lin) in self.linears_mut() {
+            n += dequantize(lin)?;
+        }
+        if let Some(h) = self.lm_head.as_mut() {
+            n += dequantize(h)?;
+        }
+        Ok(n)
+    }
+
+    /// Bytes held by base weights as stored (NF4 at its packed size).
+    pub fn base_weight_bytes(&mut self) -> usize {
+        let mut bytes: usize = self
+            .named_tensors_mut()
+            .iter()
+            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        for (_, lin) in self.linears_mut() {
+            if let crate::model::linear::Base::Nf4(q) = &lin.base {
+                bytes += q.storage_bytes();
+            }
+        }
+        if let Some(crate::model::linear::Base::Nf4(q)) = self.lm_head.as_ref().map(|h| &h.base) {
+            bytes += q.storage_bytes();
+        }
+        bytes
+    }
+
     /// Total parameter count (tied embeddings counted once), as Hugging Face reports it.
     pub fn num_parameters(&self) -> usize {
         crate::model::count::parameter_count(&self.config)
@@ -395,7 +476,7 @@ impl Decoder {
 }
 
 fn push_linear<'a>(out: &mut Vec<(String, &'a mut Tensor)>, path: &str, lin: &'a mut Linear) {
-    #[allow(irrefutable_let_patterns)] // NF4 bases (QLoRA) are frozen and not listed.
+    // NF4 bases (QLoRA) are frozen and not listed; `dequantize_all` first to export them.
     if let crate::model::linear::Base::Dense(w) = &mut lin.base {
         out.push((format!("{path}.weight"), w));
     }

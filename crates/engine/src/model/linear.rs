@@ -9,6 +9,9 @@
 
 use crate::ops::frozen_linear;
 use crate::peft::lora::Lora;
+use crate::peft::nf4::Nf4Tensor;
+use crate::peft::nf4_op::Nf4Linear;
+use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 
 /// The weight a linear layer multiplies by, `[out, in]`.
@@ -16,6 +19,9 @@ use candle_core::{DType, Result, Tensor};
 pub enum Base {
     /// f32 or bf16; a `Var`-backed tensor when trainable.
     Dense(Tensor),
+    /// Frozen 4-bit NormalFloat with double-quantized constants (QLoRA); dequantized tile by
+    /// tile inside the matmul, forward and backward.
+    Nf4(Arc<Nf4Tensor>),
 }
 
 #[derive(Clone)]
@@ -65,6 +71,7 @@ impl Linear {
     pub fn dims(&self) -> (usize, usize) {
         match &self.base {
             Base::Dense(w) => (w.dims()[0], w.dims()[1]),
+            Base::Nf4(q) => q.shape(),
         }
     }
 
@@ -72,6 +79,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let mut y = match &self.base {
             Base::Dense(w) => matmul_t(x, w)?,
+            Base::Nf4(q) => Nf4Linear::new(q.clone()).forward(x)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
@@ -111,6 +119,9 @@ impl Linear {
     pub fn dense_weight(&self) -> Result<Tensor> {
         match &self.base {
             Base::Dense(w) => w.to_dtype(DType::F32),
+            Base::Nf4(q) => q
+                .dequantize()
+                .map_err(|e| candle_core::Error::Msg(e.to_string())),
         }
     }
 }

@@ -58,6 +58,35 @@ pub struct AdapterConfig {
     pub rank_pattern: serde_json::Value,
     #[serde(default)]
     pub alpha_pattern: serde_json::Value,
+    /// Every other key (newer PEFT versions add many). Kept so a config reads back as written;
+    /// [`read_adapter_config`] rejects those in [`FORWARD_CHANGING`] when set.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// PEFT options (as of peft 0.21) that change what the adapter computes or which tensors it
+/// holds. Applying such an adapter as plain LoRA would silently give different outputs, so
+/// each one, when set, is rejected by name.
+pub const FORWARD_CHANGING: [(&str, &str); 7] = [
+    ("lora_bias", "LoRA-B biases are not supported"),
+    ("use_qalora", "QA-LoRA (pooled inputs) is not supported"),
+    ("alora_invocation_tokens", "activated LoRA (aLoRA) is not supported"),
+    ("layer_replication", "layer replication changes the model's depth and is not supported"),
+    ("target_parameters", "LoRA on raw parameters (not linear modules) is not supported"),
+    ("trainable_token_indices", "trainable token embeddings are not supported"),
+    ("use_bdlora", "BD-LoRA is not supported"),
+];
+
+/// True for a JSON value that turns an option on (not null, false, 0 or empty).
+fn is_set(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+    }
 }
 
 fn lora_type() -> String {
@@ -114,6 +143,7 @@ pub fn save_lora_adapter(
         revision: None,
         rank_pattern: serde_json::json!({}),
         alpha_pattern: serde_json::json!({}),
+        other: serde_json::Map::new(),
     };
     save_safetensors_atomic(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
     write_json_atomic(&dir.join(ADAPTER_CONFIG), &cfg)
@@ -136,6 +166,17 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     }
     if cfg.fan_in_fan_out {
         return Err(field("fan_in_fan_out", "GPT-2-style Conv1D adapters are not supported".into()));
+    }
+    if cfg.bias != "none" {
+        return Err(field("bias", format!("`{}`: adapters that train the base model's biases are not supported", cfg.bias)));
+    }
+    if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(field("modules_to_save", "adapters with fully trained extra modules are not supported".into()));
+    }
+    for (key, why) in FORWARD_CHANGING {
+        if cfg.other.get(key).is_some_and(is_set) {
+            return Err(field(key, why.into()));
+        }
     }
     if cfg.r == 0 {
         return Err(field("r", "must be at least 1".into()));
@@ -171,6 +212,10 @@ pub fn load_lora_adapter(model: &mut Decoder, dir: &Path, trainable: bool) -> Re
             (Some(_), None) => return Err(tensor_err(&file, &b_name, "missing (its lora_A is present)")),
             (None, Some(_)) => return Err(tensor_err(&file, &a_name, "missing (its lora_B is present)")),
         };
+        if lin.merged {
+            // Replacing a merged adapter would leave its delta folded into the base for good.
+            return Err(Error::invalid("adapter", format!("{path} has a merged adapter; unmerge it before loading another")));
+        }
         let (o, i) = lin.dims();
         if a.dims() != [cfg.r, i] {
             return Err(tensor_err(&file, &a_name, &format!("shape {:?}, expected [{}, {i}]", a.dims(), cfg.r)));

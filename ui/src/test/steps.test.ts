@@ -1,0 +1,87 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { cleanup, render, screen } from "@testing-library/svelte";
+import { flushSync } from "svelte";
+import { Wizard } from "../lib/wizard.svelte";
+import HardwareStep from "../steps/HardwareStep.svelte";
+import DataStep from "../steps/DataStep.svelte";
+import PlanStep from "../steps/PlanStep.svelte";
+import TrainStep from "../steps/TrainStep.svelte";
+import ChatStep from "../steps/ChatStep.svelte";
+import ExportStep from "../steps/ExportStep.svelte";
+import ModelStep from "../steps/ModelStep.svelte";
+import { dataset, estimate, fakeApi, hardware, model, plan, run } from "./fixtures";
+
+afterEach(() => cleanup());
+
+function withWizard(C: any, w: Wizard) {
+  return render(C, { context: new Map([["wizard", w]]) });
+}
+
+describe("step components", () => {
+  it("Hardware says clearly when there is no GPU", () => {
+    const w = new Wizard(fakeApi());
+    w.hardware = hardware;
+    withWizard(HardwareStep, w);
+    expect(screen.getByTestId("no-gpu").textContent).toContain("Training runs on the CPU");
+    expect(screen.getByTestId("hardware-summary").textContent).toContain("LoRA fits");
+  });
+
+  it("Model shows the facts and the template", () => {
+    const w = new Wizard(fakeApi());
+    w.model = model;
+    withWizard(ModelStep, w);
+    expect(screen.getByTestId("model-info").textContent).toContain("llama");
+    expect(screen.getByTestId("model-info").textContent).toContain("fallback");
+  });
+
+  it("Data highlights the trained tokens", () => {
+    const w = new Wizard(fakeApi());
+    w.model = model;
+    w.dataset = dataset;
+    withWizard(DataStep, w);
+    const marks = screen.getByTestId("example").querySelectorAll("mark");
+    expect(marks.length).toBe(1);
+    expect(marks[0].textContent).toBe("Bolt was a little robot.");
+    expect(screen.getByTestId("data-stats").textContent).toContain("56");
+  });
+
+  it("Plan warns when the edited plan does not fit", () => {
+    const w = new Wizard(fakeApi());
+    w.dataset = dataset;
+    w.plan = plan;
+    w.estimate = estimate(false);
+    withWizard(PlanStep, w);
+    expect(screen.getByTestId("no-fit").textContent).toContain("no longer fits");
+    expect(screen.getByTestId("plan-summary").textContent).toContain("LoRA");
+  });
+
+  it("Train shows progress and the history", () => {
+    const w = new Wizard(fakeApi());
+    w.run = run("paused");
+    w.runs = [run("paused")];
+    withWizard(TrainStep, w);
+    expect(screen.getByTestId("train-step").textContent).toBe("10 / 10");
+    expect(screen.getByTestId("run-status").textContent).toBe("paused");
+    expect((screen.getByTestId("resume-training") as HTMLButtonElement).disabled).toBe(false);
+  });
+
+  it("Chat renders both sides of a streamed turn", async () => {
+    const w = new Wizard(fakeApi());
+    w.model = model;
+    w.chatRunId = "run-1-1";
+    withWizard(ChatStep, w);
+    await w.send("Tell me a story.");
+    flushSync();
+    expect(screen.getByTestId("chat-tuned").textContent).toContain("Bolt loves apples.");
+    expect(screen.getByTestId("chat-base").textContent).toContain("Bolt loves apples.");
+  });
+
+  it("Export lists the written files", async () => {
+    const w = new Wizard(fakeApi({ runsList: async () => [run("completed")] }));
+    w.runs = [run("completed")];
+    withWizard(ExportStep, w);
+    await w.exportRun("adapter", "run-1-1");
+    flushSync();
+    expect(screen.getByTestId("export-result").textContent).toContain("adapter_config.json");
+  });
+});
