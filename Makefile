@@ -7,18 +7,53 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/peft-studio/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: run test setup fmt lint bench
+APP_RELEASE := $(CARGO_TARGET_DIR)/release/peft-studio
+APP_DEBUG := $(CARGO_TARGET_DIR)/debug/peft-studio
+SCREENSHOTS ?= $(CURDIR)/target/e2e-screenshots
+
+.PHONY: run test setup fmt lint bench ui ui-test app app-debug e2e bindings cli-demo
 
 setup:
 	@./scripts/setup.sh
 
-run: setup
+# Opens the desktop app on the embedded default (bundled demo model + Bolt stories dataset,
+# preselected; works offline). Without a display it says so and runs the CLI demo instead.
+run: setup ui
+	$(CARGO) build --release -p peft-studio --features custom-protocol
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(APP_RELEASE); \
+	else echo "No display (DISPLAY/WAYLAND_DISPLAY unset): the app needs a desktop session."; \
+	  echo "Headless, try: xvfb-run -a $(APP_RELEASE)  — running the CLI demo instead."; \
+	  $(MAKE) --no-print-directory cli-demo; fi
+
+cli-demo:
 	$(CARGO) build --release -p peft-cli
 	$(CARGO_TARGET_DIR)/release/peft info
 	$(CARGO_TARGET_DIR)/release/peft generate --temperature 0 --max-new-tokens 120
 
-test: setup
+# Every test: UI units, Rust (engine, CLI, shell through Tauri's mock runtime), then the real
+# app end to end under Xvfb.
+test: setup ui-test
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory e2e
+
+ui:
+	npm --prefix ui run build
+
+ui-test:
+	npm --prefix ui test
+
+# The real app (UI embedded, tauri:// protocol). Debug for tests: it reuses `cargo test`'s build.
+app-debug: ui
+	$(CARGO) build -p peft-studio --features custom-protocol
+
+e2e: app-debug
+	mkdir -p $(SCREENSHOTS)
+	APP=$(APP_DEBUG) E2E_SCREENSHOTS=$(SCREENSHOTS) \
+	  xvfb-run -a -s "-screen 0 1280x800x24" node tests/e2e/wizard.e2e.mjs
+
+# Regenerates ui/src/lib/bindings from the Rust DTOs (the test fails when they are stale).
+bindings:
+	UPDATE_BINDINGS=1 $(CARGO) test -p peft-studio --lib bindings
 
 fmt:
 	$(CARGO) fmt --all

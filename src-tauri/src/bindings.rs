@@ -83,7 +83,10 @@ mod tests {
             );
         }
         for name in have.keys() {
-            assert!(want.contains_key(name), "ui/src/lib/bindings/{name} is no longer generated: delete it");
+            assert!(
+                want.contains_key(name),
+                "ui/src/lib/bindings/{name} is no longer generated: delete it"
+            );
         }
     }
 }

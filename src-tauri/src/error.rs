@@ -2,11 +2,11 @@
 //! stable [`peft_engine::Error::code`]; the shell adds a few codes of its own for things only
 //! it can get wrong (no model loaded yet, a job already running, a path outside what it serves).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
 /// An error crossing the IPC boundary.
-#[derive(Debug, Clone, Serialize, TS, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, TS, PartialEq)]
 pub struct ApiError {
     /// Stable, machine-readable (`BadDataset`, `Hub`, `NoModel`, `Busy`, `BadPath`, …).
     pub code: String,
@@ -40,7 +40,10 @@ impl ApiError {
 
     /// A job of this kind is already running.
     pub fn busy(what: &str) -> Self {
-        Self::new("Busy", format!("{what} is already running; wait for it or stop it first."))
+        Self::new(
+            "Busy",
+            format!("{what} is already running; wait for it or stop it first."),
+        )
     }
 
     /// A bug or a poisoned lock: should never reach a user, but must not panic the app.

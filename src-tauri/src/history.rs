@@ -80,7 +80,8 @@ pub fn load(runs: &Path, id: &str) -> ApiResult<RunRecord> {
     let path = run_dir(runs, id)?.join(RECORD);
     let text = std::fs::read_to_string(&path)
         .map_err(|_| ApiError::new("NotFound", format!("no run `{id}` in the history")))?;
-    serde_json::from_str(&text).map_err(|e| ApiError::new("BadJson", format!("{}: {e}", path.display())))
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::new("BadJson", format!("{}: {e}", path.display())))
 }
 
 /// Every run, newest first. A record still saying `running` when `active` is not its id was

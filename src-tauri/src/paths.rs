@@ -25,7 +25,10 @@ pub fn existing(raw: &str, kind: Kind) -> ApiResult<PathBuf> {
     }
     let p = Path::new(raw);
     if !p.is_absolute() {
-        return Err(ApiError::new("BadPath", format!("{raw}: expected an absolute path")));
+        return Err(ApiError::new(
+            "BadPath",
+            format!("{raw}: expected an absolute path"),
+        ));
     }
     let canon = p
         .canonicalize()
@@ -35,7 +38,11 @@ pub fn existing(raw: &str, kind: Kind) -> ApiResult<PathBuf> {
         Kind::Dir => canon.is_dir(),
     };
     if !ok {
-        let want = if kind == Kind::File { "a file" } else { "a folder" };
+        let want = if kind == Kind::File {
+            "a file"
+        } else {
+            "a folder"
+        };
         return Err(ApiError::new("BadPath", format!("{raw} is not {want}")));
     }
     Ok(canon)
@@ -48,7 +55,10 @@ pub fn existing(raw: &str, kind: Kind) -> ApiResult<PathBuf> {
 pub fn output_dir(raw: &str) -> ApiResult<PathBuf> {
     let p = Path::new(raw.trim());
     if !p.is_absolute() {
-        return Err(ApiError::new("BadPath", format!("{raw}: expected an absolute path")));
+        return Err(ApiError::new(
+            "BadPath",
+            format!("{raw}: expected an absolute path"),
+        ));
     }
     let name = p
         .file_name()
@@ -57,10 +67,18 @@ pub fn output_dir(raw: &str) -> ApiResult<PathBuf> {
         .parent()
         .and_then(|d| d.canonicalize().ok())
         .filter(|d| d.is_dir())
-        .ok_or_else(|| ApiError::new("BadPath", format!("{raw}: the parent folder does not exist")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                "BadPath",
+                format!("{raw}: the parent folder does not exist"),
+            )
+        })?;
     let out = parent.join(name);
     if out.exists() && !out.is_dir() {
-        return Err(ApiError::new("BadPath", format!("{raw} exists and is not a folder")));
+        return Err(ApiError::new(
+            "BadPath",
+            format!("{raw} exists and is not a folder"),
+        ));
     }
     Ok(out)
 }
@@ -90,8 +108,14 @@ mod tests {
     #[test]
     fn rejects_relative_missing_and_traversing_paths() {
         assert_eq!(existing("", Kind::File).unwrap_err().code, "BadPath");
-        assert_eq!(existing("data.jsonl", Kind::File).unwrap_err().code, "BadPath");
-        assert_eq!(existing("/no/such/file", Kind::File).unwrap_err().code, "BadPath");
+        assert_eq!(
+            existing("data.jsonl", Kind::File).unwrap_err().code,
+            "BadPath"
+        );
+        assert_eq!(
+            existing("/no/such/file", Kind::File).unwrap_err().code,
+            "BadPath"
+        );
         assert_eq!(existing("/", Kind::File).unwrap_err().code, "BadPath");
         assert_eq!(plain_id("../etc").unwrap_err().code, "BadPath");
         assert!(plain_id("run-20240101-1").is_ok());

@@ -52,7 +52,13 @@ const SMOLLM2: &str = "../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-
 pub fn run(cmd: BenchCommand) -> peft_engine::Result<()> {
     match cmd {
         BenchCommand::Plan(a) => crate::bench_plan::run(a),
-        BenchCommand::Train { model, seq_len, steps, configs, child } => match child {
+        BenchCommand::Train {
+            model,
+            seq_len,
+            steps,
+            configs,
+            child,
+        } => match child {
             Some(c) => crate::bench_train::child(&model, seq_len, steps, &c),
             None => crate::bench_train::parent(&model, seq_len, steps, &configs),
         },
@@ -125,7 +131,15 @@ fn child_generate(model: &str, prompt_tokens: usize, new_tokens: usize) -> peft_
     let mut opts = GenerateOptions::greedy(new_tokens);
     opts.max_new_tokens = new_tokens;
     // No stop ids: always generate the full count so runs are comparable.
-    let g = generate(&m.decoder, &m.tokenizer, &ids, &opts, &[], None, &mut |_| {})?;
+    let g = generate(
+        &m.decoder,
+        &m.tokenizer,
+        &ids,
+        &opts,
+        &[],
+        None,
+        &mut |_| {},
+    )?;
     let v = serde_json::json!({
         "prompt_tokens": g.prompt_tokens,
         "prompt_tokens_per_s": g.prompt_tokens_per_s,

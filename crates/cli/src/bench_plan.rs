@@ -49,8 +49,15 @@ fn method(name: &str) -> peft_engine::Result<Method> {
         "lora" => Method::Lora(LoraSettings::default()),
         "qlora" => Method::Qlora(LoraSettings::default()),
         "full" => Method::Full,
-        "selective" => Method::Selective { what: Selective::Norm },
-        other => return Err(Error::invalid("methods", format!("`{other}`: use lora, qlora, full or selective"))),
+        "selective" => Method::Selective {
+            what: Selective::Norm,
+        },
+        other => {
+            return Err(Error::invalid(
+                "methods",
+                format!("`{other}`: use lora, qlora, full or selective"),
+            ))
+        }
     })
 }
 
@@ -83,12 +90,32 @@ fn config_for(m: &Method, seq: usize, ckpt: bool, steps: usize) -> TrainConfig {
 
 fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
     let m = method(&a.method)?;
-    let model = load_model_with(&ModelArgs { model: a.model[0].clone(), bf16: false }, &m)?;
+    let model = load_model_with(
+        &ModelArgs {
+            model: a.model[0].clone(),
+            bf16: false,
+        },
+        &m,
+    )?;
     let out = tempfile_dir()?;
-    let data = a.data.clone().ok_or_else(|| Error::invalid("data", "missing"))?;
-    let s = train(model, &data, &out, &config_for(&m, a.seq_len, a.ckpt, a.steps), None, None, &mut |_| {})?;
+    let data = a
+        .data
+        .clone()
+        .ok_or_else(|| Error::invalid("data", "missing"))?;
+    let s = train(
+        model,
+        &data,
+        &out,
+        &config_for(&m, a.seq_len, a.ckpt, a.steps),
+        None,
+        None,
+        &mut |_| {},
+    )?;
     let _ = std::fs::remove_dir_all(&out);
-    println!("{}", serde_json::json!({ "peak_rss": s.peak_rss_bytes, "tokens_per_s": s.mean_tokens_per_s }));
+    println!(
+        "{}",
+        serde_json::json!({ "peak_rss": s.peak_rss_bytes, "tokens_per_s": s.mean_tokens_per_s })
+    );
     Ok(())
 }
 
@@ -106,18 +133,29 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     if a.child {
         return child(&a);
     }
-    let models = if a.model.is_empty() { vec!["demo".to_string(), SMOLLM.to_string()] } else { a.model.clone() };
+    let models = if a.model.is_empty() {
+        vec!["demo".to_string(), SMOLLM.to_string()]
+    } else {
+        a.model.clone()
+    };
     let dir = tempfile_dir()?;
     let data = dir.join("bench.jsonl");
     write_data(&data)?;
     let tp: Throughput = measure_throughput(Duration::from_millis(300))?;
-    println!("machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s copy\n", tp.gemm_gflops, tp.mem_gbps);
+    println!(
+        "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s copy\n",
+        tp.gemm_gflops, tp.mem_gbps
+    );
     println!("| model | method | seq | ckpt | predicted peak | measured peak | error | predicted tok/s | measured tok/s | error |");
     println!("|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
     let exe = std::env::current_exe().map_err(|e| Error::io("peft", e))?;
     for model in &models {
         let config = open_model(&ModelSource::parse(model)?, OpenOptions::default())?.config;
-        let short = if model == "demo" { "demo (260K)" } else { "SmolLM2-135M" };
+        let short = if model == "demo" {
+            "demo (260K)"
+        } else {
+            "SmolLM2-135M"
+        };
         for mname in &a.methods {
             let m = method(mname)?;
             for &seq in &a.seq_lens {
@@ -132,17 +170,28 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
                     };
                     let est = estimate(&config, &req);
                     let mut cmd = std::process::Command::new(&exe);
-                    cmd.args(["bench", "plan", "--child", "--model", model, "--method", mname])
-                        .args(["--seq-len", &req.seq_len.to_string(), "--steps", &a.steps.to_string()])
-                        .arg("--data")
-                        .arg(&data);
+                    cmd.args([
+                        "bench", "plan", "--child", "--model", model, "--method", mname,
+                    ])
+                    .args([
+                        "--seq-len",
+                        &req.seq_len.to_string(),
+                        "--steps",
+                        &a.steps.to_string(),
+                    ])
+                    .arg("--data")
+                    .arg(&data);
                     if ckpt {
                         cmd.arg("--ckpt");
                     }
                     let out = cmd.output().map_err(|e| Error::io("peft", e))?;
                     let line = String::from_utf8_lossy(&out.stdout);
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
-                        println!("| {short} | {mname} | {} | {ckpt} | failed: {} |", req.seq_len, String::from_utf8_lossy(&out.stderr).trim());
+                        println!(
+                            "| {short} | {mname} | {} | {ckpt} | failed: {} |",
+                            req.seq_len,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
                         continue;
                     };
                     let peak = v["peak_rss"].as_u64().unwrap_or(0) as f64;

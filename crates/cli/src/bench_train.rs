@@ -9,7 +9,12 @@ use peft_engine::train::{train, TrainConfig, TrainEvent};
 use std::time::Instant;
 
 fn method_of(config: &str) -> peft_engine::Result<(Method, bool)> {
-    let lora = LoraSettings { rank: 8, alpha: 16.0, dropout: 0.0, ..Default::default() };
+    let lora = LoraSettings {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        ..Default::default()
+    };
     Ok(match config {
         "lora" => (Method::Lora(lora), false),
         "lora-ckpt" => (Method::Lora(lora), true),
@@ -17,7 +22,12 @@ fn method_of(config: &str) -> peft_engine::Result<(Method, bool)> {
         "qlora-ckpt" => (Method::Qlora(lora), true),
         "full" => (Method::Full, false),
         "full-ckpt" => (Method::Full, true),
-        other => return Err(peft_engine::Error::invalid("configs", format!("unknown configuration `{other}`"))),
+        other => {
+            return Err(peft_engine::Error::invalid(
+                "configs",
+                format!("unknown configuration `{other}`"),
+            ))
+        }
     })
 }
 
@@ -29,7 +39,12 @@ pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_
     for c in configs.split(',') {
         let out = std::process::Command::new(&exe)
             .args(["bench", "train", "--model", model, "--child", c])
-            .args(["--seq-len", &seq_len.to_string(), "--steps", &steps.to_string()])
+            .args([
+                "--seq-len",
+                &seq_len.to_string(),
+                "--steps",
+                &steps.to_string(),
+            ])
             .output()
             .map_err(|e| peft_engine::Error::io("peft", e))?;
         match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
@@ -39,7 +54,10 @@ pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_
                 format_bytes(v["peak_rss"].as_u64().unwrap_or(0)),
                 v["load_s"].as_f64().unwrap_or(0.0)
             ),
-            Err(_) => println!("| {c} | failed: {} |", String::from_utf8_lossy(&out.stderr).trim()),
+            Err(_) => println!(
+                "| {c} | failed: {} |",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         }
     }
     Ok(())
@@ -48,14 +66,22 @@ pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_
 pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_engine::Result<()> {
     let (method, ckpt) = method_of(config)?;
     let t0 = Instant::now();
-    let m = LoadedModel::load(&ModelSource::parse(model)?, OpenOptions::default(), &crate::load::load_options(&method, false))?;
+    let m = LoadedModel::load(
+        &ModelSource::parse(model)?,
+        OpenOptions::default(),
+        &crate::load::load_options(&method, false),
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let dir = std::env::temp_dir().join(format!("peft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| peft_engine::Error::io(&dir, e))?;
     // Long plain-text rows so every example fills seq_len after truncation.
-    let text = "The quick brown fox jumps over the lazy dog while the farmer counts 12 sheep and 7 cows. ".repeat(seq_len / 8 + 8);
+    let text =
+        "The quick brown fox jumps over the lazy dog while the farmer counts 12 sheep and 7 cows. "
+            .repeat(seq_len / 8 + 8);
     let data = dir.join("bench.jsonl");
-    let rows: String = (0..8).map(|i| serde_json::json!({ "text": format!("{i} {text}") }).to_string() + "\n").collect();
+    let rows: String = (0..8)
+        .map(|i| serde_json::json!({ "text": format!("{i} {text}") }).to_string() + "\n")
+        .collect();
     std::fs::write(&data, rows).map_err(|e| peft_engine::Error::io(&data, e))?;
     let cfg = TrainConfig {
         method,
@@ -80,7 +106,9 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
         }
     };
     train(m, &data, &dir.join("out"), &cfg, None, None, &mut on_event)?;
-    let secs = timed_from.map(|(t, _)| t.elapsed().as_secs_f64()).unwrap_or(1.0);
+    let secs = timed_from
+        .map(|(t, _)| t.elapsed().as_secs_f64())
+        .unwrap_or(1.0);
     let _ = std::fs::remove_dir_all(&dir);
     let v = serde_json::json!({
         "tokens_per_s": tokens as f64 / secs,

@@ -31,7 +31,15 @@ pub struct InspectArgs {
 pub fn run(cmd: DataCommand) -> peft_engine::Result<()> {
     let DataCommand::Inspect(a) = cmd;
     let m = load_model(&a.model)?;
-    let r = inspect(&a.file, &m.tokenizer, &m.template, a.seq_len, &LoadOptions { skip_bad_rows: a.skip_bad_rows })?;
+    let r = inspect(
+        &a.file,
+        &m.tokenizer,
+        &m.template,
+        a.seq_len,
+        &LoadOptions {
+            skip_bad_rows: a.skip_bad_rows,
+        },
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return Ok(());
@@ -41,13 +49,35 @@ pub fn run(cmd: DataCommand) -> peft_engine::Result<()> {
     println!("format      {}", v["format"]);
     println!("rows        {} ({} skipped)", v["rows"], v["skipped"]);
     let l = &v["lengths"];
-    println!("tokens      p50 {} · p95 {} · max {} · mean {:.0}", l["p50"], l["p95"], l["max"], l["mean"].as_f64().unwrap_or(0.0));
-    println!("truncated   {} rows ({:.1} %) at {} tokens", v["truncated"], 100.0 * v["truncated_share"].as_f64().unwrap_or(0.0), a.seq_len);
+    println!(
+        "tokens      p50 {} · p95 {} · max {} · mean {:.0}",
+        l["p50"],
+        l["p95"],
+        l["max"],
+        l["mean"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "truncated   {} rows ({:.1} %) at {} tokens",
+        v["truncated"],
+        100.0 * v["truncated_share"].as_f64().unwrap_or(0.0),
+        a.seq_len
+    );
     if let Some(hist) = v["histogram"].as_array() {
-        let max = hist.iter().filter_map(|b| b[2].as_u64()).max().unwrap_or(1).max(1);
+        let max = hist
+            .iter()
+            .filter_map(|b| b[2].as_u64())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         for b in hist {
             let n = b[2].as_u64().unwrap_or(0);
-            println!("  {:>6}–{:<6} {:>6} {}", b[0], b[1], n, "█".repeat((40 * n / max) as usize));
+            println!(
+                "  {:>6}–{:<6} {:>6} {}",
+                b[0],
+                b[1],
+                n,
+                "█".repeat((40 * n / max) as usize)
+            );
         }
     }
     if let Some(segs) = v["example"].as_array() {

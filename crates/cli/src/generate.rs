@@ -49,7 +49,10 @@ impl SamplingArgs {
 }
 
 /// Loads the model and applies `--adapter` if given.
-fn load_with_adapter(model: &ModelArgs, adapter: &Option<PathBuf>) -> peft_engine::Result<LoadedModel> {
+fn load_with_adapter(
+    model: &ModelArgs,
+    adapter: &Option<PathBuf>,
+) -> peft_engine::Result<LoadedModel> {
     let mut m = load_model(model)?;
     if let Some(dir) = adapter {
         apply_adapter(&mut m.decoder, dir)?;
@@ -158,11 +161,7 @@ pub fn chat(a: ChatArgs) -> peft_engine::Result<()> {
     }
     eprintln!("Chatting with {}. Type /reset to start over, /exit or Ctrl-D to quit; Ctrl-C stops a reply.", m.info.source);
     let cancel = ctrl_c_flag();
-    let mut history: Vec<Message> = a
-        .system
-        .iter()
-        .map(|s| Message::new("system", s))
-        .collect();
+    let mut history: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let stdin = std::io::stdin();
     loop {
         eprint!("\n> ");

@@ -18,14 +18,37 @@ pub fn run(a: HardwareArgs) -> peft_engine::Result<()> {
         return Ok(());
     }
     let f = &hw.cpu.features;
-    let flags: Vec<&str> = [("AVX2", f.avx2), ("AVX-512", f.avx512f), ("FMA", f.fma), ("NEON", f.neon)]
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(n, _)| *n)
-        .collect();
-    println!("CPU      {} ({})", if hw.cpu.model.is_empty() { "unknown" } else { &hw.cpu.model }, hw.cpu.arch);
-    println!("cores    {} physical, {} logical", hw.cpu.physical_cores, hw.cpu.logical_cores);
-    println!("SIMD     {}", if flags.is_empty() { "none detected".into() } else { flags.join(", ") });
+    let flags: Vec<&str> = [
+        ("AVX2", f.avx2),
+        ("AVX-512", f.avx512f),
+        ("FMA", f.fma),
+        ("NEON", f.neon),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(n, _)| *n)
+    .collect();
+    println!(
+        "CPU      {} ({})",
+        if hw.cpu.model.is_empty() {
+            "unknown"
+        } else {
+            &hw.cpu.model
+        },
+        hw.cpu.arch
+    );
+    println!(
+        "cores    {} physical, {} logical",
+        hw.cpu.physical_cores, hw.cpu.logical_cores
+    );
+    println!(
+        "SIMD     {}",
+        if flags.is_empty() {
+            "none detected".into()
+        } else {
+            flags.join(", ")
+        }
+    );
     println!(
         "RAM      {} total, {} available",
         format_bytes(hw.memory.total_bytes),
@@ -52,7 +75,11 @@ pub fn run(a: HardwareArgs) -> peft_engine::Result<()> {
             g.name,
             format_bytes(g.total_bytes),
             format_bytes(g.free_bytes),
-            if g.unified_memory { " (unified with RAM)" } else { "" }
+            if g.unified_memory {
+                " (unified with RAM)"
+            } else {
+                ""
+            }
         );
     }
     for n in &hw.gpu.notes {

@@ -22,7 +22,11 @@ pub fn run(a: InfoArgs) -> peft_engine::Result<()> {
     }
     println!("model          {}", i.source);
     println!("architecture   {}", i.architecture);
-    println!("parameters     {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
+    println!(
+        "parameters     {} ({:.1} M)",
+        i.parameters,
+        i.parameters as f64 / 1e6
+    );
     println!("dtype on disk  {}", i.dtype_on_disk);
     println!("size on disk   {}", format_bytes(i.size_on_disk_bytes));
     println!("context        {} tokens", i.context_length);
@@ -30,7 +34,11 @@ pub fn run(a: InfoArgs) -> peft_engine::Result<()> {
     println!("vocabulary     {}", i.vocab_size);
     println!(
         "chat template  {}",
-        if i.has_chat_template { "yes" } else { "no (fallback format)" }
+        if i.has_chat_template {
+            "yes"
+        } else {
+            "no (fallback format)"
+        }
     );
     Ok(())
 }

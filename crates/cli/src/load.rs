@@ -27,7 +27,6 @@ pub fn load_model_with(
     args: &ModelArgs,
     method: &peft_engine::peft::method::Method,
 ) -> peft_engine::Result<LoadedModel> {
-
     let source = ModelSource::parse(&args.model)?;
     let bar = ProgressBar::hidden();
     bar.set_style(
@@ -56,7 +55,11 @@ pub fn load_model_with(
 /// Storage for the base weights: bf16 when asked, NF4 for QLoRA's block linears.
 pub fn load_options(method: &peft_engine::peft::method::Method, bf16: bool) -> LoadOptions {
     LoadOptions {
-        dtype: if bf16 { WeightDtype::Bf16 } else { WeightDtype::F32 },
+        dtype: if bf16 {
+            WeightDtype::Bf16
+        } else {
+            WeightDtype::F32
+        },
         quantize: matches!(method, peft_engine::peft::method::Method::Qlora(_))
             .then(peft_engine::model::decoder::QuantizeOptions::default),
     }

@@ -24,7 +24,11 @@ pub struct MergeArgs {
 pub fn run(a: MergeArgs) -> peft_engine::Result<()> {
     let mut m = load_model(&a.model)?;
     apply_adapter(&mut m.decoder, &a.adapter)?;
-    let dtype = if a.dtype == "bf16" { ExportDtype::Bf16 } else { ExportDtype::F32 };
+    let dtype = if a.dtype == "bf16" {
+        ExportDtype::Bf16
+    } else {
+        ExportDtype::F32
+    };
     write_merged(&mut m, &a.out, dtype)?;
     eprintln!("merged model written to {}", a.out.display());
     Ok(())

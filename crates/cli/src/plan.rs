@@ -55,11 +55,22 @@ fn model_and_data(model: &ModelArgs, data: &Path) -> peft_engine::Result<(Config
         Some(src) => ChatTemplate::new(src, &bos, &eos)?,
         None => ChatTemplate::fallback(&bos, &eos),
     };
-    let report = inspect(data, &files.tokenizer, &template, files.config.max_position_embeddings, &LoadOptions::default())?;
+    let report = inspect(
+        data,
+        &files.tokenizer,
+        &template,
+        files.config.max_position_embeddings,
+        &LoadOptions::default(),
+    )?;
     Ok((files.config, DataStats::from_report(&report)))
 }
 
-fn options(method: &MethodArgs, size: &SizeArgs, explicit_size: bool, bf16: bool) -> peft_engine::Result<RecommendOptions> {
+fn options(
+    method: &MethodArgs,
+    size: &SizeArgs,
+    explicit_size: bool,
+    bf16: bool,
+) -> peft_engine::Result<RecommendOptions> {
     let mut o = RecommendOptions::default();
     if method.method != "auto" {
         o.method = Some(method.method()?);
@@ -73,7 +84,11 @@ fn options(method: &MethodArgs, size: &SizeArgs, explicit_size: bool, bf16: bool
         o.grad_accum = size.grad_accum;
     }
     o.base = PlanRequest {
-        weight_dtype: if bf16 { WeightDtype::Bf16 } else { WeightDtype::F32 },
+        weight_dtype: if bf16 {
+            WeightDtype::Bf16
+        } else {
+            WeightDtype::F32
+        },
         throughput: measure_throughput(Duration::from_millis(150))?,
         ..PlanRequest::default()
     };
@@ -89,7 +104,10 @@ fn hardware(ram: &Option<String>, vram: &Option<String>) -> peft_engine::Result<
                 Some(r) => parse_size("assume-ram", r)?,
                 None => scanned.memory.available_bytes,
             };
-            let vram = vram.as_ref().map(|v| parse_size("assume-vram", v)).transpose()?;
+            let vram = vram
+                .as_ref()
+                .map(|v| parse_size("assume-vram", v))
+                .transpose()?;
             Hardware::assumed_with_cpu(scanned.cpu, ram, vram)
         }
     })
@@ -98,7 +116,8 @@ fn hardware(ram: &Option<String>, vram: &Option<String>) -> peft_engine::Result<
 pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
     let (config, stats) = model_and_data(&a.model, &a.data)?;
     let hw = hardware(&a.assume_ram, &a.assume_vram)?;
-    let explicit = std::env::args().any(|x| x.starts_with("--seq-len") || x.starts_with("--batch-size"));
+    let explicit =
+        std::env::args().any(|x| x.starts_with("--seq-len") || x.starts_with("--batch-size"));
     let o = options(&a.method, &a.size, explicit, a.model.bf16)?;
     let r = recommend(&config, &hw, &stats, &o);
     if a.json {
@@ -141,9 +160,17 @@ fn print_recommendation(r: &Recommendation) {
         );
     }
     if let Some(best) = r.best() {
-        println!("\nestimate for #1 ({}, peak during {}):", best.label, best.estimate.peak_phase);
+        println!(
+            "\nestimate for #1 ({}, peak during {}):",
+            best.label, best.estimate.peak_phase
+        );
         for l in &best.estimate.lines {
-            println!("  {:>10}  {:<32} {}", format_bytes(l.bytes), l.name, l.explanation);
+            println!(
+                "  {:>10}  {:<32} {}",
+                format_bytes(l.bytes),
+                l.name,
+                l.explanation
+            );
         }
         println!("  {:>10}  total", format_bytes(best.estimate.peak_bytes));
     }
@@ -155,22 +182,36 @@ fn print_recommendation(r: &Recommendation) {
 /// # Errors
 /// [`peft_engine::Error::Invalid`] when the plan is not `auto` or nothing fits (with the
 /// recommender's reason).
-pub fn auto_train_config(plan: &str, model: &ModelArgs, data: &Path, mut cfg: TrainConfig) -> peft_engine::Result<TrainConfig> {
+pub fn auto_train_config(
+    plan: &str,
+    model: &ModelArgs,
+    data: &Path,
+    mut cfg: TrainConfig,
+) -> peft_engine::Result<TrainConfig> {
     if plan != "auto" {
-        return Err(peft_engine::Error::invalid("plan", format!("`{plan}`: only `auto` is supported")));
+        return Err(peft_engine::Error::invalid(
+            "plan",
+            format!("`{plan}`: only `auto` is supported"),
+        ));
     }
     let (config, stats) = model_and_data(model, data)?;
     let o = RecommendOptions {
         base: PlanRequest {
             evaluation: cfg.val_fraction > 0.0,
-            weight_dtype: if model.bf16 { WeightDtype::Bf16 } else { WeightDtype::F32 },
+            weight_dtype: if model.bf16 {
+                WeightDtype::Bf16
+            } else {
+                WeightDtype::F32
+            },
             throughput: measure_throughput(Duration::from_millis(150))?,
             ..PlanRequest::default()
         },
         ..RecommendOptions::default()
     };
     let r = recommend(&config, &Hardware::scan(), &stats, &o);
-    let best = r.best().ok_or_else(|| peft_engine::Error::invalid("plan", r.summary.clone()))?;
+    let best = r
+        .best()
+        .ok_or_else(|| peft_engine::Error::invalid("plan", r.summary.clone()))?;
     eprintln!("plan: {} — {}", best.label, r.summary);
     cfg.method = best.request.method.clone();
     cfg.seq_len = best.request.seq_len;

@@ -49,7 +49,14 @@ impl MethodArgs {
             None => None,
             Some(s) => Some(
                 s.split(',')
-                    .map(|x| x.trim().parse::<usize>().map_err(|_| peft_engine::Error::invalid("layers", format!("`{x}` is not a layer index"))))
+                    .map(|x| {
+                        x.trim().parse::<usize>().map_err(|_| {
+                            peft_engine::Error::invalid(
+                                "layers",
+                                format!("`{x}` is not a layer index"),
+                            )
+                        })
+                    })
                     .collect::<peft_engine::Result<Vec<_>>>()?,
             ),
         };
@@ -57,14 +64,20 @@ impl MethodArgs {
             rank: self.rank,
             alpha: self.alpha,
             dropout: self.dropout,
-            targets: self.targets.split(',').map(|s| s.trim().to_string()).collect(),
+            targets: self
+                .targets
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
             layers,
             rslora: self.rslora,
         };
         Ok(match self.method.as_str() {
             "lora" => Method::Lora(lora),
             "qlora" => Method::Qlora(lora),
-            "selective" => Method::Selective { what: Selective::parse(&self.selective)? },
+            "selective" => Method::Selective {
+                what: Selective::parse(&self.selective)?,
+            },
             _ => Method::Full,
         })
     }
@@ -166,7 +179,11 @@ impl TrainArgs {
             grad_checkpointing: self.size.grad_checkpointing,
             max_grad_norm: self.max_grad_norm,
             val_fraction: self.val_fraction,
-            train_on: if self.train_on == "all" { TrainOn::All } else { TrainOn::Assistant },
+            train_on: if self.train_on == "all" {
+                TrainOn::All
+            } else {
+                TrainOn::Assistant
+            },
             skip_bad_rows: self.skip_bad_rows,
             ..Default::default()
         };
@@ -189,48 +206,92 @@ pub fn run(a: TrainArgs) -> peft_engine::Result<()> {
             c.store(true, Ordering::SeqCst)
         });
     }
+    // Without a terminal (logs, CI) the bar is hidden: print one line per step instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = ProgressBar::new(0);
+    let say = |bar: &ProgressBar, line: String| bar.suspend(|| eprintln!("{line}"));
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     let mut on_event = |e: &TrainEvent| match e {
-        TrainEvent::Started { total_steps, start_step, train_examples, val_examples, truncated, dropped_untrained, skipped_rows, trainable_params, total_params } => {
-            bar.println(format!(
+        TrainEvent::Started {
+            total_steps,
+            start_step,
+            train_examples,
+            val_examples,
+            truncated,
+            dropped_untrained,
+            skipped_rows,
+            trainable_params,
+            total_params,
+        } => {
+            say(&bar, format!(
                 "{} train / {} validation examples ({truncated} truncated, {dropped_untrained} without trained tokens dropped, {skipped_rows} bad rows skipped)",
                 train_examples, val_examples
             ));
-            bar.println(format!(
-                "trainable parameters: {trainable_params} of {total_params} ({:.3} %)",
-                100.0 * *trainable_params as f64 / *total_params as f64
-            ));
+            say(
+                &bar,
+                format!(
+                    "trainable parameters: {trainable_params} of {total_params} ({:.3} %)",
+                    100.0 * *trainable_params as f64 / *total_params as f64
+                ),
+            );
             bar.set_length(*total_steps as u64);
             bar.set_position(*start_step as u64);
         }
         TrainEvent::Step(s) => {
-            bar.set_position(s.step as u64);
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.4} lr {:.2e} |g| {:.2} {:.0} tok/s ETA {:.0}s RSS {}",
-                s.loss, s.lr, s.grad_norm, s.tokens_per_s, s.eta_s, format_bytes(s.rss_bytes)
-            ));
+                s.loss,
+                s.lr,
+                s.grad_norm,
+                s.tokens_per_s,
+                s.eta_s,
+                format_bytes(s.rss_bytes)
+            );
+            if plain {
+                eprintln!("step {}/{} {msg}", s.step, s.total_steps);
+            }
+            bar.set_position(s.step as u64);
+            bar.set_message(msg);
         }
-        TrainEvent::Eval { step, loss } => bar.println(format!("step {step}: eval loss {loss:.4}")),
+        TrainEvent::Eval { step, loss } => say(&bar, format!("step {step}: eval loss {loss:.4}")),
         TrainEvent::Checkpoint { .. } => {}
     };
     let resume = a.resume.then_some(a.out.as_path());
-    let s = train(model, &a.data, &a.out, &cfg, resume, Some(&cancel), &mut on_event)?;
+    let s = train(
+        model,
+        &a.data,
+        &a.out,
+        &cfg,
+        resume,
+        Some(&cancel),
+        &mut on_event,
+    )?;
     bar.finish_and_clear();
     let first = s.losses.first().map(|l| l.1).unwrap_or(f64::NAN);
     let last = s.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     match s.status {
-        TrainStatus::Completed => eprintln!("done: {} steps, loss {first:.4} → {last:.4}; result in {}", s.steps, s.output.display()),
-        TrainStatus::Cancelled => eprintln!("stopped at step {}; resume with the same flags plus --resume", s.steps),
+        TrainStatus::Completed => eprintln!(
+            "done: {} steps, loss {first:.4} → {last:.4}; result in {}",
+            s.steps,
+            s.output.display()
+        ),
+        TrainStatus::Cancelled => eprintln!(
+            "stopped at step {}; resume with the same flags plus --resume",
+            s.steps
+        ),
     }
     if let Some((step, l)) = s.eval_losses.last() {
         eprintln!("eval loss {l:.4} at step {step}");
     }
     println!("{:.1} tokens/s", s.mean_tokens_per_s);
-    println!("peak memory {} ({} bytes)", format_bytes(s.peak_rss_bytes), s.peak_rss_bytes);
+    println!(
+        "peak memory {} ({} bytes)",
+        format_bytes(s.peak_rss_bytes),
+        s.peak_rss_bytes
+    );
     Ok(())
 }

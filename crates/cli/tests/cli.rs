@@ -12,8 +12,19 @@ fn peft(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn generate_json_greedy_on_the_bundled_model() {
-    let out = peft(&["generate", "--temperature", "0", "--max-new-tokens", "12", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = peft(&[
+        "generate",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["text"].as_str().unwrap().starts_with("Once upon a time"));
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 12);

@@ -8,7 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -48,12 +51,17 @@ pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -
 /// Loads a safetensors file into f32 CPU tensors, naming the file on error.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "not found")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+        ));
     }
-    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::Tensor {
-        file: path.display().to_string(),
-        tensor: "(header)".into(),
-        message: format!("not a readable safetensors file: {e}"),
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+        Error::Tensor {
+            file: path.display().to_string(),
+            tensor: "(header)".into(),
+            message: format!("not a readable safetensors file: {e}"),
+        }
     })?;
     map.into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?)))

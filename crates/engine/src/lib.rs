@@ -3,19 +3,19 @@
 //! fine-tuning (selective, LoRA, QLoRA), data, planning and export. Front ends (the `peft` CLI,
 //! the desktop app) are thin layers over these calls.
 
+pub mod data;
 pub mod error;
 pub mod export;
 pub mod fsutil;
-pub mod model;
-pub mod ops;
-pub mod tokenizer;
+pub mod hardware;
 pub mod infer;
 pub mod memory;
-pub mod data;
+pub mod model;
+pub mod ops;
 pub mod peft;
-pub mod train;
-pub mod hardware;
 pub mod plan;
+pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::config::{Arch, Config};

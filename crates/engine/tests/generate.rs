@@ -8,8 +8,12 @@ use peft_engine::model::loaded::LoadedModel;
 use std::sync::atomic::AtomicBool;
 
 fn bundled() -> LoadedModel {
-    LoadedModel::load(&ModelSource::Bundled, OpenOptions::default(), &LoadOptions::default())
-        .unwrap()
+    LoadedModel::load(
+        &ModelSource::Bundled,
+        OpenOptions::default(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -43,8 +47,21 @@ fn stops_on_every_end_of_text_id() {
     stops.sort();
     assert_eq!(stops, vec![1, 2]);
     let ids = m.prompt_ids("").unwrap();
-    let g = generate(&m.decoder, &m.tokenizer, &ids, &GenerateOptions::greedy(400), &stops, None, &mut |_| {}).unwrap();
-    assert_eq!(g.stop, StopReason::EndOfText, "the greedy story ends within 400 tokens");
+    let g = generate(
+        &m.decoder,
+        &m.tokenizer,
+        &ids,
+        &GenerateOptions::greedy(400),
+        &stops,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        g.stop,
+        StopReason::EndOfText,
+        "the greedy story ends within 400 tokens"
+    );
     assert!(!g.token_ids.contains(&1) && !g.token_ids.contains(&2));
 }
 
@@ -58,7 +75,10 @@ fn streaming_never_splits_a_utf8_character() {
     let mut pieces = Vec::new();
     for id in ids {
         if let Some(p) = stream.push(id).unwrap() {
-            assert!(!p.contains('\u{FFFD}'), "piece with a broken character: {p:?}");
+            assert!(
+                !p.contains('\u{FFFD}'),
+                "piece with a broken character: {p:?}"
+            );
             pieces.push(p);
         }
     }
@@ -71,7 +91,16 @@ fn cancellation_stops_before_the_next_token() {
     let m = bundled();
     let cancel = AtomicBool::new(true);
     let ids = m.prompt_ids("Once").unwrap();
-    let g = generate(&m.decoder, &m.tokenizer, &ids, &GenerateOptions::greedy(50), &[], Some(&cancel), &mut |_| {}).unwrap();
+    let g = generate(
+        &m.decoder,
+        &m.tokenizer,
+        &ids,
+        &GenerateOptions::greedy(50),
+        &[],
+        Some(&cancel),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(g.stop, StopReason::Cancelled);
     assert!(g.token_ids.is_empty());
 }
@@ -89,16 +118,35 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
         repeat_last_n: 64,
         seed: 7,
     };
-    let run = |o: &GenerateOptions| generate(&m.decoder, &m.tokenizer, &ids, o, &[], None, &mut |_| {}).unwrap().token_ids;
+    let run = |o: &GenerateOptions| {
+        generate(&m.decoder, &m.tokenizer, &ids, o, &[], None, &mut |_| {})
+            .unwrap()
+            .token_ids
+    };
     let a = run(&opts);
     assert_eq!(a, run(&opts));
-    assert_ne!(a, run(&GenerateOptions { seed: 8, ..opts.clone() }));
+    assert_ne!(
+        a,
+        run(&GenerateOptions {
+            seed: 8,
+            ..opts.clone()
+        })
+    );
     assert_ne!(a, run(&GenerateOptions::greedy(40)));
 }
 
 #[test]
 fn empty_prompt_without_bos_is_a_clear_error() {
     let m = bundled();
-    let err = generate(&m.decoder, &m.tokenizer, &[], &GenerateOptions::greedy(5), &[], None, &mut |_| {}).unwrap_err();
+    let err = generate(
+        &m.decoder,
+        &m.tokenizer,
+        &[],
+        &GenerateOptions::greedy(5),
+        &[],
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("prompt"), "{err}");
 }

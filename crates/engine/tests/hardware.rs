@@ -11,7 +11,11 @@ fn scan_without_nvml_is_not_an_error() {
     assert!(hw.memory.available_bytes <= hw.memory.total_bytes);
     // No NVIDIA driver here: NVML fails to load, which must read as "no NVIDIA GPU".
     if gpu::nvidia_gpus().is_err() {
-        assert!(hw.gpu.gpus.iter().all(|g| g.vendor != gpu::GpuVendor::Nvidia));
+        assert!(hw
+            .gpu
+            .gpus
+            .iter()
+            .all(|g| g.vendor != gpu::GpuVendor::Nvidia));
         assert!(hw.gpu.notes.iter().any(|n| n.contains("NVML")));
     }
     // A default build has neither backend.

@@ -35,7 +35,11 @@ fn qwen2_05b() -> Config {
 fn parameter_counts_match_published_models() {
     // Hugging Face `model.num_parameters()`: SmolLM2-135M 134,515,008; Llama-2-7B
     // 6,738,415,616; Qwen2-0.5B 494,032,768 (by hand: embed 151936·896 + 24 · 14,912,384 + 896).
-    for (c, n) in [(smollm2(), 134_515_008usize), (llama2_7b(), 6_738_415_616), (qwen2_05b(), 494_032_768)] {
+    for (c, n) in [
+        (smollm2(), 134_515_008usize),
+        (llama2_7b(), 6_738_415_616),
+        (qwen2_05b(), 494_032_768),
+    ] {
         assert_eq!(parameter_count(&c), n);
         assert_eq!(tensors(&c).iter().map(|t| t.numel).sum::<usize>(), n);
         assert_eq!(trainable_parameters(&c, &Method::Full), n);
@@ -47,14 +51,28 @@ fn trainable_counts_by_method() {
     let c = smollm2();
     // r·(in+out) per projection: q 1152, k 768, v 768, o 1152, gate/up/down 2112 each = 10,176;
     // × r 8 × 30 layers.
-    assert_eq!(trainable_parameters(&c, &Method::Lora(LoraSettings::default())), 2_442_240);
-    let qv = LoraSettings { targets: vec!["q_proj".into(), "v_proj".into()], rank: 16, ..Default::default() };
-    assert_eq!(trainable_parameters(&c, &Method::Lora(qv)), 16 * (1152 + 768) * 30);
+    assert_eq!(
+        trainable_parameters(&c, &Method::Lora(LoraSettings::default())),
+        2_442_240
+    );
+    let qv = LoraSettings {
+        targets: vec!["q_proj".into(), "v_proj".into()],
+        rank: 16,
+        ..Default::default()
+    };
+    assert_eq!(
+        trainable_parameters(&c, &Method::Lora(qv)),
+        16 * (1152 + 768) * 30
+    );
     // Norms: two per block plus the final one.
-    let norm = Method::Selective { what: Selective::Norm };
+    let norm = Method::Selective {
+        what: Selective::Norm,
+    };
     assert_eq!(trainable_parameters(&c, &norm), 576 * 61);
     // Qwen2's q/k/v biases: 896 + 128 + 128 per block.
-    let bias = Method::Selective { what: Selective::Bias };
+    let bias = Method::Selective {
+        what: Selective::Bias,
+    };
     assert_eq!(trainable_parameters(&qwen2_05b(), &bias), 1152 * 24);
 }
 
@@ -71,41 +89,102 @@ fn nf4_bytes_are_real_sizes() {
     let b = nf4_linear_bytes(&llama2_7b());
     assert!((3.30e9..3.40e9).contains(&(b as f64)), "{b}");
     // QLoRA's base term uses it; embeddings and lm_head stay f32.
-    let e = estimate(&llama2_7b(), &PlanRequest { method: Method::Qlora(Default::default()), ..Default::default() });
-    let nf4_line = e.lines.iter().find(|l| l.name == "base_weights.nf4").unwrap();
+    let e = estimate(
+        &llama2_7b(),
+        &PlanRequest {
+            method: Method::Qlora(Default::default()),
+            ..Default::default()
+        },
+    );
+    let nf4_line = e
+        .lines
+        .iter()
+        .find(|l| l.name == "base_weights.nf4")
+        .unwrap();
     assert_eq!(nf4_line.bytes, b);
-    let dense = e.lines.iter().find(|l| l.name == "base_weights.frozen").unwrap();
+    let dense = e
+        .lines
+        .iter()
+        .find(|l| l.name == "base_weights.frozen")
+        .unwrap();
     assert_eq!(dense.bytes, 4 * (2 * 32000 * 4096 + 65 * 4096));
 }
 
 fn line(e: &peft_engine::plan::Estimate, name: &str) -> u64 {
-    e.lines.iter().find(|l| l.name == name).map(|l| l.bytes).unwrap_or(0)
+    e.lines
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.bytes)
+        .unwrap_or(0)
 }
 
 #[test]
 fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
     let c = smollm2();
-    let base = PlanRequest { evaluation: false, seq_len: 256, ..Default::default() };
+    let base = PlanRequest {
+        evaluation: false,
+        seq_len: 256,
+        ..Default::default()
+    };
     let e1 = estimate(&c, &base);
-    let e2 = estimate(&c, &PlanRequest { batch_size: 2, ..base.clone() });
-    for name in ["activations.blocks", "activations.lora", "logits", "activations.attention_scores"] {
+    let e2 = estimate(
+        &c,
+        &PlanRequest {
+            batch_size: 2,
+            ..base.clone()
+        },
+    );
+    for name in [
+        "activations.blocks",
+        "activations.lora",
+        "logits",
+        "activations.attention_scores",
+    ] {
         let (a, b) = (line(&e1, name), line(&e2, name));
         assert!(a > 0, "{name}");
-        assert!((b as f64 / a as f64 - 2.0).abs() < 1e-6, "{name}: {a} → {b}");
+        assert!(
+            (b as f64 / a as f64 - 2.0).abs() < 1e-6,
+            "{name}: {a} → {b}"
+        );
     }
     // Doubling the sequence: linear terms ×2, attention scores ×4 (they are s × s).
-    let e3 = estimate(&c, &PlanRequest { seq_len: 512, ..base.clone() });
-    assert!((line(&e3, "activations.blocks") as f64 / line(&e1, "activations.blocks") as f64 - 2.0).abs() < 1e-6);
-    assert!((line(&e3, "activations.attention_scores") as f64 / line(&e1, "activations.attention_scores") as f64 - 4.0).abs() < 1e-6);
+    let e3 = estimate(
+        &c,
+        &PlanRequest {
+            seq_len: 512,
+            ..base.clone()
+        },
+    );
+    assert!(
+        (line(&e3, "activations.blocks") as f64 / line(&e1, "activations.blocks") as f64 - 2.0)
+            .abs()
+            < 1e-6
+    );
+    assert!(
+        (line(&e3, "activations.attention_scores") as f64
+            / line(&e1, "activations.attention_scores") as f64
+            - 4.0)
+            .abs()
+            < 1e-6
+    );
     // Per block, by hand: 8h + (5 + 2)q + 5kv + 4i = 4608 + 4032 + 960 + 6144, and 2·9·256 scores.
     let a = block_activations(&c, &base.method, 256, true);
     assert_eq!(a.dense, 15_744);
     assert_eq!(a.attention, 4_608);
     // Checkpointing keeps only block inputs: far less than the full graph.
-    let ck = estimate(&c, &PlanRequest { grad_checkpointing: true, ..base.clone() });
+    let ck = estimate(
+        &c,
+        &PlanRequest {
+            grad_checkpointing: true,
+            ..base.clone()
+        },
+    );
     assert!(ck.peak_bytes < e1.peak_bytes);
     let slack = 1.0 + peft_engine::plan::Calibration::default().activation_slack;
-    assert_eq!(line(&ck, "activations.block_inputs"), ((4 * 256 * 576 * 31) as f64 * slack) as u64);
+    assert_eq!(
+        line(&ck, "activations.block_inputs"),
+        ((4 * 256 * 576 * 31) as f64 * slack) as u64
+    );
     // The peak is the sum of its lines.
     assert_eq!(e1.lines.iter().map(|l| l.bytes).sum::<u64>(), e1.peak_bytes);
 }
@@ -115,13 +194,32 @@ fn kv_cache_and_method_ordering() {
     let c = llama2_7b();
     // 2 (k, v) × 32 layers × 4096 × 4 B = 1 MiB per token.
     assert_eq!(kv_cache_bytes(&c, 1), 1 << 20);
-    let at = |m: Method| estimate(&c, &PlanRequest { method: m, ..Default::default() }).peak_bytes;
-    let (full, lora, qlora) = (at(Method::Full), at(Method::Lora(Default::default())), at(Method::Qlora(Default::default())));
+    let at = |m: Method| {
+        estimate(
+            &c,
+            &PlanRequest {
+                method: m,
+                ..Default::default()
+            },
+        )
+        .peak_bytes
+    };
+    let (full, lora, qlora) = (
+        at(Method::Full),
+        at(Method::Lora(Default::default())),
+        at(Method::Qlora(Default::default())),
+    );
     assert!(full > lora && lora > qlora, "{full} {lora} {qlora}");
 }
 
 fn cpu() -> CpuInfo {
-    CpuInfo { model: "test".into(), arch: "x86_64".into(), physical_cores: 2, logical_cores: 2, features: CpuFeatures::default() }
+    CpuInfo {
+        model: "test".into(),
+        arch: "x86_64".into(),
+        physical_cores: 2,
+        logical_cores: 2,
+        features: CpuFeatures::default(),
+    }
 }
 
 fn data(len: usize) -> DataStats {
@@ -135,16 +233,33 @@ fn recommender_over_assumed_machines() {
     let c = llama2_7b();
     let d = data(1024); // p95 = 973 → 1024
     let o = RecommendOptions::default();
-    struct Case { ram: u64, best: Option<(&'static str, usize)> }
+    struct Case {
+        ram: u64,
+        best: Option<(&'static str, usize)>,
+    }
+    // Peaks of this engine (f32 compute, every activation kept): LoRA at 1024 tokens ≈ 76 GiB,
+    // QLoRA ≈ 55 GiB, QLoRA at 512 ≈ 28 GiB (see `estimate`'s lines).
     let cases = [
-        // Plenty: plain LoRA at the full length.
-        Case { ram: 128 * GIB, best: Some(("LoRA", 1024)) },
-        // LoRA's 27 GB of f32 weights do not fit in 16 GiB: QLoRA does.
-        Case { ram: 16 * GIB, best: Some(("QLoRA", 1024)) },
-        // Tighter: QLoRA only with a shorter sequence (checkpointing first).
-        Case { ram: 6 * GIB, best: Some(("QLoRA with checkpointing", 0)) },
+        // Plenty: plain LoRA at the length covering 95 % of examples.
+        Case {
+            ram: 128 * GIB,
+            best: Some(("LoRA", 1024)),
+        },
+        // LoRA does not fit even with checkpointing; QLoRA does at full length.
+        Case {
+            ram: 64 * GIB,
+            best: Some(("QLoRA", 1024)),
+        },
+        // Tighter: nothing at 1024, so the sequence is shortened before refusing.
+        Case {
+            ram: 40 * GIB,
+            best: Some(("QLoRA", 512)),
+        },
         // Nothing fits in 2 GiB.
-        Case { ram: 2 * GIB, best: None },
+        Case {
+            ram: 2 * GIB,
+            best: None,
+        },
     ];
     for case in cases {
         let hw = Hardware::assumed_with_cpu(cpu(), case.ram, None);
@@ -163,7 +278,13 @@ fn recommender_over_assumed_machines() {
                 assert!(r.summary.starts_with("Nothing fits"), "{}", r.summary);
                 assert!(r.summary.contains("parameters"), "{}", r.summary);
             }
-            (want, got) => panic!("ram {} GiB: wanted {:?}, got {:?}: {}", case.ram / GIB, want, got.map(|b| &b.label), r.summary),
+            (want, got) => panic!(
+                "ram {} GiB: wanted {:?}, got {:?}: {}",
+                case.ram / GIB,
+                want,
+                got.map(|b| &b.label),
+                r.summary
+            ),
         }
     }
 }
@@ -172,20 +293,39 @@ fn recommender_over_assumed_machines() {
 fn shortens_sequences_before_refusing() {
     let c = smollm2();
     let d = data(2048);
-    let o = RecommendOptions { method: Some(Method::Lora(Default::default())), ..Default::default() };
+    let o = RecommendOptions {
+        method: Some(Method::Lora(Default::default())),
+        ..Default::default()
+    };
     // Find a budget where the full length does not fit at all but a shorter one does.
-    let full_len = recommend(&c, &Hardware::assumed_with_cpu(cpu(), 1024 * GIB, None), &d, &o);
+    let full_len = recommend(
+        &c,
+        &Hardware::assumed_with_cpu(cpu(), 1024 * GIB, None),
+        &d,
+        &o,
+    );
     let leanest_full = full_len
         .candidates
         .iter()
-        .filter(|x| x.request.seq_len == 2048)
+        .filter(|x| {
+            x.request.seq_len
+                == full_len
+                    .candidates
+                    .iter()
+                    .map(|c| c.request.seq_len)
+                    .max()
+                    .unwrap()
+        })
         .map(|x| x.estimate.peak_bytes)
         .min()
         .unwrap();
     let hw = Hardware::assumed_with_cpu(cpu(), leanest_full + (256 << 20), None);
     let r = recommend(&c, &hw, &d, &o);
     let best = r.best().expect("a shorter sequence fits");
-    assert!(best.request.seq_len < 2048);
+    assert!(
+        best.request.seq_len < 1984,
+        "p95 of 2048-token data rounds to 1984"
+    );
     assert!(best.truncated_share > 0.0);
     // A GPU budget is VRAM, not RAM.
     let gpu = Hardware::assumed_with_cpu(cpu(), 1024 * GIB, Some(GIB / 2));

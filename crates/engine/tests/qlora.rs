@@ -14,7 +14,10 @@ use peft_engine::peft::method::{LoraSettings, Method};
 use peft_engine::train::{train, TrainConfig};
 
 fn nf4_bundled() -> LoadedModel {
-    let opts = LoadOptions { quantize: Some(QuantizeOptions::default()), ..Default::default() };
+    let opts = LoadOptions {
+        quantize: Some(QuantizeOptions::default()),
+        ..Default::default()
+    };
     LoadedModel::load(&ModelSource::Bundled, OpenOptions::default(), &opts).unwrap()
 }
 
@@ -24,7 +27,14 @@ fn logits(m: &LoadedModel) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -36,11 +46,20 @@ fn nf4_base_is_quantized_and_close_to_f32() {
     }
     // Whole-model output stays close: a 4-bit base perturbs but does not destroy the model.
     let (a, b) = (logits(&q), logits(&f));
-    let rel = max_diff(&a, &b) / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let rel = max_diff(&a, &b)
+        / b.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
     assert!(rel > 0.0 && rel < 0.25, "relative logit change {rel}");
     let bytes = q.decoder.base_weight_bytes();
     let mut f = common::bundled();
-    assert!(bytes < f.decoder.base_weight_bytes() / 2, "{bytes} bytes is not well under f32");
+    assert!(
+        bytes < f.decoder.base_weight_bytes() / 2,
+        "{bytes} bytes is not well under f32"
+    );
 }
 
 #[test]
@@ -49,7 +68,12 @@ fn qlora_training_lowers_the_loss_and_the_adapter_round_trips() {
     let data = text_dataset(dir.path(), &STORIES[..4]);
     let out = dir.path().join("qlora");
     let cfg = TrainConfig {
-        method: Method::Qlora(LoraSettings { rank: 8, alpha: 16.0, dropout: 0.0, ..Default::default() }),
+        method: Method::Qlora(LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            ..Default::default()
+        }),
         seq_len: 64,
         batch_size: 2,
         max_steps: Some(40),
@@ -61,9 +85,12 @@ fn qlora_training_lowers_the_loss_and_the_adapter_round_trips() {
     let (first, last) = (s.losses[0].1, s.losses.last().unwrap().1);
     assert!(last < 0.5 * first, "loss {first} → {last}");
     // The result is an ordinary PEFT LoRA adapter, in f32.
-    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg_json["peft_type"], "LORA");
-    let w = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let w = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
     assert!(w.values().all(|t| t.dtype() == candle_core::DType::F32));
     assert!(w.contains_key("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"));
 
@@ -77,7 +104,12 @@ fn qlora_training_lowers_the_loss_and_the_adapter_round_trips() {
     let merged_dir = dir.path().join("merged");
     let want = logits(&tuned);
     peft_engine::export::merge::write_merged(&mut tuned, &merged_dir, Default::default()).unwrap();
-    let merged = LoadedModel::load(&ModelSource::Folder(merged_dir), OpenOptions::default(), &LoadOptions::default()).unwrap();
+    let merged = LoadedModel::load(
+        &ModelSource::Folder(merged_dir),
+        OpenOptions::default(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let d = max_diff(&want, &logits(&merged));
     assert!(d < 1e-4, "merged vs NF4+adapter: {d}");
 }

@@ -25,11 +25,19 @@ fn config(method: Method, steps: usize, lr: f64) -> TrainConfig {
 }
 
 fn lora(rank: usize, dropout: f32) -> Method {
-    Method::Lora(LoraSettings { rank, alpha: 2.0 * rank as f64, dropout, ..Default::default() })
+    Method::Lora(LoraSettings {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout,
+        ..Default::default()
+    })
 }
 
 fn snapshot(m: &mut peft_engine::model::decoder::Decoder) -> HashMap<String, Tensor> {
-    m.named_tensors_mut().into_iter().map(|(n, t)| (n, t.detach().copy().unwrap())).collect()
+    m.named_tensors_mut()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -39,15 +47,32 @@ fn every_method_overfits_a_handful_of_examples() {
     for (method, lr) in [
         (lora(16, 0.0), 5e-3),
         (Method::Full, 1e-2),
-        (Method::Selective { what: Selective::LastBlocks(2) }, 1e-2),
+        (
+            Method::Selective {
+                what: Selective::LastBlocks(2),
+            },
+            1e-2,
+        ),
     ] {
         let name = method.name();
         let out = dir.path().join(name);
-        let s = train(bundled(), &data, &out, &config(method, 60, lr), None, None, &mut |_| {}).unwrap();
+        let s = train(
+            bundled(),
+            &data,
+            &out,
+            &config(method, 60, lr),
+            None,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
         let first = s.losses[0].1;
         let last = s.losses.last().unwrap().1;
         assert_eq!(s.status, TrainStatus::Completed);
-        assert!(last < 0.35 * first && last < 1.0, "{name}: loss {first:.3} → {last:.3}");
+        assert!(
+            last < 0.35 * first && last < 1.0,
+            "{name}: loss {first:.3} → {last:.3}"
+        );
     }
 }
 
@@ -55,10 +80,40 @@ fn every_method_overfits_a_handful_of_examples() {
 fn norm_only_tuning_lowers_the_loss_and_bitfit_on_llama_says_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = text_dataset(dir.path(), &STORIES[..4]);
-    let s = train(bundled(), &data, &dir.path().join("norm"), &config(Method::Selective { what: Selective::Norm }, 30, 2e-2), None, None, &mut |_| {}).unwrap();
+    let s = train(
+        bundled(),
+        &data,
+        &dir.path().join("norm"),
+        &config(
+            Method::Selective {
+                what: Selective::Norm,
+            },
+            30,
+            2e-2,
+        ),
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(s.losses.last().unwrap().1 < s.losses[0].1 * 0.9);
     assert_eq!(s.trainable_params, 64 * (2 * 5 + 1));
-    let err = train(bundled(), &data, &dir.path().join("bias"), &config(Method::Selective { what: Selective::Bias }, 5, 1e-3), None, None, &mut |_| {}).unwrap_err();
+    let err = train(
+        bundled(),
+        &data,
+        &dir.path().join("bias"),
+        &config(
+            Method::Selective {
+                what: Selective::Bias,
+            },
+            5,
+            1e-3,
+        ),
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no bias"), "{err}");
 }
 
@@ -67,20 +122,54 @@ fn only_trainable_tensors_change_and_selective_touches_only_its_selection() {
     let dir = tempfile::tempdir().unwrap();
     let data = text_dataset(dir.path(), &STORIES);
     for (method, expect) in [
-        (Method::Selective { what: Selective::Norm }, "layernorm|model.norm"),
-        (Method::Selective { what: Selective::LastBlocks(1) }, "model.layers.4."),
-        (Method::Selective { what: Selective::Modules("mlp.down_proj".into()) }, "down_proj"),
+        (
+            Method::Selective {
+                what: Selective::Norm,
+            },
+            "layernorm|model.norm",
+        ),
+        (
+            Method::Selective {
+                what: Selective::LastBlocks(1),
+            },
+            "model.layers.4.",
+        ),
+        (
+            Method::Selective {
+                what: Selective::Modules("mlp.down_proj".into()),
+            },
+            "down_proj",
+        ),
     ] {
         let mut base = bundled();
         let before = snapshot(&mut base.decoder);
-        let out = dir.path().join(format!("{:?}", method).replace(['"', ' ', '{', '}', '(', ')', ':'], ""));
-        train(bundled(), &data, &out, &config(method.clone(), 2, 1e-2), None, None, &mut |_| {}).unwrap();
+        let out = dir
+            .path()
+            .join(format!("{:?}", method).replace(['"', ' ', '{', '}', '(', ')', ':'], ""));
+        train(
+            bundled(),
+            &data,
+            &out,
+            &config(method.clone(), 2, 1e-2),
+            None,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
         // Apply the written delta to a fresh model and compare tensor by tensor.
         let mut after = bundled();
         peft_engine::peft::adapter_io::apply_adapter(&mut after.decoder, &out).unwrap();
         let after = snapshot(&mut after.decoder);
         for (name, t) in &before {
-            let changed = (t - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0;
+            let changed = (t - &after[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0;
             let selected = expect.split('|').any(|e| name.contains(e));
             assert_eq!(changed, selected, "{method:?}: {name} changed={changed}");
         }
@@ -95,7 +184,14 @@ fn fresh_lora_adapter_leaves_the_output_unchanged() {
     let t = apply_method(&mut m.decoder, &lora(4, 0.0), 1).unwrap();
     assert_eq!(t.params.len(), 2 * 7 * 5);
     let after = m.decoder.forward(&ids, &ForwardCtx::default()).unwrap();
-    let d = (before - after).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (before - after)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
 }
 
@@ -107,22 +203,41 @@ fn lora_grads(checkpointing: bool) -> Vec<(String, Vec<f32>)> {
     for (name, v) in &t.params {
         if name.contains("lora_B") {
             let n = v.elem_count();
-            let vals: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2).collect();
+            let vals: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+                .collect();
             let r = Tensor::from_vec(vals, v.dims(), &Device::Cpu).unwrap();
             v.set(&r).unwrap();
         }
     }
     let model = std::sync::Arc::new(m.decoder.clone());
     let ids = Tensor::new(&[[1u32, 403, 407, 261, 378, 432, 383, 286]], &Device::Cpu).unwrap();
-    let ctx = ForwardCtx { train: true, step_seed: 9 };
+    let ctx = ForwardCtx {
+        train: true,
+        step_seed: 9,
+    };
     let sink = peft_engine::train::grad_ckpt::GradSink::default();
     let logits = if checkpointing {
         let per_layer: Vec<Vec<Tensor>> = (0..5)
-            .map(|n| t.params.iter().filter(|(name, _)| name.starts_with(&format!("model.layers.{n}."))).map(|(_, v)| v.as_tensor().clone()).collect())
+            .map(|n| {
+                t.params
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&format!("model.layers.{n}.")))
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect()
+            })
             .collect();
         let mut x = model.embed(&ids).unwrap();
-        for n in 0..5 {
-            x = peft_engine::train::grad_ckpt::checkpointed_block(&model, n, &x, &ctx, per_layer[n].clone(), &sink).unwrap();
+        for (n, params) in per_layer.iter().enumerate() {
+            x = peft_engine::train::grad_ckpt::checkpointed_block(
+                &model,
+                n,
+                &x,
+                &ctx,
+                params.clone(),
+                &sink,
+            )
+            .unwrap();
         }
         model.logits(&model.final_norm(&x).unwrap(), &ctx).unwrap()
     } else {
@@ -134,8 +249,15 @@ fn lora_grads(checkpointing: bool) -> Vec<(String, Vec<f32>)> {
     t.params
         .iter()
         .map(|(name, v)| {
-            let g = store.get(v.as_tensor()).cloned().or_else(|| extra.remove(&v.as_tensor().id())).unwrap_or_else(|| panic!("{name}: no gradient"));
-            (name.clone(), g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            let g = store
+                .get(v.as_tensor())
+                .cloned()
+                .or_else(|| extra.remove(&v.as_tensor().id()))
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            (
+                name.clone(),
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
         })
         .collect()
 }
@@ -146,9 +268,16 @@ fn every_adapter_tensor_gets_a_gradient_and_checkpointing_gives_identical_ones()
     let ckpt = lora_grads(true);
     for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
         assert!(a.iter().any(|x| *x != 0.0), "{name}: zero gradient");
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-5 * scale.max(1e-3), "{name}: checkpointed gradient differs by {d}");
+        assert!(
+            d <= 1e-5 * scale.max(1e-3),
+            "{name}: checkpointed gradient differs by {d}"
+        );
     }
 }
 
@@ -162,22 +291,42 @@ fn resume_is_exact() {
     cfg.warmup_steps = 3;
     cfg.val_fraction = 0.2;
     cfg.eval_every = 5;
-    let full = train(bundled(), &data, &dir.path().join("a"), &cfg, None, None, &mut |_| {}).unwrap();
+    let full = train(
+        bundled(),
+        &data,
+        &dir.path().join("a"),
+        &cfg,
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(full.losses.len(), 20);
 
     let out = dir.path().join("b");
     let cancel = AtomicBool::new(false);
-    let first = train(bundled(), &data, &out, &cfg, None, Some(&cancel), &mut |e| {
-        if let TrainEvent::Step(s) = e {
-            if s.step == 10 {
-                cancel.store(true, Ordering::SeqCst);
+    let first = train(
+        bundled(),
+        &data,
+        &out,
+        &cfg,
+        None,
+        Some(&cancel),
+        &mut |e| {
+            if let TrainEvent::Step(s) = e {
+                if s.step == 10 {
+                    cancel.store(true, Ordering::SeqCst);
+                }
             }
-        }
-    })
+        },
+    )
     .unwrap();
     assert_eq!(first.status, TrainStatus::Cancelled);
     assert_eq!(first.steps, 10);
-    assert!(!out.join("adapter_model.safetensors").exists(), "no adapter from a cancelled run");
+    assert!(
+        !out.join("adapter_model.safetensors").exists(),
+        "no adapter from a cancelled run"
+    );
     let second = train(bundled(), &data, &out, &cfg, Some(&out), None, &mut |_| {}).unwrap();
     assert_eq!(second.status, TrainStatus::Completed);
     assert_eq!(second.losses.len(), 20);
@@ -191,7 +340,16 @@ fn resume_is_exact() {
     // Resuming with other settings is refused, not silently mixed.
     let mut other = cfg.clone();
     other.lr = 1e-3;
-    let err = train(bundled(), &data, &dir.path().join("c"), &other, Some(&out), None, &mut |_| {}).unwrap_err();
+    let err = train(
+        bundled(),
+        &data,
+        &dir.path().join("c"),
+        &other,
+        Some(&out),
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("different settings"), "{err}");
 }
 

@@ -71,12 +71,21 @@ pub struct ChatReply {
 
 /// The model for `side`: the open base model, or base + the adapter of `run_id` (cached, so
 /// only the first reply after training pays for loading it).
-async fn model_for(state: &AppState, side: ChatSide, run_id: Option<&str>) -> ApiResult<Arc<LoadedModel>> {
+async fn model_for(
+    state: &AppState,
+    side: ChatSide,
+    run_id: Option<&str>,
+) -> ApiResult<Arc<LoadedModel>> {
     let (_, source, base) = state.current_model()?;
     if side == ChatSide::Base {
         return Ok(base);
     }
-    let id = run_id.ok_or_else(|| ApiError::new("NoRun", "Train a model first (step 5), or pick a finished run."))?;
+    let id = run_id.ok_or_else(|| {
+        ApiError::new(
+            "NoRun",
+            "Train a model first (step 5), or pick a finished run.",
+        )
+    })?;
     let cached = lock(&state.tuned)?
         .as_ref()
         .filter(|(cached, _)| cached == id)
@@ -86,7 +95,10 @@ async fn model_for(state: &AppState, side: ChatSide, run_id: Option<&str>) -> Ap
     }
     let record = history::load(&state.runs_dir(), id)?;
     if record.status != history::RunStatus::Completed {
-        return Err(ApiError::new("NoRun", format!("run {id} has not finished; its adapter is written when training completes")));
+        return Err(ApiError::new(
+            "NoRun",
+            format!("run {id} has not finished; its adapter is written when training completes"),
+        ));
     }
     let dir = PathBuf::from(&record.dir);
     let m = blocking(move || {
@@ -118,7 +130,10 @@ pub async fn chat_generate(
     lock(&state.chat_cancel)?.push(cancel.clone());
     let flag = cancel.clone();
     let result = blocking(move || {
-        let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+        let msgs: Vec<Message> = messages
+            .iter()
+            .map(|m| Message::new(&m.role, &m.content))
+            .collect();
         let ids = model.chat_ids(&msgs)?;
         let g = generate(
             &model.decoder,

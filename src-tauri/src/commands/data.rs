@@ -135,7 +135,10 @@ pub async fn data_inspect(
 ) -> ApiResult<DatasetReportDto> {
     let file = existing(&path, Kind::File)?;
     if max_len == 0 {
-        return Err(ApiError::new("InvalidSetting", "The sequence length must be at least 1."));
+        return Err(ApiError::new(
+            "InvalidSetting",
+            "The sequence length must be at least 1.",
+        ));
     }
     let (_, _, model) = state.current_model()?;
     let f = file.clone();

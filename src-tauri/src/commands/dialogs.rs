@@ -21,8 +21,18 @@ pub enum PickWhat {
 pub async fn pick_path<R: Runtime>(window: Window<R>, what: PickWhat) -> ApiResult<Option<String>> {
     let dialog = rfd::AsyncFileDialog::new().set_parent(&window);
     let picked = match what {
-        PickWhat::ModelFolder => dialog.set_title("Choose a model folder").pick_folder().await,
-        PickWhat::ExportFolder => dialog.set_title("Choose where to export").pick_folder().await,
+        PickWhat::ModelFolder => {
+            dialog
+                .set_title("Choose a model folder")
+                .pick_folder()
+                .await
+        }
+        PickWhat::ExportFolder => {
+            dialog
+                .set_title("Choose where to export")
+                .pick_folder()
+                .await
+        }
         PickWhat::GgufFile => {
             dialog
                 .set_title("Choose a GGUF file")

@@ -8,7 +8,9 @@ use crate::history::{self, RunStatus};
 use crate::paths::{output_dir, plain_id};
 use crate::state::AppState;
 use peft_engine::export::merge::{write_merged, ExportDtype};
-use peft_engine::peft::adapter_io::{apply_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS, RUN_FILE};
+use peft_engine::peft::adapter_io::{
+    apply_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS, RUN_FILE,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tauri::State;
@@ -40,7 +42,8 @@ pub struct ExportResult {
 }
 
 fn list_files(dir: &Path) -> ApiResult<Vec<ExportedFile>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| ApiError::new("Io", format!("{}: {e}", dir.display())))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| ApiError::new("Io", format!("{}: {e}", dir.display())))?;
     let mut files: Vec<ExportedFile> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_file())
@@ -81,20 +84,31 @@ pub async fn export_run(
     plain_id(&run_id)?;
     let record = history::load(&state.runs_dir(), &run_id)?;
     if record.status != RunStatus::Completed {
-        return Err(ApiError::new("NoRun", "Only a completed run has an adapter to export."));
+        return Err(ApiError::new(
+            "NoRun",
+            "Only a completed run has an adapter to export.",
+        ));
     }
     let dest = match dest.filter(|d| !d.trim().is_empty()) {
         Some(d) => output_dir(&d)?,
         None => {
-            let suffix = if kind == ExportKind::Adapter { "adapter" } else { "merged" };
-            state.data_dir.join("exports").join(format!("{run_id}-{suffix}"))
+            let suffix = if kind == ExportKind::Adapter {
+                "adapter"
+            } else {
+                "merged"
+            };
+            state
+                .data_dir
+                .join("exports")
+                .join(format!("{run_id}-{suffix}"))
         }
     };
     let run_dir = PathBuf::from(&record.dir);
     let source = crate::commands::model::parse_source(&record.model)?;
     let out = dest.clone();
     blocking(move || {
-        std::fs::create_dir_all(&out).map_err(|e| ApiError::new("Io", format!("{}: {e}", out.display())))?;
+        std::fs::create_dir_all(&out)
+            .map_err(|e| ApiError::new("Io", format!("{}: {e}", out.display())))?;
         match kind {
             ExportKind::Adapter => {
                 for name in [ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS, RUN_FILE] {

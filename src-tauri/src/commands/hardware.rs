@@ -82,7 +82,10 @@ pub(crate) fn to_dto(
             hw.cpu.logical_cores,
             format_bytes(rec.available_bytes)
         ),
-        _ => format!("Training runs on the GPU ({} free)", format_bytes(rec.available_bytes)),
+        _ => format!(
+            "Training runs on the GPU ({} free)",
+            format_bytes(rec.available_bytes)
+        ),
     };
     let summary = match rec.best() {
         Some(best) => format!(
@@ -95,11 +98,16 @@ pub(crate) fn to_dto(
         None => format!("{place}: {}", rec.summary),
     };
     let f = &hw.cpu.features;
-    let simd = [("AVX2", f.avx2), ("AVX-512", f.avx512f), ("FMA", f.fma), ("NEON", f.neon)]
-        .into_iter()
-        .filter(|(_, on)| *on)
-        .map(|(n, _)| n.to_string())
-        .collect();
+    let simd = [
+        ("AVX2", f.avx2),
+        ("AVX-512", f.avx512f),
+        ("FMA", f.fma),
+        ("NEON", f.neon),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(n, _)| n.to_string())
+    .collect();
     HardwareDto {
         cpu_model: hw.cpu.model.clone(),
         arch: hw.cpu.arch.clone(),

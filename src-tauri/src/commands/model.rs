@@ -120,7 +120,9 @@ pub fn parse_source(spec: &str) -> ApiResult<ModelSource> {
             Ok(ModelSource::Folder(existing(spec, Kind::Dir)?))
         } else {
             let f = existing(spec, Kind::File)?;
-            if f.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            if f.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
                 Ok(ModelSource::Gguf(f))
             } else {
                 Err(ApiError::new(
@@ -217,5 +219,7 @@ pub fn model_cancel_download(state: State<'_, AppState>) -> ApiResult<bool> {
 /// The open model, if any (the UI re-reads it after a reload).
 #[tauri::command]
 pub fn model_current(state: State<'_, AppState>) -> ApiResult<Option<ModelInfoDto>> {
-    Ok(lock(&state.model)?.as_ref().map(|m| info_dto(&m.spec, &m.base)))
+    Ok(lock(&state.model)?
+        .as_ref()
+        .map(|m| info_dto(&m.spec, &m.base)))
 }

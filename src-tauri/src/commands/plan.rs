@@ -8,8 +8,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::settings::TrainSettings;
 use crate::state::{lock, AppState};
 use peft_engine::plan::{
-    measure_throughput, recommend, Candidate, ComputeDevice, DataStats, Estimate,
-    PlanRequest, RecommendOptions, Throughput,
+    measure_throughput, recommend, Candidate, ComputeDevice, DataStats, Estimate, PlanRequest,
+    RecommendOptions, Throughput,
 };
 use serde::Serialize;
 use std::time::Duration;
@@ -98,7 +98,14 @@ pub fn band_of(line: &str) -> &'static str {
     }
 }
 
-const BANDS: [&str; 6] = ["weights", "adapters", "optimizer", "activations", "logits", "overhead"];
+const BANDS: [&str; 6] = [
+    "weights",
+    "adapters",
+    "optimizer",
+    "activations",
+    "logits",
+    "overhead",
+];
 
 fn estimate_dto(e: &Estimate, c: &Candidate) -> EstimateDto {
     let lines: Vec<MemoryLine> = e
@@ -154,13 +161,25 @@ fn throughput(state: &AppState) -> ApiResult<Throughput> {
 }
 
 /// The inputs every plan needs: model config, hardware, data lengths, throughput.
-fn inputs(state: &AppState) -> ApiResult<(peft_engine::Config, peft_engine::hardware::Hardware, DataStats, Throughput)> {
+fn inputs(
+    state: &AppState,
+) -> ApiResult<(
+    peft_engine::Config,
+    peft_engine::hardware::Hardware,
+    DataStats,
+    Throughput,
+)> {
     let (_, _, model) = state.current_model()?;
     let data = lock(&state.dataset)?
         .as_ref()
         .map(|d| DataStats::from_report(&d.report))
         .ok_or_else(|| ApiError::new("NoDataset", "Choose a dataset first (step 3)."))?;
-    Ok((model.info.config.clone(), hardware::current(state)?, data, throughput(state)?))
+    Ok((
+        model.info.config.clone(),
+        hardware::current(state)?,
+        data,
+        throughput(state)?,
+    ))
 }
 
 fn options(s: &TrainSettings, t: Throughput, fixed: bool) -> RecommendOptions {
@@ -171,7 +190,10 @@ fn options(s: &TrainSettings, t: Throughput, fixed: bool) -> RecommendOptions {
         seq_len: fixed.then_some(s.seq_len as usize),
         batch_size: s.batch_size as usize,
         grad_accum: s.grad_accum as usize,
-        base: PlanRequest { throughput: t, ..PlanRequest::default() },
+        base: PlanRequest {
+            throughput: t,
+            ..PlanRequest::default()
+        },
         ..d
     }
 }
@@ -182,7 +204,8 @@ fn options(s: &TrainSettings, t: Throughput, fixed: bool) -> RecommendOptions {
 #[tauri::command]
 pub async fn plan_recommend(state: State<'_, AppState>, base: TrainSettings) -> ApiResult<PlanDto> {
     let (config, hw, data, t) = inputs(&state)?;
-    let rec = blocking(move || Ok(recommend(&config, &hw, &data, &options(&base, t, false)))).await?;
+    let opts = options(&base, t, false);
+    let rec = blocking(move || Ok(recommend(&config, &hw, &data, &opts))).await?;
     Ok(PlanDto {
         device: device_name(rec.device),
         available_bytes: rec.available_bytes,
@@ -203,7 +226,10 @@ pub async fn plan_recommend(state: State<'_, AppState>, base: TrainSettings) -> 
 
 /// The estimate of exactly these knobs, and whether they fit (updated live as the user edits).
 #[tauri::command]
-pub async fn plan_estimate(state: State<'_, AppState>, settings: TrainSettings) -> ApiResult<EstimateDto> {
+pub async fn plan_estimate(
+    state: State<'_, AppState>,
+    settings: TrainSettings,
+) -> ApiResult<EstimateDto> {
     let (config, hw, data, t) = inputs(&state)?;
     blocking(move || {
         let rec = recommend(&config, &hw, &data, &options(&settings, t, true));
@@ -214,7 +240,9 @@ pub async fn plan_estimate(state: State<'_, AppState>, settings: TrainSettings) 
                     && c.request.grad_checkpointing == settings.grad_checkpointing
             })
             .map(|c| estimate_dto(&c.estimate, c))
-            .ok_or_else(|| ApiError::internal("the planner returned no estimate for these settings"))
+            .ok_or_else(|| {
+                ApiError::internal("the planner returned no estimate for these settings")
+            })
     })
     .await
 }

@@ -125,15 +125,27 @@ pub fn train_start(
     on_event: Channel<TrainUpdate>,
 ) -> ApiResult<RunRecord> {
     let mut job = lock(&state.train)?;
-    if job.as_ref().is_some_and(|j| j.running.load(Ordering::Relaxed)) {
+    if job
+        .as_ref()
+        .is_some_and(|j| j.running.load(Ordering::Relaxed))
+    {
         return Err(ApiError::busy("Training"));
     }
     let runs = state.runs_dir();
     let (record, source, resume) = match resume_run {
         Some(id) => {
             let mut r = history::load(&runs, &id)?;
-            if !matches!(r.status, RunStatus::Paused | RunStatus::Interrupted | RunStatus::Failed) {
-                return Err(ApiError::new("NotResumable", format!("run {id} is {:?}; only paused or interrupted runs resume", r.status)));
+            if !matches!(
+                r.status,
+                RunStatus::Paused | RunStatus::Interrupted | RunStatus::Failed
+            ) {
+                return Err(ApiError::new(
+                    "NotResumable",
+                    format!(
+                        "run {id} is {:?}; only paused or interrupted runs resume",
+                        r.status
+                    ),
+                ));
             }
             existing(&r.data, Kind::File)?;
             let source = parse_source(&r.model)?;
@@ -192,7 +204,15 @@ pub fn train_start(
                     };
                     let _ = on_event.send(update);
                 };
-                Ok(train(model, &data, &out, &cfg, resume.as_deref(), Some(&cancel), &mut on)?)
+                Ok(train(
+                    model,
+                    &data,
+                    &out,
+                    &cfg,
+                    resume.as_deref(),
+                    Some(&cancel),
+                    &mut on,
+                )?)
             });
             let final_record = {
                 let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -214,7 +234,9 @@ pub fn train_start(
                 r.clone()
             };
             running.store(false, Ordering::Relaxed);
-            let _ = on_event.send(TrainUpdate::Finished { record: final_record });
+            let _ = on_event.send(TrainUpdate::Finished {
+                record: final_record,
+            });
         })
         .map_err(|e| ApiError::internal(format!("cannot start the training thread: {e}")))?;
     Ok(record)

@@ -207,7 +207,10 @@ fn missing(file: &str, field: &str) -> Error {
 impl RawConfig {
     /// Checks every field the decoder needs and fills documented defaults.
     pub fn validate(self, file: &str) -> Result<Config> {
-        let model_type = self.model_type.clone().ok_or_else(|| missing(file, "model_type"))?;
+        let model_type = self
+            .model_type
+            .clone()
+            .ok_or_else(|| missing(file, "model_type"))?;
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| Error::Unsupported {
             what: format!("{file}: model_type"),
             found: model_type.clone(),

@@ -7,8 +7,11 @@ use crate::model::config::Config;
 pub fn block_parameters(c: &Config) -> usize {
     let h = c.hidden_size;
     let attn = h * c.q_dim() + 2 * h * c.kv_dim() + c.q_dim() * h;
-    let attn_bias = if c.qkv_bias { c.q_dim() + 2 * c.kv_dim() } else { 0 }
-        + if c.o_bias { h } else { 0 };
+    let attn_bias = if c.qkv_bias {
+        c.q_dim() + 2 * c.kv_dim()
+    } else {
+        0
+    } + if c.o_bias { h } else { 0 };
     let mlp = 3 * h * c.intermediate_size;
     let mlp_bias = if c.mlp_bias {
         2 * c.intermediate_size + h

@@ -150,9 +150,7 @@ impl Loader<'_> {
     }
 
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let quantize = self
-            .quantize
-            .filter(|q| prefix != "lm_head" || q.lm_head);
+        let quantize = self.quantize.filter(|q| prefix != "lm_head" || q.lm_head);
         let w = match quantize {
             Some(q) => {
                 let name = format!("{prefix}.weight");
@@ -160,7 +158,11 @@ impl Loader<'_> {
                 let nf4 = crate::peft::nf4::Nf4Tensor::from_tensor(&name, &f32w, q.double_quant)?;
                 return Ok(Linear {
                     base: crate::model::linear::Base::Nf4(std::sync::Arc::new(nf4)),
-                    bias: if bias { Some(self.get(&format!("{prefix}.bias"), &[out])?) } else { None },
+                    bias: if bias {
+                        Some(self.get(&format!("{prefix}.bias"), &[out])?)
+                    } else {
+                        None
+                    },
                     lora: None,
                     merged: false,
                 });
@@ -197,8 +199,18 @@ impl Decoder {
                 input_layernorm: l.get(&format!("{p}.input_layernorm.weight"), &[h])?,
                 self_attn: Attention {
                     q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h, c.qkv_bias)?,
-                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h, c.qkv_bias)?,
-                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h, c.qkv_bias)?,
+                    k_proj: l.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        c.kv_dim(),
+                        h,
+                        c.qkv_bias,
+                    )?,
+                    v_proj: l.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        c.kv_dim(),
+                        h,
+                        c.qkv_bias,
+                    )?,
                     o_proj: l.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), c.o_bias)?,
                 },
                 post_attention_layernorm: l
@@ -267,7 +279,11 @@ impl Decoder {
         let h = rms_norm(x, &block.input_layernorm.to_dtype(DType::F32)?, eps)?;
         let a = self.attention(&block.self_attn, &h, offset, cache, ctx)?;
         let x = (x + a)?;
-        let h = rms_norm(&x, &block.post_attention_layernorm.to_dtype(DType::F32)?, eps)?;
+        let h = rms_norm(
+            &x,
+            &block.post_attention_layernorm.to_dtype(DType::F32)?,
+            eps,
+        )?;
         let m = &block.mlp;
         let gate = candle_nn::ops::silu(&m.gate_proj.forward(&h, ctx)?)?;
         let up = m.up_proj.forward(&h, ctx)?;
@@ -383,7 +399,10 @@ impl Decoder {
         out.push(("model.embed_tokens.weight".into(), &mut self.embed_tokens));
         for (n, b) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{n}");
-            out.push((format!("{p}.input_layernorm.weight"), &mut b.input_layernorm));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                &mut b.input_layernorm,
+            ));
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 &mut b.post_attention_layernorm,

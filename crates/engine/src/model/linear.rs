@@ -11,8 +11,8 @@ use crate::ops::frozen_linear;
 use crate::peft::lora::Lora;
 use crate::peft::nf4::Nf4Tensor;
 use crate::peft::nf4_op::Nf4Linear;
-use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
+use std::sync::Arc;
 
 /// The weight a linear layer multiplies by, `[out, in]`.
 #[derive(Clone)]
@@ -93,9 +93,15 @@ impl Linear {
     /// Folds `scale·B·A` into the base weight (f32). Refuses to merge twice or without an
     /// adapter, so a delta is never added twice.
     pub fn merge(&mut self) -> crate::error::Result<()> {
-        let lora = self.lora.as_ref().ok_or_else(|| crate::error::Error::invalid("merge", "layer has no adapter"))?;
+        let lora = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::invalid("merge", "layer has no adapter"))?;
         if self.merged {
-            return Err(crate::error::Error::invalid("merge", "adapter is already merged"));
+            return Err(crate::error::Error::invalid(
+                "merge",
+                "adapter is already merged",
+            ));
         }
         let w = (self.dense_weight()?.detach() + lora.delta_weight()?)?;
         self.base = Base::Dense(w);
@@ -105,9 +111,15 @@ impl Linear {
 
     /// Subtracts the adapter's delta again (exact up to f32 rounding).
     pub fn unmerge(&mut self) -> crate::error::Result<()> {
-        let lora = self.lora.as_ref().ok_or_else(|| crate::error::Error::invalid("unmerge", "layer has no adapter"))?;
+        let lora = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::invalid("unmerge", "layer has no adapter"))?;
         if !self.merged {
-            return Err(crate::error::Error::invalid("unmerge", "adapter is not merged"));
+            return Err(crate::error::Error::invalid(
+                "unmerge",
+                "adapter is not merged",
+            ));
         }
         let w = (self.dense_weight()?.detach() - lora.delta_weight()?)?;
         self.base = Base::Dense(w);

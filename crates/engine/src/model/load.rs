@@ -52,7 +52,10 @@ impl ModelSource {
                 format!("{spec} is a file but not a .gguf file; give a model folder, a .gguf file or a hub id"),
             ));
         }
-        if spec.to_ascii_lowercase().ends_with(".gguf") || spec.starts_with('.') || spec.starts_with('/') {
+        if spec.to_ascii_lowercase().ends_with(".gguf")
+            || spec.starts_with('.')
+            || spec.starts_with('/')
+        {
             return Err(Error::io(
                 path,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
@@ -275,8 +278,14 @@ fn generation_eos(text: &str, file: &str) -> Result<Vec<u32>> {
         message: e.to_string(),
     })?;
     Ok(match v.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     })
 }

@@ -128,13 +128,14 @@ impl SafetensorsSource {
     fn index(shards: Vec<Shard>) -> Result<Self> {
         let mut index = BTreeMap::new();
         for (i, shard) in shards.iter().enumerate() {
-            let st = safetensors::SafeTensors::deserialize(shard.data()).map_err(|e| {
-                Error::Tensor {
+            let st =
+                safetensors::SafeTensors::deserialize(shard.data()).map_err(|e| Error::Tensor {
                     file: shard.path.display().to_string(),
                     tensor: "(header)".into(),
-                    message: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-                }
-            })?;
+                    message: format!(
+                        "not a readable safetensors file (truncated or corrupt?): {e}"
+                    ),
+                })?;
             for (name, view) in st.tensors() {
                 index.insert(name, (i, view.dtype(), view.shape().to_vec()));
             }
@@ -164,8 +165,8 @@ impl TensorSource for SafetensorsSource {
             tensor: name.into(),
             message,
         };
-        let st = safetensors::SafeTensors::deserialize(shard.data())
-            .map_err(|e| err(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(shard.data()).map_err(|e| err(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,

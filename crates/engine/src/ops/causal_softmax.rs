@@ -24,7 +24,9 @@ impl CustomOp1 for CausalSoftmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = layout.shape().dims();
         let (q, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-        let x = cpu_to_tensor(storage, layout)?.flatten_all()?.to_vec1::<f32>()?;
+        let x = cpu_to_tensor(storage, layout)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut y = vec![0f32; x.len()];
         let (scale, offset) = (self.scale, self.offset);
         y.par_chunks_mut(k)
@@ -51,7 +53,11 @@ impl CustomOp1 for CausalSoftmax {
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let k = res.dim(candle_core::D::Minus1)?;
         let y = res.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad
+            .detach()
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut dx = vec![0f32; y.len()];
         let scale = self.scale;
         dx.par_chunks_mut(k)

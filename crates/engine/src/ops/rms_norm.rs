@@ -45,7 +45,11 @@ impl CustomOp1 for RmsNorm {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let d = arg.dim(candle_core::D::Minus1)?;
         let x = arg.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad
+            .detach()
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut dx = vec![0f32; x.len()];
         let eps = self.eps;
         dx.par_chunks_mut(d)

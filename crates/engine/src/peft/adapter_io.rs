@@ -70,10 +70,22 @@ pub struct AdapterConfig {
 pub const FORWARD_CHANGING: [(&str, &str); 7] = [
     ("lora_bias", "LoRA-B biases are not supported"),
     ("use_qalora", "QA-LoRA (pooled inputs) is not supported"),
-    ("alora_invocation_tokens", "activated LoRA (aLoRA) is not supported"),
-    ("layer_replication", "layer replication changes the model's depth and is not supported"),
-    ("target_parameters", "LoRA on raw parameters (not linear modules) is not supported"),
-    ("trainable_token_indices", "trainable token embeddings are not supported"),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA (aLoRA) is not supported",
+    ),
+    (
+        "layer_replication",
+        "layer replication changes the model's depth and is not supported",
+    ),
+    (
+        "target_parameters",
+        "LoRA on raw parameters (not linear modules) is not supported",
+    ),
+    (
+        "trainable_token_indices",
+        "trainable token embeddings are not supported",
+    ),
     ("use_bdlora", "BD-LoRA is not supported"),
 ];
 
@@ -159,19 +171,34 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
         message: m,
     };
     if cfg.peft_type != "LORA" {
-        return Err(field("peft_type", format!("`{}`: only LORA adapters are supported", cfg.peft_type)));
+        return Err(field(
+            "peft_type",
+            format!("`{}`: only LORA adapters are supported", cfg.peft_type),
+        ));
     }
     if cfg.use_dora {
         return Err(field("use_dora", "DoRA adapters are not supported".into()));
     }
     if cfg.fan_in_fan_out {
-        return Err(field("fan_in_fan_out", "GPT-2-style Conv1D adapters are not supported".into()));
+        return Err(field(
+            "fan_in_fan_out",
+            "GPT-2-style Conv1D adapters are not supported".into(),
+        ));
     }
     if cfg.bias != "none" {
-        return Err(field("bias", format!("`{}`: adapters that train the base model's biases are not supported", cfg.bias)));
+        return Err(field(
+            "bias",
+            format!(
+                "`{}`: adapters that train the base model's biases are not supported",
+                cfg.bias
+            ),
+        ));
     }
     if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(field("modules_to_save", "adapters with fully trained extra modules are not supported".into()));
+        return Err(field(
+            "modules_to_save",
+            "adapters with fully trained extra modules are not supported".into(),
+        ));
     }
     for (key, why) in FORWARD_CHANGING {
         if cfg.other.get(key).is_some_and(is_set) {
@@ -184,7 +211,10 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     if cfg.rank_pattern.as_object().is_some_and(|m| !m.is_empty())
         || cfg.alpha_pattern.as_object().is_some_and(|m| !m.is_empty())
     {
-        return Err(field("rank_pattern", "per-module ranks/alphas are not supported".into()));
+        return Err(field(
+            "rank_pattern",
+            "per-module ranks/alphas are not supported".into(),
+        ));
     }
     Ok(cfg)
 }
@@ -195,7 +225,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
 /// # Errors
 /// A config we cannot apply, a tensor for a module the model lacks, or a mis-shaped tensor —
 /// each naming the file and tensor.
-pub fn load_lora_adapter(model: &mut Decoder, dir: &Path, trainable: bool) -> Result<(AdapterConfig, Trainable)> {
+pub fn load_lora_adapter(
+    model: &mut Decoder,
+    dir: &Path,
+    trainable: bool,
+) -> Result<(AdapterConfig, Trainable)> {
     let cfg = read_adapter_config(dir)?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let mut tensors = load_safetensors(&wpath)?;
@@ -209,19 +243,42 @@ pub fn load_lora_adapter(model: &mut Decoder, dir: &Path, trainable: bool) -> Re
         let (a, b) = match (tensors.remove(&a_name), tensors.remove(&b_name)) {
             (Some(a), Some(b)) => (a, b),
             (None, None) => continue,
-            (Some(_), None) => return Err(tensor_err(&file, &b_name, "missing (its lora_A is present)")),
-            (None, Some(_)) => return Err(tensor_err(&file, &a_name, "missing (its lora_B is present)")),
+            (Some(_), None) => {
+                return Err(tensor_err(
+                    &file,
+                    &b_name,
+                    "missing (its lora_A is present)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(tensor_err(
+                    &file,
+                    &a_name,
+                    "missing (its lora_B is present)",
+                ))
+            }
         };
         if lin.merged {
             // Replacing a merged adapter would leave its delta folded into the base for good.
-            return Err(Error::invalid("adapter", format!("{path} has a merged adapter; unmerge it before loading another")));
+            return Err(Error::invalid(
+                "adapter",
+                format!("{path} has a merged adapter; unmerge it before loading another"),
+            ));
         }
         let (o, i) = lin.dims();
         if a.dims() != [cfg.r, i] {
-            return Err(tensor_err(&file, &a_name, &format!("shape {:?}, expected [{}, {i}]", a.dims(), cfg.r)));
+            return Err(tensor_err(
+                &file,
+                &a_name,
+                &format!("shape {:?}, expected [{}, {i}]", a.dims(), cfg.r),
+            ));
         }
         if b.dims() != [o, cfg.r] {
-            return Err(tensor_err(&file, &b_name, &format!("shape {:?}, expected [{o}, {}]", b.dims(), cfg.r)));
+            return Err(tensor_err(
+                &file,
+                &b_name,
+                &format!("shape {:?}, expected [{o}, {}]", b.dims(), cfg.r),
+            ));
         }
         let (a, b) = if trainable {
             let av = candle_core::Var::from_tensor(&a)?;
@@ -243,7 +300,11 @@ pub fn load_lora_adapter(model: &mut Decoder, dir: &Path, trainable: bool) -> Re
         used += 1;
     }
     if let Some(extra) = tensors.keys().next() {
-        return Err(tensor_err(&file, extra, "does not match any linear layer of this model"));
+        return Err(tensor_err(
+            &file,
+            extra,
+            "does not match any linear layer of this model",
+        ));
     }
     if used == 0 {
         return Err(tensor_err(&file, "(all)", "no LoRA tensors found"));
@@ -279,14 +340,22 @@ pub fn load_delta(model: &mut Decoder, dir: &Path) -> Result<usize> {
     for (name, t) in model.named_tensors_mut() {
         if let Some(new) = tensors.remove(&name) {
             if new.dims() != t.dims() {
-                return Err(tensor_err(&path.display().to_string(), &name, &format!("shape {:?}, model has {:?}", new.dims(), t.dims())));
+                return Err(tensor_err(
+                    &path.display().to_string(),
+                    &name,
+                    &format!("shape {:?}, model has {:?}", new.dims(), t.dims()),
+                ));
             }
             *t = new;
             n += 1;
         }
     }
     if let Some(extra) = tensors.keys().next() {
-        return Err(tensor_err(&path.display().to_string(), extra, "not a tensor of this model"));
+        return Err(tensor_err(
+            &path.display().to_string(),
+            extra,
+            "not a tensor of this model",
+        ));
     }
     Ok(n)
 }
@@ -300,7 +369,10 @@ pub fn apply_adapter(model: &mut Decoder, dir: &Path) -> Result<()> {
     } else {
         Err(Error::io(
             dir.join(ADAPTER_CONFIG),
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {ADAPTER_CONFIG} or {DELTA_WEIGHTS} in the adapter folder")),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no {ADAPTER_CONFIG} or {DELTA_WEIGHTS} in the adapter folder"),
+            ),
         ))
     }
 }

@@ -17,7 +17,13 @@ use serde::{Deserialize, Serialize};
 
 /// The seven projections of a Llama-family block, in PEFT's naming.
 pub const ALL_LINEAR: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 /// LoRA hyperparameters (PEFT's `LoraConfig` names in comments).
@@ -66,7 +72,10 @@ impl LoraSettings {
             } else {
                 return Err(Error::invalid(
                     "targets",
-                    format!("unknown module `{t}`; choose from {} or all-linear", ALL_LINEAR.join(", ")),
+                    format!(
+                        "unknown module `{t}`; choose from {} or all-linear",
+                        ALL_LINEAR.join(", ")
+                    ),
                 ));
             }
         }
@@ -105,7 +114,12 @@ impl Selective {
                 .ok()
                 .filter(|n: &usize| *n > 0)
                 .map(Selective::LastBlocks)
-                .ok_or_else(|| Error::invalid("selective", format!("`last:{n}`: N must be a positive integer"))),
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "selective",
+                        format!("`last:{n}`: N must be a positive integer"),
+                    )
+                }),
             Some(("modules", p)) if !p.trim().is_empty() => Ok(Selective::Modules(p.to_string())),
             _ => Err(Error::invalid(
                 "selective",
@@ -118,8 +132,7 @@ impl Selective {
         match self {
             Selective::Bias => name.ends_with(".bias"),
             Selective::Norm => name.ends_with("layernorm.weight") || name == "model.norm.weight",
-            Selective::LastBlocks(n) => layer_index(name)
-                .is_some_and(|i| i + n >= num_layers),
+            Selective::LastBlocks(n) => layer_index(name).is_some_and(|i| i + n >= num_layers),
             Selective::Modules(p) => p.split(',').any(|pat| glob_match(pat.trim(), name)),
         }
     }
@@ -130,7 +143,9 @@ impl Selective {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Method {
     Full,
-    Selective { what: Selective },
+    Selective {
+        what: Selective,
+    },
     Lora(LoraSettings),
     /// LoRA on an NF4 base; quantization happens when the model is loaded.
     Qlora(LoraSettings),
@@ -168,7 +183,11 @@ impl Trainable {
 }
 
 pub(crate) fn layer_index(name: &str) -> Option<usize> {
-    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn glob_match(pattern: &str, name: &str) -> bool {
@@ -237,7 +256,10 @@ pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<T
                 if let Some(bad) = layers.iter().find(|&&l| l >= num_layers) {
                     return Err(Error::invalid(
                         "layers",
-                        format!("layer {bad} does not exist; the model has layers 0..{}", num_layers - 1),
+                        format!(
+                            "layer {bad} does not exist; the model has layers 0..{}",
+                            num_layers - 1
+                        ),
                     ));
                 }
             }

@@ -315,28 +315,55 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         line(
             "tokenizer",
             k.tokenizer_bytes_per_token * v,
-            format!("vocabulary maps: {v} tokens × {} B", k.tokenizer_bytes_per_token),
+            format!(
+                "vocabulary maps: {v} tokens × {} B",
+                k.tokenizer_bytes_per_token
+            ),
         ),
     ];
     if nf4 > 0 {
-        stat.push(line("base_weights.nf4", nf4, "block projections in NF4 with double quantization (≈ 0.516 B/param)".into()));
+        stat.push(line(
+            "base_weights.nf4",
+            nf4,
+            "block projections in NF4 with double quantization (≈ 0.516 B/param)".into(),
+        ));
     }
     if dense > 0 {
         let what = match req.weight_dtype {
             WeightDtype::F32 => "f32, 4 B/param",
             WeightDtype::Bf16 => "bf16 matrices 2 B/param, vectors f32",
         };
-        stat.push(line("base_weights.frozen", dense, format!("frozen weights ({what})")));
+        stat.push(line(
+            "base_weights.frozen",
+            dense,
+            format!("frozen weights ({what})"),
+        ));
     }
     if trained_base > 0 {
-        stat.push(line("base_weights.trainable", trained_base, "weights being trained, f32 Vars (4 B/param)".into()));
+        stat.push(line(
+            "base_weights.trainable",
+            trained_base,
+            "weights being trained, f32 Vars (4 B/param)".into(),
+        ));
     }
     if is_lora {
-        stat.push(line("adapters", f * trainable, format!("LoRA A and B, {trainable} params × 4 B")));
+        stat.push(line(
+            "adapters",
+            f * trainable,
+            format!("LoRA A and B, {trainable} params × 4 B"),
+        ));
     }
-    stat.push(line("optimizer_state", 2 * f * trainable, format!("AdamW first and second moments: 2 × {trainable} × 4 B")));
+    stat.push(line(
+        "optimizer_state",
+        2 * f * trainable,
+        format!("AdamW first and second moments: 2 × {trainable} × 4 B"),
+    ));
 
-    let grads = line("gradients", f * trainable, format!("one f32 gradient per trainable parameter: {trainable} × 4 B"));
+    let grads = line(
+        "gradients",
+        f * trainable,
+        format!("one f32 gradient per trainable parameter: {trainable} × 4 B"),
+    );
 
     // Activations kept by the forward pass.
     let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
@@ -347,28 +374,80 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         acts.push(line("activations.block_inputs", slack(f * tokens * h * (layers + 1)), format!("checkpointing keeps each block's input: ({layers} + 1) × {tokens} tokens × {h} × 4 B")));
     } else {
         acts.push(line("activations.blocks", slack(f * tokens * (per.dense * kept_layers + h)), format!("norms, q/k/v (+rope, head copies), attention output, MLP gate/up/product, residuals: {} floats/token × {kept_layers} blocks", per.dense)));
-        acts.push(line("activations.attention_scores", slack(f * tokens * per.attention * kept_layers), format!("scores and softmax probs [b, {}, s, s] f32 × {kept_layers} blocks", c.num_attention_heads)));
+        acts.push(line(
+            "activations.attention_scores",
+            slack(f * tokens * per.attention * kept_layers),
+            format!(
+                "scores and softmax probs [b, {}, s, s] f32 × {kept_layers} blocks",
+                c.num_attention_heads
+            ),
+        ));
         if per.lora > 0 {
-            acts.push(line("activations.lora", slack(f * tokens * per.lora * kept_layers), format!("LoRA base outputs, B·A·x and its scaled copy, A·x: {} floats/token/block", per.lora)));
+            acts.push(line(
+                "activations.lora",
+                slack(f * tokens * per.lora * kept_layers),
+                format!(
+                    "LoRA base outputs, B·A·x and its scaled copy, A·x: {} floats/token/block",
+                    per.lora
+                ),
+            ));
         }
         if per.dropout > 0 {
-            acts.push(line("activations.lora_dropout", slack(f * tokens * per.dropout * kept_layers), format!("dropout masks and masked inputs: {} floats/token/block", per.dropout)));
+            acts.push(line(
+                "activations.lora_dropout",
+                slack(f * tokens * per.dropout * kept_layers),
+                format!(
+                    "dropout masks and masked inputs: {} floats/token/block",
+                    per.dropout
+                ),
+            ));
         }
     }
-    acts.push(line("activations.final_norm", f * tokens * h * 2, "final rms-norm output and weighted output".into()));
-    acts.push(line("logits", f * tokens * v * 4, format!("logits, log-softmax's shifted logits, exp and result: 4 × {tokens} × {v} × 4 B")));
+    acts.push(line(
+        "activations.final_norm",
+        f * tokens * h * 2,
+        "final rms-norm output and weighted output".into(),
+    ));
+    acts.push(line(
+        "logits",
+        f * tokens * v * 4,
+        format!("logits, log-softmax's shifted logits, exp and result: 4 × {tokens} × {v} × 4 B"),
+    ));
     let acts_bytes: u64 = acts.iter().map(|l| l.bytes).sum();
 
-    let logits_grad = line("logits_grad", (k.logits_grad_copies * (f * tokens * v) as f64) as u64, format!("vocabulary-sized gradients in flight in the loss backward: {} × {tokens} × {v} × 4 B", k.logits_grad_copies));
+    let logits_grad = line(
+        "logits_grad",
+        (k.logits_grad_copies * (f * tokens * v) as f64) as u64,
+        format!(
+            "vocabulary-sized gradients in flight in the loss backward: {} × {tokens} × {v} × 4 B",
+            k.logits_grad_copies
+        ),
+    );
     let one_block = f * tokens * per.total();
     let block_bwd = if req.grad_checkpointing {
-        line("activations.recompute", slack(2 * one_block), "checkpointing: one block's activations recomputed plus their gradients".into())
+        line(
+            "activations.recompute",
+            slack(2 * one_block),
+            "checkpointing: one block's activations recomputed plus their gradients".into(),
+        )
     } else {
-        line("block_backward", one_block, "gradients of one block's activations in flight".into())
+        line(
+            "block_backward",
+            one_block,
+            "gradients of one block's activations in flight".into(),
+        )
     };
     let tile = (4 * DEFAULT_TILE_ROWS * c.intermediate_size.max(c.hidden_size)) as u64;
-    let nf4_tiles = line("nf4_dequant_tiles", if nf4 > 0 { 2 * tile } else { 0 }, format!("QLoRA: dequantized f32 tiles of {DEFAULT_TILE_ROWS} rows (forward and backward)"));
-    let opt_tmp = line("optimizer_temporaries", 5 * f * largest_trainable(c, &req.method) as u64, "AdamW's per-tensor temporaries (m̂, v̂, √v̂, update), largest trainable tensor".into());
+    let nf4_tiles = line(
+        "nf4_dequant_tiles",
+        if nf4 > 0 { 2 * tile } else { 0 },
+        format!("QLoRA: dequantized f32 tiles of {DEFAULT_TILE_ROWS} rows (forward and backward)"),
+    );
+    let opt_tmp = line(
+        "optimizer_temporaries",
+        5 * f * largest_trainable(c, &req.method) as u64,
+        "AdamW's per-tensor temporaries (m̂, v̂, √v̂, update), largest trainable tensor".into(),
+    );
 
     let mut candidates: Vec<(String, Vec<Line>)> = Vec::new();
     let mut with_static = |name: &str, extra: Vec<Line>| {
@@ -389,11 +468,22 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     if req.evaluation {
         let eval = block_activations(c, &req.method, req.seq_len, false);
         let eval_acts = f * tokens * (eval.total() * kept_layers + 3 * h + 4 * v);
-        with_static("evaluation forward", vec![line("evaluation_activations", slack(eval_acts), "validation forward without checkpointing keeps its graph (the adapters are Vars)".into())]);
+        with_static(
+            "evaluation forward",
+            vec![line(
+                "evaluation_activations",
+                slack(eval_acts),
+                "validation forward without checkpointing keeps its graph (the adapters are Vars)"
+                    .into(),
+            )],
+        );
     }
     let phases: Vec<Phase> = candidates
         .iter()
-        .map(|(n, ls)| Phase { name: n.clone(), bytes: ls.iter().map(|l| l.bytes).sum() })
+        .map(|(n, ls)| Phase {
+            name: n.clone(),
+            bytes: ls.iter().map(|l| l.bytes).sum(),
+        })
         .collect();
     let (peak_phase, mut lines) = candidates
         .into_iter()
@@ -401,13 +491,21 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         .unwrap_or_default();
     lines.retain(|l| l.bytes > 0);
     if req.device != ComputeDevice::Cpu {
-        lines.push(line("gpu_context", k.gpu_context_bytes, "CUDA/Metal context and allocator reserve".into()));
+        lines.push(line(
+            "gpu_context",
+            k.gpu_context_bytes,
+            "CUDA/Metal context and allocator reserve".into(),
+        ));
     }
     let peak_bytes: u64 = lines.iter().map(|l| l.bytes).sum();
     let host_bytes = if req.device == ComputeDevice::Cpu {
         peak_bytes
     } else {
-        lines.iter().filter(|l| l.name == "runtime" || l.name == "tokenizer").map(|l| l.bytes).sum()
+        lines
+            .iter()
+            .filter(|l| l.name == "runtime" || l.name == "tokenizer")
+            .map(|l| l.bytes)
+            .sum()
     };
 
     let flops_per_token = train_flops_per_token(c, req);
@@ -422,7 +520,10 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         phases,
         device_bytes: peak_bytes - host_bytes,
         host_bytes,
-        params: ParamCounts { total: crate::model::count::parameter_count(c), trainable: trainable as usize },
+        params: ParamCounts {
+            total: crate::model::count::parameter_count(c),
+            trainable: trainable as usize,
+        },
         flops_per_token,
         tokens_per_s: 1.0 / secs_per_token.max(1e-12),
     }
@@ -430,5 +531,9 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
 
 /// Bytes of the block projections of `c` in NF4 with double quantization.
 pub fn nf4_linear_bytes(c: &Config) -> u64 {
-    tensors(c).iter().filter(|t| t.block_linear).map(|t| nf4_bytes(t.numel)).sum()
+    tensors(c)
+        .iter()
+        .filter(|t| t.block_linear)
+        .map(|t| nf4_bytes(t.numel))
+        .sum()
 }

@@ -15,4 +15,4 @@ pub use calibrate::measure_throughput;
 pub use estimate::{
     estimate, estimate_with, Calibration, ComputeDevice, Estimate, Line, PlanRequest, Throughput,
 };
-pub use recommend::{recommend, Candidate, DataStats, Recommendation, RecommendOptions};
+pub use recommend::{recommend, Candidate, DataStats, RecommendOptions, Recommendation};

@@ -35,7 +35,8 @@ impl DataStats {
         let mut lengths = Vec::with_capacity(r.rows);
         for &(lo, hi, count) in &r.histogram {
             for j in 0..count {
-                lengths.push((lo + (hi - lo) * (2 * j + 1) / (2 * count.max(1))).min(r.lengths.max));
+                lengths
+                    .push((lo + (hi - lo) * (2 * j + 1) / (2 * count.max(1))).min(r.lengths.max));
             }
         }
         if let Some(last) = lengths.iter_mut().max() {
@@ -174,7 +175,12 @@ fn seq_lengths(c: &Config, data: &DataStats, o: &RecommendOptions) -> Vec<usize>
 }
 
 /// Ranks configurations for `hw`; see the module docs.
-pub fn recommend(c: &Config, hw: &Hardware, data: &DataStats, o: &RecommendOptions) -> Recommendation {
+pub fn recommend(
+    c: &Config,
+    hw: &Hardware,
+    data: &DataStats,
+    o: &RecommendOptions,
+) -> Recommendation {
     recommend_with(c, hw, data, o, &Calibration::default())
 }
 
@@ -186,7 +192,9 @@ pub fn recommend_with(
     o: &RecommendOptions,
     k: &Calibration,
 ) -> Recommendation {
-    let gpu = hw.best_gpu().filter(|g| hw.assumed || hw.gpu.backends.cuda || g.unified_memory);
+    let gpu = hw
+        .best_gpu()
+        .filter(|g| hw.assumed || hw.gpu.backends.cuda || g.unified_memory);
     let (device, available) = match gpu {
         Some(g) if g.unified_memory => (ComputeDevice::Metal, g.free_bytes),
         Some(g) => (ComputeDevice::Cuda, g.free_bytes),
@@ -213,7 +221,11 @@ pub fn recommend_with(
                 };
                 let est = estimate_with(c, &req, k);
                 // Device memory on a GPU (host needs are small and separate), RAM on CPU.
-                let need = if device == ComputeDevice::Cpu { est.peak_bytes } else { est.device_bytes };
+                let need = if device == ComputeDevice::Cpu {
+                    est.peak_bytes
+                } else {
+                    est.device_bytes
+                };
                 let fits = need <= usable;
                 let trunc = data.truncated_share(seq);
                 let tokens = data.epoch_tokens(seq).max(1) as f64;
@@ -226,7 +238,11 @@ pub fn recommend_with(
                         format_bytes(usable)
                     )
                 } else {
-                    format!("{name} at {seq} tokens needs {}, you have {} free", format_bytes(need), format_bytes(available))
+                    format!(
+                        "{name} at {seq} tokens needs {}, you have {} free",
+                        format_bytes(need),
+                        format_bytes(available)
+                    )
                 };
                 all.push(Candidate {
                     label: name,
@@ -243,13 +259,20 @@ pub fn recommend_with(
         }
     }
     // Stable partition: candidates were generated best-first, so fitting ones keep that order.
-    let (mut fit, mut rest): (Vec<Candidate>, Vec<Candidate>) = all.into_iter().partition(|c| c.fits);
+    let (mut fit, mut rest): (Vec<Candidate>, Vec<Candidate>) =
+        all.into_iter().partition(|c| c.fits);
     rest.sort_by_key(|c| c.estimate.peak_bytes);
-    let where_ = if device == ComputeDevice::Cpu { "RAM" } else { "GPU memory" };
+    let where_ = if device == ComputeDevice::Cpu {
+        "RAM"
+    } else {
+        "GPU memory"
+    };
     let summary = match fit.first() {
         Some(best) => {
             let mut s = String::new();
-            if let Some(first) = rest.iter().find(|r| r.request.seq_len >= best.request.seq_len && !r.label.contains("checkpointing")) {
+            if let Some(first) = rest.iter().find(|r| {
+                r.request.seq_len >= best.request.seq_len && !r.label.contains("checkpointing")
+            }) {
                 s.push_str(&format!(
                     "{} needs {}, you have {} of {where_} free; ",
                     first.label,
@@ -270,10 +293,23 @@ pub fn recommend_with(
         None => nothing_fits(c, &rest, available, usable, where_),
     };
     fit.append(&mut rest);
-    Recommendation { device, available_bytes: available, margin_bytes: margin, usable_bytes: usable, candidates: fit, summary }
+    Recommendation {
+        device,
+        available_bytes: available,
+        margin_bytes: margin,
+        usable_bytes: usable,
+        candidates: fit,
+        summary,
+    }
 }
 
-fn nothing_fits(c: &Config, rest: &[Candidate], available: u64, usable: u64, where_: &str) -> String {
+fn nothing_fits(
+    c: &Config,
+    rest: &[Candidate],
+    available: u64,
+    usable: u64,
+    where_: &str,
+) -> String {
     let Some(least) = rest.first() else {
         return "no configuration to evaluate".into();
     };
@@ -284,7 +320,8 @@ fn nothing_fits(c: &Config, rest: &[Candidate], available: u64, usable: u64, whe
         .filter(|l| l.name == "runtime" || l.name == "tokenizer" || l.name == "gpu_context")
         .map(|l| l.bytes)
         .sum();
-    let scale = usable.saturating_sub(fixed) as f64 / least.estimate.peak_bytes.saturating_sub(fixed).max(1) as f64;
+    let scale = usable.saturating_sub(fixed) as f64
+        / least.estimate.peak_bytes.saturating_sub(fixed).max(1) as f64;
     let params = crate::model::count::parameter_count(c) as f64;
     format!(
         "Nothing fits: the leanest configuration ({} at {} tokens) needs {}, you have {} of {where_} free ({} usable after the safety margin). \

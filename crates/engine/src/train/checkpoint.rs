@@ -9,7 +9,9 @@
 //! so the step number is all the position state there is.
 
 use crate::error::{Error, Result};
-use crate::fsutil::{load_safetensors, read_json, save_safetensors_atomic, write_atomic, write_json_atomic};
+use crate::fsutil::{
+    load_safetensors, read_json, save_safetensors_atomic, write_atomic, write_json_atomic,
+};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -95,7 +97,13 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         };
         let latest = root.join("latest");
         let name = std::fs::read_to_string(&latest).map_err(|e| {
-            Error::io(&latest, std::io::Error::new(e.kind(), "no checkpoint to resume from (expected checkpoints/latest)"))
+            Error::io(
+                &latest,
+                std::io::Error::new(
+                    e.kind(),
+                    "no checkpoint to resume from (expected checkpoints/latest)",
+                ),
+            )
         })?;
         root.join(name.trim())
     };

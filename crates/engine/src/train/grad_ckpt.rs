@@ -23,7 +23,10 @@ pub struct GradSink {
 
 impl GradSink {
     fn add(&self, id: TensorId, g: Tensor) -> Result<()> {
-        let mut map = self.inner.lock().map_err(|_| candle_core::Error::Msg("grad sink poisoned".into()))?;
+        let mut map = self
+            .inner
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("grad sink poisoned".into()))?;
         let sum = match map.remove(&id) {
             Some(prev) => (prev + g)?,
             None => g,
@@ -34,7 +37,10 @@ impl GradSink {
 
     /// Takes every collected gradient, leaving the sink empty for the next step.
     pub fn drain(&self) -> HashMap<TensorId, Tensor> {
-        self.inner.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
     }
 }
 

@@ -47,7 +47,11 @@ impl AdamW {
                 Ok((n.clone(), v.clone(), z.clone(), z))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { settings, slots, t: 0 })
+        Ok(Self {
+            settings,
+            slots,
+            t: 0,
+        })
     }
 
     /// Applies one update with learning rate `lr`; `grads[i]` belongs to the i-th parameter.

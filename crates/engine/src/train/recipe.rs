@@ -62,8 +62,14 @@ pub enum TrainEvent {
         total_params: usize,
     },
     Step(StepStats),
-    Eval { step: usize, loss: f64 },
-    Checkpoint { step: usize, path: PathBuf },
+    Eval {
+        step: usize,
+        loss: f64,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -98,11 +104,19 @@ struct Prepared {
 }
 
 fn prepare(model: &LoadedModel, data: &Path, cfg: &TrainConfig) -> Result<Prepared> {
-    let ds = load(data, &LoadOptions { skip_bad_rows: cfg.skip_bad_rows })?;
+    let ds = load(
+        data,
+        &LoadOptions {
+            skip_bad_rows: cfg.skip_bad_rows,
+        },
+    )?;
     let renderer = Renderer::new(
         &model.tokenizer,
         &model.template,
-        RenderOptions { max_len: cfg.seq_len, train_on: cfg.train_on },
+        RenderOptions {
+            max_len: cfg.seq_len,
+            train_on: cfg.train_on,
+        },
     )?;
     let mut all = Vec::with_capacity(ds.examples.len());
     let (mut truncated, mut dropped) = (0, 0);
@@ -121,54 +135,92 @@ fn prepare(model: &LoadedModel, data: &Path, cfg: &TrainConfig) -> Result<Prepar
             file: data.display().to_string(),
             line: 0,
             field: "(all rows)".into(),
-            message: format!("no example has trained tokens within seq_len {}", cfg.seq_len),
+            message: format!(
+                "no example has trained tokens within seq_len {}",
+                cfg.seq_len
+            ),
         });
     }
     let (tr, va) = split(all.len(), cfg.val_fraction, cfg.seed)?;
     let pick = |idx: &[usize]| idx.iter().map(|&i| all[i].clone()).collect::<Vec<_>>();
-    Ok(Prepared { train: pick(&tr), val: pick(&va), truncated, dropped, skipped: ds.skipped })
+    Ok(Prepared {
+        train: pick(&tr),
+        val: pick(&va),
+        truncated,
+        dropped,
+        skipped: ds.skipped,
+    })
 }
 
 fn validate(cfg: &TrainConfig) -> Result<()> {
-    let positive = [("seq_len", cfg.seq_len), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum)];
+    let positive = [
+        ("seq_len", cfg.seq_len),
+        ("batch_size", cfg.batch_size),
+        ("grad_accum", cfg.grad_accum),
+    ];
     for (name, v) in positive {
         if v == 0 {
             return Err(Error::invalid(name, "must be at least 1"));
         }
     }
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::invalid("lr", format!("{} must be a positive number", cfg.lr)));
+        return Err(Error::invalid(
+            "lr",
+            format!("{} must be a positive number", cfg.lr),
+        ));
     }
     if cfg.max_steps.is_none() && cfg.epochs <= 0.0 {
-        return Err(Error::invalid("epochs", "must be positive (or give max_steps)"));
+        return Err(Error::invalid(
+            "epochs",
+            "must be positive (or give max_steps)",
+        ));
     }
     Ok(())
 }
 
 /// Forward pass with optional per-block checkpointing; returns logits `[b, s, vocab]`.
-fn forward(model: &Arc<Decoder>, ids: &Tensor, ctx: &ForwardCtx, ckpt: Option<(&[Vec<Tensor>], &GradSink)>) -> Result<Tensor> {
+fn forward(
+    model: &Arc<Decoder>,
+    ids: &Tensor,
+    ctx: &ForwardCtx,
+    ckpt: Option<(&[Vec<Tensor>], &GradSink)>,
+) -> Result<Tensor> {
     let Some((per_layer, sink)) = ckpt else {
         return model.forward(ids, ctx);
     };
     let mut x = model.embed(ids)?;
-    for n in 0..model.layers.len() {
-        x = checkpointed_block(model, n, &x, ctx, per_layer[n].clone(), sink)?;
+    for (n, params) in per_layer.iter().enumerate() {
+        x = checkpointed_block(model, n, &x, ctx, params.clone(), sink)?;
     }
     let h = model.final_norm(&x)?;
     model.logits(&h, ctx)
 }
 
-fn batch_loss(model: &Arc<Decoder>, b: &Batch, ctx: &ForwardCtx, ckpt: Option<(&[Vec<Tensor>], &GradSink)>) -> Result<Tensor> {
+fn batch_loss(
+    model: &Arc<Decoder>,
+    b: &Batch,
+    ctx: &ForwardCtx,
+    ckpt: Option<(&[Vec<Tensor>], &GradSink)>,
+) -> Result<Tensor> {
     let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), &Device::Cpu)?;
     let targets = Tensor::from_vec(b.targets.clone(), b.batch * b.seq, &Device::Cpu)?;
     let weights = Tensor::from_vec(b.loss_mask.clone(), b.batch * b.seq, &Device::Cpu)?;
     let logits = forward(model, &ids, ctx, ckpt)?;
     let vocab = logits.dim(2)?;
-    masked_cross_entropy(&logits.reshape((b.batch * b.seq, vocab))?, &targets, &weights)
+    masked_cross_entropy(
+        &logits.reshape((b.batch * b.seq, vocab))?,
+        &targets,
+        &weights,
+    )
 }
 
 /// Mean validation loss (no dropout, no gradients kept).
-fn evaluate(model: &Arc<Decoder>, val: &[TokenizedExample], batch_size: usize, pad: u32) -> Result<Option<f64>> {
+fn evaluate(
+    model: &Arc<Decoder>,
+    val: &[TokenizedExample],
+    batch_size: usize,
+    pad: u32,
+) -> Result<Option<f64>> {
     if val.is_empty() {
         return Ok(None);
     }
@@ -207,12 +259,15 @@ pub fn train(
     let prep = prepare(&model, data, cfg)?;
     let pad = pad_id(&model.tokenizer);
     let trainable = apply_method(&mut model.decoder, &cfg.method, cfg.seed)?;
-    let config_json = serde_json::to_value(cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
+    let config_json =
+        serde_json::to_value(cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
 
     let micro_per_epoch = prep.train.len().div_ceil(cfg.batch_size);
     let total_steps = match cfg.max_steps {
         Some(s) => s,
-        None => ((cfg.epochs * micro_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize,
+        None => ((cfg.epochs * micro_per_epoch as f64) / cfg.grad_accum as f64)
+            .ceil()
+            .max(1.0) as usize,
     };
     let mut opt = AdamW::new(&trainable.params, cfg.adamw.clone())?;
     let mut state = RunState {
@@ -230,13 +285,21 @@ pub fn train(
         if ck.state.config != config_json {
             return Err(Error::invalid(
                 "resume",
-                format!("{} was started with different settings; resume with the same flags", ck.dir.display()),
+                format!(
+                    "{} was started with different settings; resume with the same flags",
+                    ck.dir.display()
+                ),
             ));
         }
         if ck.state.model != state.model || ck.state.train_examples != state.train_examples {
             return Err(Error::invalid(
                 "resume",
-                format!("{} was trained on {} with {} examples, not this model/data", ck.dir.display(), ck.state.model, ck.state.train_examples),
+                format!(
+                    "{} was trained on {} with {} examples, not this model/data",
+                    ck.dir.display(),
+                    ck.state.model,
+                    ck.state.train_examples
+                ),
             ));
         }
         for (name, var) in &trainable.params {
@@ -249,7 +312,11 @@ pub fn train(
         }
         let file = ck.dir.join("optimizer.safetensors").display().to_string();
         opt.load_state(ck.state.optimizer_t, &|n| {
-            ck.optimizer.get(n).cloned().ok_or_else(|| Error::Tensor { file: file.clone(), tensor: n.into(), message: "missing".into() })
+            ck.optimizer.get(n).cloned().ok_or_else(|| Error::Tensor {
+                file: file.clone(),
+                tensor: n.into(),
+                message: "missing".into(),
+            })
         })?;
         state = ck.state;
     }
@@ -258,11 +325,18 @@ pub fn train(
     // Trainable tensors of each block, for gradient checkpointing.
     let per_layer: Vec<Vec<Tensor>> = (0..decoder.layers.len())
         .map(|n| {
-            trainable.params.iter().filter(|(name, _)| layer_index(name) == Some(n)).map(|(_, v)| v.as_tensor().clone()).collect()
+            trainable
+                .params
+                .iter()
+                .filter(|(name, _)| layer_index(name) == Some(n))
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect()
         })
         .collect();
     let sink = GradSink::default();
-    let ckpt = cfg.grad_checkpointing.then_some((per_layer.as_slice(), &sink));
+    let ckpt = cfg
+        .grad_checkpointing
+        .then_some((per_layer.as_slice(), &sink));
     let total_params = decoder.num_parameters();
     on_event(&TrainEvent::Started {
         total_steps,
@@ -297,7 +371,10 @@ pub fn train(
             let refs: Vec<&TokenizedExample> = idx.iter().map(|&i| &prep.train[i]).collect();
             let b = make_batch(&refs, pad)?;
             tokens_done += b.attention_mask.iter().filter(|&&m| m > 0.0).count();
-            let ctx = ForwardCtx { train: true, step_seed: mix(cfg.seed, k as u64) };
+            let ctx = ForwardCtx {
+                train: true,
+                step_seed: mix(cfg.seed, k as u64),
+            };
             let loss = batch_loss(&decoder, &b, &ctx, ckpt)?;
             step_loss += loss.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
             let store = (loss / cfg.grad_accum as f64)?.backward()?;
@@ -338,11 +415,14 @@ pub fn train(
 
         let last = state.step == total_steps;
         let mut eval_loss = None;
-        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
+        if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
             eval_loss = evaluate(&decoder, &prep.val, cfg.batch_size, pad)?;
             if let Some(l) = eval_loss {
                 state.eval_losses.push((state.step, l));
-                on_event(&TrainEvent::Eval { step: state.step, loss: l });
+                on_event(&TrainEvent::Eval {
+                    step: state.step,
+                    loss: l,
+                });
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
@@ -360,13 +440,19 @@ pub fn train(
             rss_bytes: crate::memory::rss_bytes().unwrap_or(0),
             elapsed_s: elapsed,
         }));
-        if cfg.save_every > 0 && state.step % cfg.save_every == 0 && !last {
+        if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && !last {
             let p = write_checkpoint(out, &state, &trainable, &opt)?;
-            on_event(&TrainEvent::Checkpoint { step: state.step, path: p });
+            on_event(&TrainEvent::Checkpoint {
+                step: state.step,
+                path: p,
+            });
         }
     }
     let p = write_checkpoint(out, &state, &trainable, &opt)?;
-    on_event(&TrainEvent::Checkpoint { step: state.step, path: p });
+    on_event(&TrainEvent::Checkpoint {
+        step: state.step,
+        path: p,
+    });
     if status == TrainStatus::Completed {
         save_result(out, &model, &trainable, cfg, &state)?;
     }
@@ -382,15 +468,36 @@ pub fn train(
     })
 }
 
-fn write_checkpoint(out: &Path, state: &RunState, trainable: &Trainable, opt: &AdamW) -> Result<PathBuf> {
-    let params: HashMap<String, Tensor> = trainable.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+fn write_checkpoint(
+    out: &Path,
+    state: &RunState,
+    trainable: &Trainable,
+    opt: &AdamW,
+) -> Result<PathBuf> {
+    let params: HashMap<String, Tensor> = trainable
+        .params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+        .collect();
     let moments: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
     save_checkpoint(out, state, &params, &moments)
 }
 
-fn save_result(out: &Path, model: &LoadedModel, trainable: &Trainable, cfg: &TrainConfig, state: &RunState) -> Result<()> {
+fn save_result(
+    out: &Path,
+    model: &LoadedModel,
+    trainable: &Trainable,
+    cfg: &TrainConfig,
+    state: &RunState,
+) -> Result<()> {
     match &cfg.method {
-        Method::Lora(s) | Method::Qlora(s) => save_lora_adapter(out, trainable, s, &model.source.describe(), AdapterDtype::F32),
+        Method::Lora(s) | Method::Qlora(s) => save_lora_adapter(
+            out,
+            trainable,
+            s,
+            &model.source.describe(),
+            AdapterDtype::F32,
+        ),
         Method::Full | Method::Selective { .. } => {
             let run = serde_json::json!({
                 "format": "peft-studio-delta",

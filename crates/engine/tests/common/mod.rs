@@ -7,7 +7,12 @@ use peft_engine::model::loaded::LoadedModel;
 use std::path::{Path, PathBuf};
 
 pub fn bundled() -> LoadedModel {
-    LoadedModel::load(&ModelSource::Bundled, OpenOptions::default(), &LoadOptions::default()).unwrap()
+    LoadedModel::load(
+        &ModelSource::Bundled,
+        OpenOptions::default(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 pub const STORIES: [&str; 6] = [
