@@ -75,7 +75,7 @@ pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // NF4 bases (QLoRA) first: `named_tensors_mut` lists only dense weights, so an NF4 layer
     // without an adapter would otherwise be missing from the export.
-    // MUTATION model.decoder.dequantize_all()?;
+    model.decoder.dequantize_all()?;
     merge_pending(&mut model.decoder)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in model.decoder.named_tensors_mut() {

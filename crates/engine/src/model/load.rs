@@ -70,6 +70,18 @@ impl ModelSource {
         }
     }
 
+    /// What to record as `base_model_name_or_path`: a hub id or a path Python tools can open
+    /// (`demo` for the bundled model).
+    pub fn base_model_id(&self) -> String {
+        match self {
+            ModelSource::Bundled => BUNDLED_NAME.into(),
+            ModelSource::Folder(p) | ModelSource::Gguf(p) => {
+                std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()
+            }
+            ModelSource::Hub(h) => h.repo.clone(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             ModelSource::Bundled => "bundled demo model (stories260K)".into(),

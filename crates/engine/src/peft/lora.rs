@@ -27,7 +27,7 @@ pub struct Lora {
 /// stable as the rank grows).
 pub fn lora_scale(alpha: f64, rank: usize, rslora: bool) -> f64 {
     if rslora {
-        alpha / rank as f64
+        alpha / (rank as f64).sqrt()
     } else {
         alpha / rank as f64
     }

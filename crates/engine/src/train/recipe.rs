@@ -502,7 +502,7 @@ fn save_result(
             let run = serde_json::json!({
                 "format": "peft-studio-delta",
                 "method": cfg.method,
-                "base_model": model.source.describe(),
+                "base_model": model.source.base_model_id(),
                 "steps": state.step,
                 "tensors": trainable.params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
             });
