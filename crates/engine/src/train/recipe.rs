@@ -495,7 +495,7 @@ fn save_result(
             out,
             trainable,
             s,
-            &model.source.describe(),
+            &model.source.base_model_id(),
             AdapterDtype::F32,
         ),
         Method::Full | Method::Selective { .. } => {
