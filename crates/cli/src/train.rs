@@ -152,6 +152,9 @@ pub struct TrainArgs {
     pub skip_bad_rows: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Precision of the saved adapter: f32, or bf16 for a file half the size.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub adapter_dtype: String,
     /// Continue the run in --out exactly where it stopped (same flags required).
     #[arg(long)]
     pub resume: bool,
@@ -185,6 +188,11 @@ impl TrainArgs {
                 TrainOn::Assistant
             },
             skip_bad_rows: self.skip_bad_rows,
+            adapter_dtype: if self.adapter_dtype == "bf16" {
+                peft_engine::peft::adapter_io::AdapterDtype::Bf16
+            } else {
+                peft_engine::peft::adapter_io::AdapterDtype::F32
+            },
             ..Default::default()
         };
         c.adamw.weight_decay = self.weight_decay;

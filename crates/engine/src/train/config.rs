@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub adamw: AdamWSettings,
     pub train_on: TrainOn,
     pub skip_bad_rows: bool,
+    /// Precision of the saved LoRA adapter file (bf16 halves it; loading accepts both).
+    #[serde(default)]
+    pub adapter_dtype: crate::peft::adapter_io::AdapterDtype,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +65,7 @@ impl Default for TrainConfig {
             adamw: AdamWSettings::default(),
             train_on: TrainOn::Assistant,
             skip_bad_rows: false,
+            adapter_dtype: Default::default(),
         }
     }
 }

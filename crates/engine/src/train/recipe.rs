@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::decoder::{masked_cross_entropy, Decoder};
 use crate::model::linear::ForwardCtx;
 use crate::model::loaded::LoadedModel;
-use crate::peft::adapter_io::{save_delta, save_lora_adapter, AdapterDtype};
+use crate::peft::adapter_io::{save_delta, save_lora_adapter};
 use crate::peft::lora::mix;
 use crate::peft::method::{apply_method, layer_index, Method, Trainable};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, RunState};
@@ -496,7 +496,7 @@ fn save_result(
             trainable,
             s,
             &model.source.base_model_id(),
-            AdapterDtype::F32,
+            cfg.adapter_dtype,
         ),
         Method::Full | Method::Selective { .. } => {
             let run = serde_json::json!({
