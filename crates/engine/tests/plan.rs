@@ -237,15 +237,15 @@ fn recommender_over_assumed_machines() {
         ram: u64,
         best: Option<(&'static str, usize)>,
     }
-    // Peaks of this engine (f32 compute, every activation kept): LoRA at 1024 tokens ≈ 76 GiB,
-    // QLoRA ≈ 55 GiB, QLoRA at 512 ≈ 28 GiB (see `estimate`'s lines).
+    // Peaks of this engine (f32 compute, every activation kept): LoRA at 1024 tokens ≈ 88 GiB,
+    // QLoRA with checkpointing ≈ 54 GiB; at 512 tokens QLoRA fits in 36 GiB usable.
     let cases = [
         // Plenty: plain LoRA at the length covering 95 % of examples.
         Case {
             ram: 128 * GIB,
             best: Some(("LoRA", 1024)),
         },
-        // LoRA does not fit even with checkpointing; QLoRA does at full length.
+        // LoRA does not fit even with checkpointing; QLoRA with checkpointing does at full length.
         Case {
             ram: 64 * GIB,
             best: Some(("QLoRA", 1024)),
@@ -266,7 +266,13 @@ fn recommender_over_assumed_machines() {
         let r = recommend(&c, &hw, &d, &o);
         match (case.best, r.best()) {
             (Some((label, seq)), Some(b)) => {
-                assert_eq!(b.label, label, "ram {}: {}", case.ram / GIB, r.summary);
+                assert!(
+                    b.label.starts_with(label),
+                    "ram {}: {} vs {label}: {}",
+                    case.ram / GIB,
+                    b.label,
+                    r.summary
+                );
                 if seq > 0 {
                     assert_eq!(b.request.seq_len, seq);
                 }

@@ -114,12 +114,14 @@ pub fn parse_size(what: &str, text: &str) -> Result<u64> {
         "gb" => 1e9,
         "t" | "tib" => 1024f64.powi(4),
         "tb" => 1e12,
-        other => return Err(Error::invalid(
-            what,
-            format!(
+        other => {
+            return Err(Error::invalid(
+                what,
+                format!(
                 "unknown unit `{other}` in `{text}`; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
             ),
-        )),
+            ))
+        }
     };
     if !value.is_finite() || value < 0.0 {
         return Err(Error::invalid(what, format!("`{text}` is not a size")));

@@ -1,4 +1,5 @@
-//! A short measurement of this machine's speed for the time estimate: f32 GEMM GFLOP/s at a
+//! The estimate's measured constants ([`Calibration`], fitted to `peft bench plan`) and a short
+//! measurement of this machine's speed for the time estimate: f32 GEMM GFLOP/s at a
 //! training-like shape (256 tokens × 576 → 1536, SmolLM2's MLP) and memory-copy bandwidth.
 //! About a third of a second; the result is a [`Throughput`] the pure estimate takes.
 //!
@@ -10,7 +11,58 @@
 use super::estimate::Throughput;
 use crate::error::Result;
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+
+/// Measured constants. Every one was fitted to `peft bench plan` runs (see the CLI's
+/// `bench_plan.rs`) on the reference machine; the doc of each says what it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
+    /// arenas, the dataset. Measured as the peak RSS of a checkpointed 128-token run of the
+    /// 260K-parameter demo model (24 MiB) minus its model terms.
+    pub runtime_bytes: u64,
+    /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
+    /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
+    pub tokenizer_bytes_per_token: u64,
+    /// Vocabulary-sized f32 buffers alive together while the loss backpropagates into the
+    /// logits, beyond the 4 forward ones (gather's zeros and scatter, log-softmax's grads
+    /// through exp and the two subtractions, max's mask and its f32 copy, the accumulated
+    /// logits gradient). Counting gives ≈ 4; the SmolLM2 checkpointed runs, whose peak is this
+    /// moment, measured ≈ 6.5 (the rest is glibc keeping freed vocabulary-sized chunks).
+    pub logits_grad_copies: f64,
+    /// Extra resident bytes per byte of block activations. The tensor-by-tensor count of
+    /// `block_activations` under-predicted SmolLM2 LoRA runs by ≈ 25–30 % of the activation
+    /// terms: candle's backward allocates each op's input gradients before freeing the output
+    /// gradient, and freed blocks under glibc's (dynamic, up to 32 MiB) mmap threshold stay
+    /// resident. Fitted: 0.30.
+    pub activation_slack: f64,
+    /// Share of the GEMM peak a training step sustains (the rest is elementwise work,
+    /// allocation and graph bookkeeping; notes: ≈ 74 of 195 GFLOP/s).
+    pub gemm_efficiency: f64,
+    /// Bytes moved per activation byte by elementwise work over forward and backward.
+    pub memory_passes: f64,
+    /// CUDA/Metal context and allocator reserve on a GPU.
+    pub gpu_context_bytes: u64,
+    /// Fixed seconds per optimizer step (batch assembly, gradient clipping, AdamW over every
+    /// trainable tensor, progress): dominates tiny models. Fitted to the demo model's runs.
+    pub step_overhead_s: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self {
+            runtime_bytes: 16 << 20,
+            tokenizer_bytes_per_token: 400,
+            logits_grad_copies: 6.5,
+            activation_slack: 0.30,
+            gemm_efficiency: 0.38,
+            memory_passes: 3.0,
+            gpu_context_bytes: 400 << 20,
+            step_overhead_s: 0.1,
+        }
+    }
+}
 
 /// Runs the two probes for about `budget` each (at least one repetition).
 ///

@@ -19,6 +19,7 @@
 //! host terms are the runtime and the tokenizer. Constants measured on this project's runs are
 //! in [`Calibration`], each with how it was obtained.
 
+pub use super::calibrate::Calibration;
 use super::params::{
     adapted_linears, base_weight_bytes, block_trains, largest_trainable, nf4_bytes, tensors,
     trainable_parameters, trains_tensor,
@@ -86,46 +87,6 @@ impl Default for PlanRequest {
             device: ComputeDevice::Cpu,
             evaluation: true,
             throughput: Throughput::default(),
-        }
-    }
-}
-
-/// Measured constants. Every one was fitted to `peft bench plan` runs (see the CLI's
-/// `bench_plan.rs`) on the reference machine; the doc of each says what it stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
-    /// arenas, the dataset. Measured as the peak RSS of training the 260K-parameter demo
-    /// model minus its (tiny) model terms.
-    pub runtime_bytes: u64,
-    /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
-    /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
-    pub tokenizer_bytes_per_token: u64,
-    /// Vocabulary-sized f32 buffers alive together while the loss backpropagates into the
-    /// logits (gather's scatter, log-softmax's three grads, max's mask): counted, then fitted.
-    pub logits_grad_copies: f64,
-    /// Extra resident bytes per byte of activations (allocator fragmentation: freed tensors
-    /// below glibc's mmap threshold stay mapped).
-    pub activation_slack: f64,
-    /// Share of the GEMM peak a training step sustains (the rest is elementwise work,
-    /// allocation and graph bookkeeping; notes: ≈ 74 of 195 GFLOP/s).
-    pub gemm_efficiency: f64,
-    /// Bytes moved per activation byte by elementwise work over forward and backward.
-    pub memory_passes: f64,
-    /// CUDA/Metal context and allocator reserve on a GPU.
-    pub gpu_context_bytes: u64,
-}
-
-impl Default for Calibration {
-    fn default() -> Self {
-        Self {
-            runtime_bytes: 30 << 20,
-            tokenizer_bytes_per_token: 400,
-            logits_grad_copies: 3.0,
-            activation_slack: 0.05,
-            gemm_efficiency: 0.38,
-            memory_passes: 3.0,
-            gpu_context_bytes: 400 << 20,
         }
     }
 }
@@ -525,7 +486,9 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
             trainable: trainable as usize,
         },
         flops_per_token,
-        tokens_per_s: 1.0 / secs_per_token.max(1e-12),
+        tokens_per_s: 1.0
+            / (secs_per_token + k.step_overhead_s / (tokens * req.grad_accum.max(1) as u64) as f64)
+                .max(1e-12),
     }
 }
 

@@ -258,6 +258,7 @@ pub fn recommend_with(
             }
         }
     }
+    let preferred = all.first().filter(|c| !c.fits).cloned();
     // Stable partition: candidates were generated best-first, so fitting ones keep that order.
     let (mut fit, mut rest): (Vec<Candidate>, Vec<Candidate>) =
         all.into_iter().partition(|c| c.fits);
@@ -270,9 +271,7 @@ pub fn recommend_with(
     let summary = match fit.first() {
         Some(best) => {
             let mut s = String::new();
-            if let Some(first) = rest.iter().find(|r| {
-                r.request.seq_len >= best.request.seq_len && !r.label.contains("checkpointing")
-            }) {
+            if let Some(first) = &preferred {
                 s.push_str(&format!(
                     "{} needs {}, you have {} of {where_} free; ",
                     first.label,
