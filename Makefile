@@ -40,6 +40,7 @@ ui:
 	npm --prefix ui run build
 
 ui-test:
+	npm --prefix ui run check
 	npm --prefix ui test
 
 # The real app (UI embedded, tauri:// protocol). Debug for tests: it reuses `cargo test`'s build.

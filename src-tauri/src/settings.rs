@@ -167,8 +167,11 @@ impl TrainSettings {
     }
 
     /// What the demo needs to be visible in about a minute on a laptop CPU: the bundled Bolt
-    /// stories are ~60–90 tokens, so seq 128; a high LoRA learning rate and a few epochs
-    /// make the 260K-parameter model pick up the style (measured: loss 3.2 → ~1.3).
+    /// stories are 97–127 tokens, so seq 128; a high LoRA learning rate and 8 epochs (~104
+    /// steps) make the 260K-parameter model pick up the style. Measured in the e2e run (debug
+    /// build, 2 cores, 150 steps): train loss 3.1 → 0.3 in ~45 s, eval loss lowest (~1.25)
+    /// around step 25 and ~1.6 at the end (it memorises), and "Tell me a story." is answered
+    /// with Bolt and apples while the base model never mentions either.
     pub fn demo() -> Self {
         Self {
             seq_len: 128,

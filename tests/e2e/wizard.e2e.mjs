@@ -32,6 +32,8 @@ const browser = await remote({
 let n = 0;
 async function shot(name) {
   n += 1;
+  // WebKit's snapshot can lag the DOM by a frame or two: let the page paint first.
+  await browser.pause(500);
   const file = join(SHOTS, `${String(n).padStart(2, "0")}-${name}.png`);
   await browser.saveScreenshot(file);
   console.log(`  screenshot ${file}`);
@@ -44,7 +46,8 @@ async function step(name) {
 async function textOf(id, timeout = 60_000) {
   const el = await byTest(id);
   await el.waitForDisplayed({ timeout });
-  return el.getText();
+  // textContent, not getText: WebKitWebDriver drops text of ellipsis-clipped elements.
+  return el.getProperty("textContent");
 }
 async function until(what, fn, timeout = 120_000) {
   await browser.waitUntil(fn, { timeout, interval: 250, timeoutMsg: `timed out waiting for ${what}` });
@@ -77,8 +80,13 @@ try {
   await step("plan");
   await textOf("plan-summary");
   await textOf("estimate");
-  const maxSteps = await byTest("max-steps");
-  await maxSteps.setValue(process.env.E2E_STEPS ?? "150");
+  // Set like a user typing (WebKitWebDriver refuses to clear inputs scrolled out of view).
+  await browser.execute((v) => {
+    const el = document.querySelector('[data-testid="max-steps"]');
+    el.scrollIntoView();
+    el.value = v;
+    el.dispatchEvent(new Event("input", { bubbles: true }));
+  }, process.env.E2E_STEPS ?? "150");
   await until("estimate", async () => (await textOf("estimate")).includes("Peak memory"));
   await shot("plan");
   await (await byTest("accept-plan")).click();
@@ -106,7 +114,7 @@ try {
   const input = await byTest("chat-input");
   await input.setValue("Tell me a story.");
   await (await byTest("chat-send")).click();
-  await until("streamed reply", async () => (await byTest("chat-stop")).isEnabled() === false && (await textOf("chat-tuned")).includes("tokens/s"));
+  await until("streamed reply", async () => !(await (await byTest("chat-stop")).isEnabled()) && (await textOf("chat-tuned")).includes("tokens/s"));
   const tuned = await textOf("chat-tuned");
   assert.ok(tuned.length > 40, `tuned reply too short: ${tuned}`);
   await shot("chat");
@@ -122,6 +130,12 @@ try {
   await shot("export");
   check("export");
   console.log("e2e: all steps passed");
+} catch (e) {
+  await browser.saveScreenshot(join(SHOTS, "failure.png")).catch(() => {});
+  const body = await browser.$("body").getText().catch(() => "?");
+  console.error(`e2e failed; page text:\n${body.slice(0, 2000)}`);
+  process.exitCode = 1;
+  console.error(e);
 } finally {
   await browser.deleteSession().catch(() => {});
   driver.kill();

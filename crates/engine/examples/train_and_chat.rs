@@ -20,12 +20,26 @@ fn main() -> peft_engine::Result<()> {
         "Bolt the robot had a shiny head. He liked to polish it in the sun.",
         "Bolt the robot met a little cat. They played with a ball all day.",
     ];
-    let body: String = rows.iter().map(|r| serde_json::json!({ "text": r }).to_string() + "\n").collect();
+    let body: String = rows
+        .iter()
+        .map(|r| serde_json::json!({ "text": r }).to_string() + "\n")
+        .collect();
     std::fs::write(&data, body).map_err(|e| peft_engine::Error::io(&data, e))?;
 
-    let load = || LoadedModel::load(&ModelSource::Bundled, OpenOptions::default(), &LoadOptions::default());
+    let load = || {
+        LoadedModel::load(
+            &ModelSource::Bundled,
+            OpenOptions::default(),
+            &LoadOptions::default(),
+        )
+    };
     let cfg = TrainConfig {
-        method: Method::Lora(LoraSettings { rank: 8, alpha: 16.0, dropout: 0.0, ..Default::default() }),
+        method: Method::Lora(LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            ..Default::default()
+        }),
         seq_len: 64,
         max_steps: Some(40),
         lr: 5e-3,
@@ -40,12 +54,25 @@ fn main() -> peft_engine::Result<()> {
             }
         }
     })?;
-    println!("trained {} steps at {:.0} tokens/s; adapter in {}", summary.steps, summary.mean_tokens_per_s, out.display());
+    println!(
+        "trained {} steps at {:.0} tokens/s; adapter in {}",
+        summary.steps,
+        summary.mean_tokens_per_s,
+        out.display()
+    );
 
     let mut tuned = load()?;
     apply_adapter(&mut tuned.decoder, &out)?;
     let ids = tuned.prompt_ids("Bolt the robot")?;
-    let g = generate(&tuned.decoder, &tuned.tokenizer, &ids, &GenerateOptions::greedy(30), &tuned.stop_ids(), None, &mut |t| print!("{t}"))?;
+    let g = generate(
+        &tuned.decoder,
+        &tuned.tokenizer,
+        &ids,
+        &GenerateOptions::greedy(30),
+        &tuned.stop_ids(),
+        None,
+        &mut |t| print!("{t}"),
+    )?;
     println!("\n[{} tokens]", g.token_ids.len());
     Ok(())
 }

@@ -54,7 +54,8 @@ pub enum TrainUpdate {
     },
     /// The run ended (completed, paused or failed); the record is what the history keeps.
     Finished {
-        record: RunRecord,
+        /// Boxed: a record with its curves is much larger than the other updates.
+        record: Box<RunRecord>,
     },
 }
 
@@ -235,7 +236,7 @@ pub fn train_start(
             };
             running.store(false, Ordering::Relaxed);
             let _ = on_event.send(TrainUpdate::Finished {
-                record: final_record,
+                record: Box::new(final_record),
             });
         })
         .map_err(|e| ApiError::internal(format!("cannot start the training thread: {e}")))?;

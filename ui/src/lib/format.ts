@@ -32,3 +32,13 @@ export function count(n: number | null | undefined): string {
 export function pct(x: number | null | undefined): string {
   return x == null ? "—" : `${(100 * x).toFixed(x > 0 && x < 0.01 ? 1 : 0)} %`;
 }
+
+/** Local date and time; ISO when the platform's locale is one Intl rejects. */
+export function dateTime(unixSeconds: number): string {
+  const d = new Date(unixSeconds * 1000);
+  try {
+    return d.toLocaleString();
+  } catch {
+    return d.toISOString().slice(0, 16).replace("T", " ");
+  }
+}

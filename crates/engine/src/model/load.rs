@@ -75,9 +75,10 @@ impl ModelSource {
     pub fn base_model_id(&self) -> String {
         match self {
             ModelSource::Bundled => BUNDLED_NAME.into(),
-            ModelSource::Folder(p) | ModelSource::Gguf(p) => {
-                std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()
-            }
+            ModelSource::Folder(p) | ModelSource::Gguf(p) => std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
             ModelSource::Hub(h) => h.repo.clone(),
         }
     }

@@ -4,4 +4,8 @@ import type { RunRecord } from "./RunRecord";
 /**
  * What the Train step receives while a run goes.
  */
-export type TrainUpdate = { "kind": "started", run_id: string, total_steps: number, start_step: number, train_examples: number, val_examples: number, trainable_params: number, total_params: number, } | { "kind": "step", step: number, total_steps: number, epoch: number, loss: number, eval_loss: number | null, lr: number, grad_norm: number, tokens_per_s: number, eta_s: number, rss_bytes: number, elapsed_s: number, } | { "kind": "eval", step: number, loss: number, } | { "kind": "checkpoint", step: number, } | { "kind": "finished", record: RunRecord, };
+export type TrainUpdate = { "kind": "started", run_id: string, total_steps: number, start_step: number, train_examples: number, val_examples: number, trainable_params: number, total_params: number, } | { "kind": "step", step: number, total_steps: number, epoch: number, loss: number, eval_loss: number | null, lr: number, grad_norm: number, tokens_per_s: number, eta_s: number, rss_bytes: number, elapsed_s: number, } | { "kind": "eval", step: number, loss: number, } | { "kind": "checkpoint", step: number, } | { "kind": "finished", 
+/**
+ * Boxed: a record with its curves is much larger than the other updates.
+ */
+record: RunRecord, };
