@@ -78,6 +78,27 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// The block's seven projections with their paths inside the block, in HF order.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        projections(&mut self.self_attn, &mut self.mlp)
+    }
+}
+
+fn projections<'a>(a: &'a mut Attention, m: &'a mut Mlp) -> [(&'static str, &'a mut Linear); 7] {
+    {
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
 /// Per-layer key/value cache for incremental decoding.
 #[derive(Clone, Default)]
 pub struct KvCache {
@@ -407,17 +428,7 @@ impl Decoder {
                 format!("{p}.post_attention_layernorm.weight"),
                 &mut b.post_attention_layernorm,
             ));
-            let a = &mut b.self_attn;
-            let m = &mut b.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
+            for (name, lin) in projections(&mut b.self_attn, &mut b.mlp) {
                 push_linear(&mut out, &format!("{p}.{name}"), lin);
             }
         }
@@ -433,17 +444,7 @@ impl Decoder {
         let mut out = Vec::new();
         for (n, b) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{n}");
-            let a = &mut b.self_attn;
-            let m = &mut b.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
+            for (name, lin) in b.linears_mut() {
                 out.push((format!("{p}.{name}"), lin));
             }
         }
