@@ -22,7 +22,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
         /// Tokens to generate.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 104)]
         new_tokens: usize,
         /// Run a single measurement in this process and print one JSON line (used internally).
         #[arg(long, hide = true)]
@@ -37,7 +37,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         seq_len: usize,
         /// Optimizer steps per configuration (the first is not timed).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 10)]
         steps: usize,
         /// Only these configurations (comma list of lora, lora-ckpt, qlora, qlora-ckpt, full).
         #[arg(long, default_value = "lora,lora-ckpt,full")]

@@ -33,8 +33,8 @@ fn method_of(config: &str) -> peft_engine::Result<(Method, bool)> {
 
 pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_engine::Result<()> {
     println!("model: {model}, seq {seq_len}, batch 1, LoRA r8 on all 7 projections, {steps} steps (first untimed)");
-    println!("| configuration | tokens/s | peak RSS | load s |");
-    println!("|---|---:|---:|---:|");
+    println!("| configuration | tokens/s (mean) | tokens/s (median step) | peak RSS | load s |");
+    println!("|---|---:|---:|---:|---:|");
     let exe = std::env::current_exe().map_err(|e| peft_engine::Error::io("peft", e))?;
     for c in configs.split(',') {
         let out = std::process::Command::new(&exe)
@@ -49,8 +49,9 @@ pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_
             .map_err(|e| peft_engine::Error::io("peft", e))?;
         match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Ok(v) => println!(
-                "| {c} | {:.1} | {} | {:.1} |",
+                "| {c} | {:.1} | {:.1} | {} | {:.1} |",
                 v["tokens_per_s"].as_f64().unwrap_or(0.0),
+                v["median_tokens_per_s"].as_f64().unwrap_or(0.0),
                 format_bytes(v["peak_rss"].as_u64().unwrap_or(0)),
                 v["load_s"].as_f64().unwrap_or(0.0)
             ),
@@ -93,25 +94,28 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
         lr: 1e-4,
         ..Default::default()
     };
-    let mut timed_from: Option<(Instant, usize)> = None;
-    let mut tokens = 0usize;
+    // Step durations after the first (which pays one-time allocation costs); the median is
+    // reported beside the mean because a shared machine's neighbours inflate single steps.
+    let mut last: Option<Instant> = None;
+    let mut durations: Vec<f64> = Vec::new();
     let mut on_event = |e: &TrainEvent| {
-        if let TrainEvent::Step(s) = e {
-            if s.step == 1 {
-                timed_from = Some((Instant::now(), 0));
-            } else if let Some((_, n)) = timed_from.as_mut() {
-                *n += 1;
-                tokens = *n * seq_len;
+        if let TrainEvent::Step(_) = e {
+            let now = Instant::now();
+            if let Some(t) = last {
+                durations.push(now.duration_since(t).as_secs_f64());
             }
+            last = Some(now);
         }
     };
     train(m, &data, &dir.join("out"), &cfg, None, None, &mut on_event)?;
-    let secs = timed_from
-        .map(|(t, _)| t.elapsed().as_secs_f64())
-        .unwrap_or(1.0);
+    let secs: f64 = durations.iter().sum::<f64>().max(1e-9);
+    let tokens = durations.len() * seq_len;
+    durations.sort_by(|a, b| a.total_cmp(b));
+    let median = durations.get(durations.len() / 2).copied().unwrap_or(secs);
     let _ = std::fs::remove_dir_all(&dir);
     let v = serde_json::json!({
         "tokens_per_s": tokens as f64 / secs,
+        "median_tokens_per_s": seq_len as f64 / median,
         "peak_rss": peak_rss_bytes().unwrap_or(0),
         "load_s": load_s,
     });
