@@ -22,7 +22,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
         /// Tokens to generate.
-        #[arg(long, default_value_t = 104)]
+        #[arg(long, default_value_t = 64)]
         new_tokens: usize,
         /// Run a single measurement in this process and print one JSON line (used internally).
         #[arg(long, hide = true)]
