@@ -33,8 +33,8 @@ fn method_of(config: &str) -> peft_engine::Result<(Method, bool)> {
 
 pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_engine::Result<()> {
     println!("model: {model}, seq {seq_len}, batch 1, LoRA r8 on all 7 projections, {steps} steps (first untimed)");
-    println!("| configuration | tokens/s (mean) | tokens/s (median step) | peak RSS | load s |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| configuration | tokens/s (mean) | tokens/s (median step) | peak RSS | load s | peak RSS loading |");
+    println!("|---|---:|---:|---:|---:|---:|");
     let exe = std::env::current_exe().map_err(|e| peft_engine::Error::io("peft", e))?;
     for c in configs.split(',') {
         let out = std::process::Command::new(&exe)
@@ -49,11 +49,12 @@ pub fn parent(model: &str, seq_len: usize, steps: usize, configs: &str) -> peft_
             .map_err(|e| peft_engine::Error::io("peft", e))?;
         match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Ok(v) => println!(
-                "| {c} | {:.1} | {:.1} | {} | {:.1} |",
+                "| {c} | {:.1} | {:.1} | {} | {:.1} | {} |",
                 v["tokens_per_s"].as_f64().unwrap_or(0.0),
                 v["median_tokens_per_s"].as_f64().unwrap_or(0.0),
                 format_bytes(v["peak_rss"].as_u64().unwrap_or(0)),
-                v["load_s"].as_f64().unwrap_or(0.0)
+                v["load_s"].as_f64().unwrap_or(0.0),
+                format_bytes(v["load_peak_rss"].as_u64().unwrap_or(0)),
             ),
             Err(_) => println!(
                 "| {c} | failed: {} |",
@@ -73,6 +74,9 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
         &crate::load::load_options(&method, false),
     )?;
     let load_s = t0.elapsed().as_secs_f64();
+    // Peak RSS is monotonic, so read now it is the peak while loading (QLoRA quantizes tensor
+    // by tensor, so this stays near the quantized size rather than the f32 one).
+    let load_peak = peak_rss_bytes().unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("peft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| peft_engine::Error::io(&dir, e))?;
     // Long plain-text rows so every example fills seq_len after truncation.
@@ -118,6 +122,7 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
         "median_tokens_per_s": seq_len as f64 / median,
         "peak_rss": peak_rss_bytes().unwrap_or(0),
         "load_s": load_s,
+        "load_peak_rss": load_peak,
     });
     println!("{v}");
     Ok(())

@@ -6,6 +6,7 @@
 //! adapter leaves the model's output unchanged. This module is the one place the delta is
 //! computed ([`Lora::forward`], [`Lora::delta_weight`]); merging adds `delta_weight` to `W`.
 
+use super::lora_op::{lora_delta, DropoutMask};
 use crate::model::linear::ForwardCtx;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -68,17 +69,15 @@ impl Lora {
         self.a.dims()[0]
     }
 
-    /// `scale · B·(A·dropout(x))` for `x: [..., in]`.
+    /// `scale · B·(A·dropout(x))` for `x: [..., in]` (one fused op, see [`super::lora_op`]).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = if ctx.train && self.dropout > 0.0 {
-            dropout(x, self.dropout, mix(ctx.step_seed, self.stream))?
-        } else {
-            x.clone()
-        };
+        let dropout = (ctx.train && self.dropout > 0.0).then(|| DropoutMask {
+            p: self.dropout,
+            seed: mix(ctx.step_seed, self.stream),
+        });
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
-        let h = x.broadcast_matmul(&a.t()?)?;
-        h.broadcast_matmul(&b.t()?)? * self.scale
+        lora_delta(x, &a, &b, self.scale, dropout)
     }
 
     /// `scale · B·A`, `[out, in]`: what merging adds to `W`.
@@ -87,17 +86,6 @@ impl Lora {
         let b = self.b.to_dtype(DType::F32)?.detach();
         b.matmul(&a)? * self.scale
     }
-}
-
-/// Inverted dropout with a mask drawn from `seed` (stateless, so resume is exact).
-fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    x.mul(&mask)
 }
 
 /// SplitMix64-style mixing of two seeds into one.

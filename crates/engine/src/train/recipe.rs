@@ -12,8 +12,9 @@ use crate::data::formats::{load, LoadOptions};
 use crate::data::render::{RenderOptions, Renderer, TokenizedExample};
 use crate::error::{Error, Result};
 use crate::model::decoder::{masked_cross_entropy, Decoder};
-use crate::model::linear::ForwardCtx;
+use crate::model::linear::{Base, ForwardCtx};
 use crate::model::loaded::LoadedModel;
+use crate::ops::linear_cross_entropy;
 use crate::peft::adapter_io::{save_delta, save_lora_adapter};
 use crate::peft::lora::mix;
 use crate::peft::method::{apply_method, layer_index, Method, Trainable};
@@ -178,22 +179,37 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Forward pass with optional per-block checkpointing; returns logits `[b, s, vocab]`.
-fn forward(
+/// Final hidden states after the last norm, `[b, s, h]`, with optional per-block
+/// checkpointing (the output projection is applied by [`batch_loss`]).
+fn forward_hidden(
     model: &Arc<Decoder>,
     ids: &Tensor,
     ctx: &ForwardCtx,
     ckpt: Option<(&[Vec<Tensor>], &GradSink)>,
 ) -> Result<Tensor> {
     let Some((per_layer, sink)) = ckpt else {
-        return model.forward(ids, ctx);
+        return model.forward_hidden(ids, None, ctx);
     };
     let mut x = model.embed(ids)?;
     for (n, params) in per_layer.iter().enumerate() {
         x = checkpointed_block(model, n, &x, ctx, params.clone(), sink)?;
     }
-    let h = model.final_norm(&x)?;
-    model.logits(&h, ctx)
+    model.final_norm(&x)
+}
+
+/// The output projection's weight when it is frozen and plain (`x · Wᵀ`, nothing else), so
+/// the loss can be fused with it. `None` when it trains (full fine-tuning trains the tied
+/// embedding; selective tuning may train `lm_head`), is NF4, has a bias or carries LoRA.
+fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
+    match &model.lm_head {
+        None => (!model.embed_tokens.is_variable()).then_some(&model.embed_tokens),
+        Some(head) => match &head.base {
+            Base::Dense(w) if !w.is_variable() && head.bias.is_none() && head.lora.is_none() => {
+                Some(w)
+            }
+            _ => None,
+        },
+    }
 }
 
 fn batch_loss(
@@ -202,16 +218,25 @@ fn batch_loss(
     ctx: &ForwardCtx,
     ckpt: Option<(&[Vec<Tensor>], &GradSink)>,
 ) -> Result<Tensor> {
+    let n = b.batch * b.seq;
+    if b.loss_mask.iter().sum::<f32>() <= 0.0 {
+        return Err(Error::invalid(
+            "batch",
+            "no trained tokens in this batch (every target is masked)",
+        ));
+    }
     let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), &Device::Cpu)?;
-    let targets = Tensor::from_vec(b.targets.clone(), b.batch * b.seq, &Device::Cpu)?;
-    let weights = Tensor::from_vec(b.loss_mask.clone(), b.batch * b.seq, &Device::Cpu)?;
-    let logits = forward(model, &ids, ctx, ckpt)?;
+    let h = forward_hidden(model, &ids, ctx, ckpt)?;
+    if let Some(w) = frozen_output_weight(model) {
+        // Never materialises the [tokens, vocab] logits or their gradient.
+        let h = h.reshape((n, h.dim(2)?))?;
+        return Ok(linear_cross_entropy(&h, w, &b.targets, &b.loss_mask)?);
+    }
+    let logits = model.logits(&h, ctx)?;
     let vocab = logits.dim(2)?;
-    masked_cross_entropy(
-        &logits.reshape((b.batch * b.seq, vocab))?,
-        &targets,
-        &weights,
-    )
+    let targets = Tensor::from_vec(b.targets.clone(), n, &Device::Cpu)?;
+    let weights = Tensor::from_vec(b.loss_mask.clone(), n, &Device::Cpu)?;
+    masked_cross_entropy(&logits.reshape((n, vocab))?, &targets, &weights)
 }
 
 /// Mean validation loss (no dropout, no gradients kept).
@@ -508,5 +533,131 @@ fn save_result(
             });
             save_delta(out, trainable, &run)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::decoder::LoadOptions as ModelLoadOptions;
+    use crate::model::load::{ModelSource, OpenOptions};
+    use crate::peft::method::LoraSettings;
+
+    /// Loss and every trainable tensor's gradient (checkpointing sink included).
+    fn loss_and_grads(
+        loss: Tensor,
+        trainable: &Trainable,
+        sink: &GradSink,
+    ) -> (f32, Vec<Vec<f32>>) {
+        let l = loss.to_scalar::<f32>().unwrap();
+        let store = loss.backward().unwrap();
+        let mut extra = sink.drain();
+        let grads = trainable
+            .params
+            .iter()
+            .map(|(name, v)| {
+                let g = store
+                    .get(v.as_tensor())
+                    .cloned()
+                    .or_else(|| extra.remove(&v.as_tensor().id()))
+                    .unwrap_or_else(|| panic!("{name}: no gradient"));
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        (l, grads)
+    }
+
+    /// The bundled model ties its head to a frozen embedding under LoRA, so `batch_loss` takes
+    /// the fused path; it must agree with logits + `masked_cross_entropy`, with and without
+    /// gradient checkpointing.
+    #[test]
+    fn fused_batch_loss_matches_logits_and_masked_cross_entropy() {
+        let mut m = LoadedModel::load(
+            &ModelSource::Bundled,
+            OpenOptions::default(),
+            &ModelLoadOptions::default(),
+        )
+        .unwrap();
+        let method = Method::Lora(LoraSettings {
+            rank: 4,
+            dropout: 0.0,
+            ..Default::default()
+        });
+        let trainable = apply_method(&mut m.decoder, &method, 5).unwrap();
+        for (name, v) in &trainable.params {
+            if name.contains("lora_B") {
+                let vals: Vec<f32> = (0..v.elem_count())
+                    .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+                    .collect();
+                v.set(&Tensor::from_vec(vals, v.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let model = Arc::new(m.decoder.clone());
+        assert!(frozen_output_weight(&model).is_some());
+        let (batch, seq) = (2, 6);
+        let input_ids: Vec<u32> = vec![1, 403, 407, 261, 378, 432, 1, 383, 286, 300, 0, 0];
+        let mut targets: Vec<u32> = input_ids[1..].to_vec();
+        targets.push(0);
+        let loss_mask = vec![0., 1., 1., 1., 1., 0., 0., 1., 1., 0., 0., 0.];
+        let b = Batch {
+            input_ids,
+            targets: targets.clone(),
+            loss_mask: loss_mask.clone(),
+            attention_mask: vec![1.0; batch * seq],
+            batch,
+            seq,
+        };
+        let ctx = ForwardCtx {
+            train: true,
+            step_seed: 3,
+        };
+        let sink = GradSink::default();
+
+        let ids = Tensor::from_vec(b.input_ids.clone(), (batch, seq), &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, &ctx).unwrap();
+        let reference = masked_cross_entropy(
+            &logits
+                .reshape((batch * seq, logits.dim(2).unwrap()))
+                .unwrap(),
+            &Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(),
+            &Tensor::new(loss_mask.as_slice(), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let (want_loss, want) = loss_and_grads(reference, &trainable, &sink);
+
+        let per_layer: Vec<Vec<Tensor>> = (0..model.layers.len())
+            .map(|n| {
+                trainable
+                    .params
+                    .iter()
+                    .filter(|(name, _)| layer_index(name) == Some(n))
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect()
+            })
+            .collect();
+        for ckpt in [None, Some((per_layer.as_slice(), &sink))] {
+            let loss = batch_loss(&model, &b, &ctx, ckpt).unwrap();
+            let (got_loss, got) = loss_and_grads(loss, &trainable, &sink);
+            assert!(
+                (got_loss - want_loss).abs() < 1e-5,
+                "{got_loss} vs {want_loss}"
+            );
+            for ((g, w), (name, _)) in got.iter().zip(&want).zip(&trainable.params) {
+                let scale = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let diff = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{name}: max diff {diff} (scale {scale})"
+                );
+            }
+        }
+
+        let masked = Batch {
+            loss_mask: vec![0.0; batch * seq],
+            ..b
+        };
+        let e = batch_loss(&model, &masked, &ctx, None).unwrap_err();
+        assert!(e.to_string().contains("no trained tokens"), "{e}");
     }
 }

@@ -1,0 +1,607 @@
+//! The training loss fused with the output projection:
+//! `Σᵢ wᵢ · (logsumexp(zᵢ) − zᵢ[tᵢ]) / Σᵢ wᵢ` with `z = h·Wᵀ` for a frozen `W: [vocab, d]`.
+//!
+//! Why: the logits, their log-softmax and their gradient are all `tokens × vocab`. With
+//! 49k–150k vocabularies that is the largest activation of a small model (256 tokens × 49152
+//! f32 = 50 MB per buffer, and candle's autograd keeps about six such buffers alive from the
+//! forward to the backward). This op never materialises them. The forward computes the logits
+//! one tile at a time — a block of rows × a slice of the vocabulary, one GEMM, at most 8 MiB —
+//! and folds each tile into a running per-row max / logsumexp (the online softmax) and picks
+//! the target's logit, in plain loops; it keeps one f32 per row. The backward recomputes each
+//! tile, turns it in place into `softmax − onehot(target)` scaled by the row's weight, and
+//! multiplies by that slice of `W`, accumulating the block's `dh`. Transient memory is one tile
+//! of logits (twice while it is copied out of the GEMM result), plus for a bf16 `W` one widened
+//! tile of it (≤ 8 MiB; `W` is never widened whole, unlike the unfused `lm_head`).
+//!
+//! Tiles span many rows and a slice of the vocabulary rather than a few rows and the whole
+//! vocabulary: a GEMM of a few dozen rows runs at half speed, and each row block re-reads all
+//! of `W` (measured on a 256 × 576 × 49152 head: 8 MiB row chunks ≈ 2× the time of one GEMM,
+//! vocabulary tiles ≈ 1×).
+//!
+//! Cost: one extra `lm_head` GEMM in the backward (the recomputation), against not allocating,
+//! filling and reading several `tokens × vocab` buffers. Rows whose weight is zero (padding,
+//! untrained prompt tokens) are skipped entirely: no GEMM, no softmax, a zero gradient.
+//!
+//! Like [`super::frozen_linear`], `W` is owned by the op, so it gets no gradient.
+
+use super::bridge::cpu_to_tensor;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Upper bound on one tile of logits, and on one tile of the weight once widened to f32.
+const TILE_BYTES: usize = 8 << 20;
+/// Default rows per block: enough for the GEMM to run at full speed (a few dozen rows run it at
+/// half speed), few enough that the vocabulary tiles stay wide.
+const BLOCK_ROWS: usize = 1024;
+
+fn err(msg: impl Into<String>) -> candle_core::Error {
+    candle_core::Error::Msg(msg.into())
+}
+
+/// The checked, per-row side of the problem (everything but `h` and `W`) and the tiling.
+struct Plan {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    /// Rows with a positive weight, in order; the only rows ever computed.
+    active: Vec<u32>,
+    /// `Σ weights`.
+    total: f64,
+    /// Rows per block (at least 1).
+    chunk_rows: usize,
+    /// Vocabulary entries per tile (at least 1): a tile of logits is `chunk_rows × chunk_vocab`.
+    chunk_vocab: usize,
+}
+
+impl Plan {
+    /// `chunks`: `(rows, vocab)` per tile; by default sized from [`TILE_BYTES`].
+    fn new(
+        h: &Tensor,
+        w: &Tensor,
+        targets: &[u32],
+        weights: &[f32],
+        chunks: Option<(usize, usize)>,
+    ) -> Result<Self> {
+        let (n, d) = h.dims2()?;
+        let (vocab, dw) = w.dims2()?;
+        if d != dw {
+            return Err(err(format!(
+                "linear_cross_entropy: hidden size {d} does not match the weight's {dw}"
+            )));
+        }
+        if targets.len() != n || weights.len() != n {
+            return Err(err(format!(
+                "linear_cross_entropy: {n} rows but {} targets and {} weights",
+                targets.len(),
+                weights.len()
+            )));
+        }
+        if n > u32::MAX as usize {
+            return Err(err("linear_cross_entropy: too many rows"));
+        }
+        let mut active = Vec::new();
+        let mut total = 0f64;
+        for (i, (&t, &wt)) in targets.iter().zip(weights).enumerate() {
+            if !(wt.is_finite() && wt >= 0.0) {
+                return Err(err(format!(
+                    "linear_cross_entropy: weight {wt} at row {i} (weights must be finite and ≥ 0)"
+                )));
+            }
+            if wt > 0.0 {
+                if t as usize >= vocab {
+                    return Err(err(format!(
+                        "linear_cross_entropy: target {t} at row {i} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                active.push(i as u32);
+                total += wt as f64;
+            }
+        }
+        if total <= 0.0 {
+            return Err(err(
+                "no trained tokens in this batch (every target is masked)",
+            ));
+        }
+        let (chunk_rows, chunk_vocab) = chunks.unwrap_or_else(|| {
+            let rows = BLOCK_ROWS.min(active.len());
+            let floats = TILE_BYTES / std::mem::size_of::<f32>();
+            (rows, (floats / rows.max(1)).min(floats / d.max(1)))
+        });
+        Ok(Self {
+            targets: targets.to_vec(),
+            weights: weights.to_vec(),
+            active,
+            total,
+            chunk_rows: chunk_rows.max(1),
+            chunk_vocab: chunk_vocab.clamp(1, vocab.max(1)),
+        })
+    }
+
+    /// Row blocks: the offset of the block in `active`, and its rows.
+    fn blocks(&self) -> impl Iterator<Item = (usize, &[u32])> {
+        self.active
+            .chunks(self.chunk_rows)
+            .enumerate()
+            .map(move |(c, rows)| (c * self.chunk_rows, rows))
+    }
+
+    /// Vocabulary tiles as `(first id, count)`.
+    fn tiles(&self, vocab: usize) -> impl Iterator<Item = (usize, usize)> {
+        let step = self.chunk_vocab;
+        (0..vocab)
+            .step_by(step)
+            .map(move |v0| (v0, step.min(vocab - v0)))
+    }
+}
+
+/// Rows `v0..v0+len` of `w` as f32: a view when `w` is f32, a tile-sized copy when it is bf16
+/// (so a bf16 weight is never widened whole).
+fn weight_tile(w: &Tensor, v0: usize, len: usize) -> Result<Tensor> {
+    let t = w.narrow(0, v0, len)?;
+    if t.dtype() == DType::F32 {
+        Ok(t)
+    } else {
+        t.to_dtype(DType::F32)
+    }
+}
+
+/// The given rows of `h` as an untracked `[rows, d]` f32 tensor.
+fn gather_rows(h: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    let idx = Tensor::new(rows, h.device())?;
+    h.detach().index_select(&idx, 0)?.to_dtype(DType::F32)
+}
+
+/// One tile of logits, row-major `[rows, tile]`.
+fn logits_tile(hb: &Tensor, wt: &Tensor) -> Result<Vec<f32>> {
+    hb.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A row's running logsumexp over the tiles seen so far: `max + ln(sum)`, where `sum` is
+/// relative to `max` (the online softmax normaliser).
+#[derive(Clone, Copy)]
+struct Running {
+    max: f32,
+    sum: f32,
+    /// The target's logit, once its tile has been seen.
+    picked: f32,
+}
+
+impl Running {
+    const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+        picked: f32::NAN,
+    };
+
+    fn add(&mut self, z: &[f32]) {
+        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if m == f32::NEG_INFINITY {
+            // exp(−∞) = 0: nothing to add (and −∞ − (−∞) would be NaN).
+            return;
+        }
+        if m > self.max {
+            self.sum *= (self.max - m).exp();
+            self.max = m;
+        }
+        let base = self.max;
+        // Non-finite logits make the sum NaN, as the unfused log-softmax does.
+        self.sum += z.iter().map(|&v| (v - base).exp()).sum::<f32>();
+    }
+
+    fn lse(&self) -> f32 {
+        self.max + self.sum.ln()
+    }
+}
+
+/// The mean loss and the logsumexp of every active row (indexed like `plan.active`).
+fn forward_pass(h: &Tensor, w: &Tensor, plan: &Plan) -> Result<(f64, Vec<f32>)> {
+    let vocab = w.dim(0)?;
+    let mut lse = vec![0f32; plan.active.len()];
+    let mut sum = 0f64;
+    for (start, rows) in plan.blocks() {
+        let hb = gather_rows(h, rows)?;
+        let mut run = vec![Running::EMPTY; rows.len()];
+        for (v0, len) in plan.tiles(vocab) {
+            let z = logits_tile(&hb, &weight_tile(w, v0, len)?)?;
+            run.par_iter_mut()
+                .zip(rows.par_iter())
+                .zip(z.par_chunks(len))
+                .for_each(|((st, &r), zr)| {
+                    st.add(zr);
+                    let t = plan.targets[r as usize] as usize;
+                    if (v0..v0 + len).contains(&t) {
+                        st.picked = zr[t - v0];
+                    }
+                });
+        }
+        // Summed sequentially, in row order: the result does not depend on thread scheduling.
+        for ((&r, st), l) in rows
+            .iter()
+            .zip(&run)
+            .zip(&mut lse[start..start + rows.len()])
+        {
+            *l = st.lse();
+            sum += plan.weights[r as usize] as f64 * (*l - st.picked) as f64;
+        }
+    }
+    Ok((sum / plan.total, lse))
+}
+
+/// `dh = g · Σ-weighted (softmax(z) − onehot(t)) · W`, `[n, d]`; zero on inactive rows.
+fn backward_pass(h: &Tensor, w: &Tensor, plan: &Plan, lse: &[f32], g: f32) -> Result<Tensor> {
+    let (n, d) = h.dims2()?;
+    let vocab = w.dim(0)?;
+    let mut dh = vec![0f32; n * d];
+    let scale = g as f64 / plan.total;
+    for (start, rows) in plan.blocks() {
+        let hb = gather_rows(h, rows)?;
+        let lse = &lse[start..start + rows.len()];
+        let mut acc: Option<Tensor> = None;
+        for (v0, len) in plan.tiles(vocab) {
+            let wt = weight_tile(w, v0, len)?;
+            let mut z = logits_tile(&hb, &wt)?;
+            z.par_chunks_mut(len)
+                .zip(rows.par_iter().zip(lse.par_iter()))
+                .for_each(|(zr, (&r, &l))| {
+                    let r = r as usize;
+                    let s = (scale * plan.weights[r] as f64) as f32;
+                    for v in zr.iter_mut() {
+                        *v = (*v - l).exp() * s;
+                    }
+                    let t = plan.targets[r] as usize;
+                    if (v0..v0 + len).contains(&t) {
+                        zr[t - v0] -= s;
+                    }
+                });
+            let dz = Tensor::from_vec(z, (rows.len(), len), h.device())?;
+            let part = dz.matmul(&wt)?;
+            acc = Some(match acc {
+                Some(a) => (a + part)?,
+                None => part,
+            });
+        }
+        let Some(acc) = acc else { continue };
+        let block = acc.flatten_all()?.to_vec1::<f32>()?;
+        for (&r, src) in rows.iter().zip(block.chunks(d)) {
+            dh[r as usize * d..(r as usize + 1) * d].copy_from_slice(src);
+        }
+    }
+    Tensor::from_vec(dh, (n, d), h.device())
+}
+
+struct LinearCrossEntropy {
+    /// `[vocab, d]`, f32 or bf16, frozen.
+    w: Tensor,
+    plan: Plan,
+    /// Per-active-row logsumexp from the forward. Kept (4 bytes a trained token) rather than
+    /// recomputed: with it the backward needs a single `exp` pass per row instead of a max
+    /// pass, a sum pass and an `exp` pass. Filled exactly once, by `cpu_fwd`.
+    lse: OnceLock<Vec<f32>>,
+}
+
+impl CustomOp1 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = cpu_to_tensor(storage, layout)?;
+        let (loss, lse) = forward_pass(&h, &self.w, &self.plan)?;
+        // A second forward of the same op (which candle never does) would compute the same.
+        let _ = self.lse.set(lse);
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad
+            .detach()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .ok_or_else(|| err("linear_cross_entropy: empty upstream gradient"))?;
+        let h = arg.detach();
+        let recomputed;
+        let lse = match self.lse.get() {
+            Some(l) => l,
+            None => {
+                recomputed = forward_pass(&h, &self.w, &self.plan)?.1;
+                &recomputed
+            }
+        };
+        Ok(Some(backward_pass(&h, &self.w, &self.plan, lse, g)?))
+    }
+}
+
+/// The mean token loss of `h · wᵀ` without materialising the logits (see the module docs).
+///
+/// `h: [n, d]` f32 (tracked or not), `w: [vocab, d]` frozen (f32 or bf16), `targets` and
+/// `weights` of length `n` (weights finite and ≥ 0; rows weighing 0 are skipped). Returns the
+/// scalar `Σ wᵢ·(logsumexp(zᵢ) − zᵢ[tᵢ]) / Σ wᵢ`; the backward gives `h` its gradient and `w`
+/// none.
+///
+/// # Errors
+/// Mismatched shapes, a negative or non-finite weight, a weighted target outside the
+/// vocabulary, or `Σ weights ≤ 0` ("no trained tokens in this batch").
+pub fn linear_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+) -> Result<Tensor> {
+    with_chunks(h, w, targets, weights, None)
+}
+
+/// [`linear_cross_entropy`] with the tile size forced to `(rows, vocab)` (tests use tiny ones).
+fn with_chunks(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    chunks: Option<(usize, usize)>,
+) -> Result<Tensor> {
+    let plan = Plan::new(h, w, targets, weights, chunks)?;
+    let h = h.to_dtype(DType::F32)?;
+    if h.track_op() && h.device().is_cpu() {
+        return h.apply_op1(LinearCrossEntropy {
+            w: w.clone(),
+            plan,
+            lse: OnceLock::new(),
+        });
+    }
+    if h.track_op() {
+        // A tracked tensor off the CPU: the op has no GPU kernel, so take the unfused path,
+        // which records a graph (dropping it here would silently lose the gradient).
+        return unfused(&h, &w.to_dtype(DType::F32)?, &plan);
+    }
+    let (loss, _) = forward_pass(&h, w, &plan)?;
+    Tensor::new(loss as f32, h.device())
+}
+
+/// Logits, log-softmax and a weighted gather with ordinary (tracked) candle ops.
+fn unfused(h: &Tensor, w32: &Tensor, plan: &Plan) -> Result<Tensor> {
+    let dev = h.device();
+    // Masked rows may carry any target (padding); they weigh 0, so point them at token 0.
+    let targets: Vec<u32> = plan
+        .targets
+        .iter()
+        .zip(&plan.weights)
+        .map(|(&t, &w)| if w > 0.0 { t } else { 0 })
+        .collect();
+    let targets = Tensor::new(targets.as_slice(), dev)?;
+    let weights = Tensor::new(plan.weights.as_slice(), dev)?;
+    let logp = candle_nn::ops::log_softmax(&h.matmul(&w32.t()?)?, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    picked.mul(&weights)?.sum_all()?.neg()? / plan.total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::decoder::masked_cross_entropy;
+    use candle_core::{Device, Var};
+
+    const N: usize = 37;
+    const DIM: usize = 16;
+    const VOCAB: usize = 101;
+    /// 27 active rows in blocks of 5, 101 logits in tiles of 17: both last ones partial.
+    const CHUNK: Option<(usize, usize)> = Some((5, 17));
+
+    /// Deterministic pseudo-random numbers in [-1, 1).
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    struct Case {
+        h: Vec<f32>,
+        w: Vec<f32>,
+        targets: Vec<u32>,
+        weights: Vec<f32>,
+    }
+
+    fn case(general_weights: bool) -> Case {
+        // Scaled so the logits spread over several units (a non-trivial softmax).
+        let h = rand_vec(N * DIM, 1).iter().map(|v| v * 2.0).collect();
+        let w = rand_vec(VOCAB * DIM, 2);
+        let targets = rand_vec(N, 3)
+            .iter()
+            .map(|v| (((v + 1.0) / 2.0 * VOCAB as f32) as u32).min(VOCAB as u32 - 1))
+            .collect();
+        let weights = (0..N)
+            .map(|i| match (i % 4, general_weights) {
+                (0, _) => 0.0,
+                (2, true) => 0.5,
+                (3, true) => 2.0,
+                _ => 1.0,
+            })
+            .collect();
+        Case {
+            h,
+            w,
+            targets,
+            weights,
+        }
+    }
+
+    fn tensors(c: &Case) -> (Tensor, Tensor) {
+        let h = Tensor::from_vec(c.h.clone(), (N, DIM), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(c.w.clone(), (VOCAB, DIM), &Device::Cpu).unwrap();
+        (h, w)
+    }
+
+    fn reference_loss(h: &Tensor, w: &Tensor, c: &Case) -> Tensor {
+        let targets = Tensor::new(c.targets.as_slice(), &Device::Cpu).unwrap();
+        let weights = Tensor::new(c.weights.as_slice(), &Device::Cpu).unwrap();
+        masked_cross_entropy(&h.matmul(&w.t().unwrap()).unwrap(), &targets, &weights).unwrap()
+    }
+
+    fn scalar(t: &Tensor) -> f32 {
+        t.to_scalar::<f32>().unwrap()
+    }
+
+    fn vec2(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Loss and `dh` through the fused op with `h` as a `Var`.
+    fn fused_with_grad(c: &Case, w: &Tensor, chunk: Option<(usize, usize)>) -> (f32, Vec<f32>) {
+        let (h, _) = tensors(c);
+        let hv = Var::from_tensor(&h).unwrap();
+        let loss = with_chunks(hv.as_tensor(), w, &c.targets, &c.weights, chunk).unwrap();
+        let grads = loss.backward().unwrap();
+        let dh = grads.get(hv.as_tensor()).expect("h has a gradient");
+        (scalar(&loss), vec2(dh))
+    }
+
+    #[test]
+    fn linear_cross_entropy_matches_masked_cross_entropy() {
+        for general in [false, true] {
+            let c = case(general);
+            let (h, w) = tensors(&c);
+            let want = scalar(&reference_loss(&h, &w, &c));
+            for chunk in [CHUNK, Some((1, VOCAB)), Some((N, 1)), None] {
+                // Untracked h: the no-graph path.
+                let got = scalar(&with_chunks(&h, &w, &c.targets, &c.weights, chunk).unwrap());
+                assert!((got - want).abs() < 1e-5, "untracked {got} vs {want}");
+                // Tracked h: the custom op.
+                let (got, _) = fused_with_grad(&c, &w, chunk);
+                assert!((got - want).abs() < 1e-5, "op {got} vs {want}");
+            }
+            // The public entry point (default chunking) too.
+            let got = scalar(&linear_cross_entropy(&h, &w, &c.targets, &c.weights).unwrap());
+            assert!((got - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn linear_cross_entropy_gradient_matches_autograd() {
+        for general in [false, true] {
+            let c = case(general);
+            let (h, w) = tensors(&c);
+            let hv = Var::from_tensor(&h).unwrap();
+            let loss = reference_loss(hv.as_tensor(), &w, &c);
+            // A non-unit upstream gradient, as under gradient accumulation.
+            let grads = (loss / 4.0).unwrap().backward().unwrap();
+            let want = vec2(grads.get(hv.as_tensor()).unwrap());
+
+            let hv2 = Var::from_tensor(&h).unwrap();
+            let fused = with_chunks(hv2.as_tensor(), &w, &c.targets, &c.weights, CHUNK).unwrap();
+            let grads = (fused / 4.0).unwrap().backward().unwrap();
+            let got = vec2(grads.get(hv2.as_tensor()).unwrap());
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-5, "max |dh diff| {diff}");
+            // Zero-weight rows get exactly zero gradient.
+            for (i, &wt) in c.weights.iter().enumerate() {
+                if wt == 0.0 {
+                    assert!(got[i * DIM..(i + 1) * DIM].iter().all(|&v| v == 0.0));
+                }
+            }
+            // w is frozen: it is not an input of the graph at all.
+            assert!(grads.get(&w).is_none());
+        }
+    }
+
+    /// The loss in f64, straight from the definition.
+    fn loss_f64(h: &[f64], c: &Case) -> f64 {
+        let (mut sum, mut total) = (0f64, 0f64);
+        for i in 0..N {
+            let z: Vec<f64> = (0..VOCAB)
+                .map(|v| {
+                    (0..DIM)
+                        .map(|k| h[i * DIM + k] * c.w[v * DIM + k] as f64)
+                        .sum()
+                })
+                .collect();
+            let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            sum += c.weights[i] as f64 * (lse - z[c.targets[i] as usize]);
+            total += c.weights[i] as f64;
+        }
+        sum / total
+    }
+
+    #[test]
+    fn linear_cross_entropy_gradient_matches_finite_differences() {
+        let c = case(true);
+        let (_, w) = tensors(&c);
+        let (loss, dh) = fused_with_grad(&c, &w, CHUNK);
+        let h64: Vec<f64> = c.h.iter().map(|&v| v as f64).collect();
+        assert!((loss as f64 - loss_f64(&h64, &c)).abs() < 1e-5);
+        let eps = 1e-4;
+        // Entries spread over rows (including zero-weight ones, rows in the partial last chunk).
+        for idx in [
+            0,
+            17,
+            5 * DIM + 3,
+            14 * DIM + 9,
+            23 * DIM + 15,
+            36 * DIM + 7,
+        ] {
+            let (mut hp, mut hm) = (h64.clone(), h64.clone());
+            hp[idx] += eps;
+            hm[idx] -= eps;
+            let fd = (loss_f64(&hp, &c) - loss_f64(&hm, &c)) / (2.0 * eps);
+            let got = dh[idx] as f64;
+            assert!(
+                (got - fd).abs() <= 1e-5 + 1e-3 * fd.abs(),
+                "dh[{idx}] = {got}, finite difference {fd}"
+            );
+        }
+    }
+
+    #[test]
+    fn linear_cross_entropy_bf16_weight_equals_widened_f32() {
+        let c = case(false);
+        let (_, w) = tensors(&c);
+        let w_bf16 = w.to_dtype(DType::BF16).unwrap();
+        let w_wide = w_bf16.to_dtype(DType::F32).unwrap();
+        let (l_bf, dh_bf) = fused_with_grad(&c, &w_bf16, CHUNK);
+        let (l_f32, dh_f32) = fused_with_grad(&c, &w_wide, CHUNK);
+        assert!((l_bf - l_f32).abs() < 1e-6);
+        assert!(max_abs_diff(&dh_bf, &dh_f32) < 1e-6);
+    }
+
+    #[test]
+    fn linear_cross_entropy_rejects_bad_inputs_without_panicking() {
+        let c = case(false);
+        let (h, w) = tensors(&c);
+        let hv = Var::from_tensor(&h).unwrap();
+        let zeros = vec![0f32; N];
+        for t in [&h, hv.as_tensor()] {
+            let e = linear_cross_entropy(t, &w, &c.targets, &zeros).unwrap_err();
+            assert!(e.to_string().contains("no trained tokens"), "{e}");
+        }
+        let mut neg = c.weights.clone();
+        neg[3] = -1.0;
+        assert!(linear_cross_entropy(&h, &w, &c.targets, &neg).is_err());
+        let mut bad_target = c.targets.clone();
+        bad_target[1] = VOCAB as u32; // weighted row
+        assert!(linear_cross_entropy(&h, &w, &bad_target, &c.weights).is_err());
+        // An out-of-vocabulary target on a masked row is fine (padding).
+        let mut pad_target = c.targets.clone();
+        pad_target[0] = u32::MAX;
+        assert!(linear_cross_entropy(&h, &w, &pad_target, &c.weights).is_ok());
+        assert!(linear_cross_entropy(&h, &w, &c.targets[1..], &c.weights).is_err());
+        let w_wrong = Tensor::zeros((VOCAB, DIM + 1), DType::F32, &Device::Cpu).unwrap();
+        assert!(linear_cross_entropy(&h, &w_wrong, &c.targets, &c.weights).is_err());
+    }
+}
