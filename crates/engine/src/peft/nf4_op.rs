@@ -24,12 +24,19 @@
 use super::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Default output rows dequantized per forward tile: a 128 × 4096 tile is 2 MiB of f32, large
-/// enough for the GEMM to run at full speed, small enough to stay in L2/L3.
-pub const DEFAULT_TILE_ROWS: usize = 128;
+/// Bound on one dequantized tile: 4 MiB of f32. Small models' projections fit whole (one GEMM
+/// per call, which runs ~1.5× faster than 128-row tiles on AVX-512); a 7B model's 4096-wide
+/// rows come in tiles of 256 rows, so the transient buffer stays bounded whatever the size.
+pub const DEFAULT_TILE_BYTES: usize = 4 << 20;
+
+/// Output rows per forward tile for a weight with `inp` input features (at least 1).
+pub fn default_tile_rows(out: usize, inp: usize) -> usize {
+    (DEFAULT_TILE_BYTES / (4 * inp.max(1))).clamp(1, out.max(1))
+}
 
 /// A frozen linear layer whose weight is NF4; see the module docs.
 #[derive(Debug, Clone)]
@@ -40,9 +47,10 @@ pub struct Nf4Linear {
 
 impl Nf4Linear {
     pub fn new(weight: Arc<Nf4Tensor>) -> Self {
+        let (out, inp) = weight.shape();
         Self {
             weight,
-            tile_rows: DEFAULT_TILE_ROWS,
+            tile_rows: default_tile_rows(out, inp),
         }
     }
 
@@ -180,6 +188,19 @@ fn logical_f32<'a>(
     }
 }
 
+/// Rows `r0..r0+t` of `w` as row-major f32, dequantized in parallel (the GEMM that follows
+/// uses every core; a serial dequantization left all but one idle).
+fn dequantize_rows(w: &Nf4Tensor, r0: usize, t: usize) -> Vec<f32> {
+    let k = w.shape().1;
+    let mut tile = vec![0.0f32; t * k];
+    // Chunks of whole rows, a few per thread, so each call covers many NF4 blocks.
+    let rows_per = t.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
+    tile.par_chunks_mut(rows_per * k)
+        .enumerate()
+        .for_each(|(i, dst)| w.dequantize_range_into((r0 + i * rows_per) * k, dst));
+    tile
+}
+
 /// Splits `[..., k]` into `(m, k)` and checks `k`.
 fn rows_of(layout: &Layout, k: usize, what: &str) -> candle_core::Result<usize> {
     let dims = layout.dims();
@@ -209,18 +230,25 @@ impl CustomOp1 for Nf4MatMul {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (out, k) = self.w.shape();
         let m = rows_of(layout, k, "input")?;
-        let mut y = vec![0.0f32; m * out];
-        if m > 0 {
-            let x = Tensor::from_slice(&logical_f32(storage, layout)?, (m, k), &Device::Cpu)?;
-            for r0 in (0..out).step_by(self.tile_rows) {
-                let t = self.tile_rows.min(out - r0);
-                let mut tile = vec![0.0f32; t * k];
-                self.w.dequantize_range_into(r0 * k, &mut tile);
-                let tile = Tensor::from_vec(tile, (t, k), &Device::Cpu)?;
-                let yt = x.matmul(&tile.t()?)?.flatten_all()?.to_vec1::<f32>()?; // [m, t]
-                for (row, src) in y.chunks_exact_mut(out).zip(yt.chunks_exact(t)) {
-                    row[r0..r0 + t].copy_from_slice(src);
-                }
+        if m == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), out_shape(layout, out)));
+        }
+        let x = Tensor::from_slice(&logical_f32(storage, layout)?, (m, k), &Device::Cpu)?;
+        let mut y = Vec::new();
+        for r0 in (0..out).step_by(self.tile_rows) {
+            let t = self.tile_rows.min(out - r0);
+            let tile = dequantize_rows(&self.w, r0, t);
+            let tile = Tensor::from_vec(tile, (t, k), &Device::Cpu)?;
+            let yt = x.matmul(&tile.t()?)?.flatten_all()?.to_vec1::<f32>()?; // [m, t]
+            if t == out {
+                y = yt;
+                break;
+            }
+            if y.is_empty() {
+                y = vec![0.0f32; m * out];
+            }
+            for (row, src) in y.chunks_exact_mut(out).zip(yt.chunks_exact(t)) {
+                row[r0..r0 + t].copy_from_slice(src);
             }
         }
         Ok((CpuStorage::F32(y), out_shape(layout, out)))
@@ -252,21 +280,28 @@ impl CustomOp1 for Nf4MatMulT {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (out, k) = self.w.shape();
         let m = rows_of(layout, out, "gradient")?;
+        if m == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), out_shape(layout, k)));
+        }
+        let g = Tensor::from_slice(&logical_f32(storage, layout)?, (m, out), &Device::Cpu)?;
+        if self.tile_cols == k {
+            // The whole matrix fits one tile: dequantize it row-parallel, one GEMM.
+            let w = Tensor::from_vec(dequantize_rows(&self.w, 0, out), (out, k), &Device::Cpu)?;
+            let dx = g.matmul(&w)?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok((CpuStorage::F32(dx), out_shape(layout, k)));
+        }
         let mut dx = vec![0.0f32; m * k];
-        if m > 0 {
-            let g = Tensor::from_slice(&logical_f32(storage, layout)?, (m, out), &Device::Cpu)?;
-            for c0 in (0..k).step_by(self.tile_cols) {
-                let c = self.tile_cols.min(k - c0);
-                // W[:, c0..c0+c] as a row-major [out, c] tile: one contiguous run per row.
-                let mut tile = vec![0.0f32; out * c];
-                for (r, dst) in tile.chunks_exact_mut(c).enumerate() {
-                    self.w.dequantize_range_into(r * k + c0, dst);
-                }
-                let tile = Tensor::from_vec(tile, (out, c), &Device::Cpu)?;
-                let dxt = g.matmul(&tile)?.flatten_all()?.to_vec1::<f32>()?; // [m, c]
-                for (row, src) in dx.chunks_exact_mut(k).zip(dxt.chunks_exact(c)) {
-                    row[c0..c0 + c].copy_from_slice(src);
-                }
+        for c0 in (0..k).step_by(self.tile_cols) {
+            let c = self.tile_cols.min(k - c0);
+            // W[:, c0..c0+c] as a row-major [out, c] tile: one contiguous run per row.
+            let mut tile = vec![0.0f32; out * c];
+            tile.par_chunks_mut(c)
+                .enumerate()
+                .for_each(|(r, dst)| self.w.dequantize_range_into(r * k + c0, dst));
+            let tile = Tensor::from_vec(tile, (out, c), &Device::Cpu)?;
+            let dxt = g.matmul(&tile)?.flatten_all()?.to_vec1::<f32>()?; // [m, c]
+            for (row, src) in dx.chunks_exact_mut(k).zip(dxt.chunks_exact(c)) {
+                row[c0..c0 + c].copy_from_slice(src);
             }
         }
         Ok((CpuStorage::F32(dx), out_shape(layout, k)))

@@ -27,7 +27,7 @@ use super::params::{
 use crate::model::config::Config;
 use crate::model::decoder::WeightDtype;
 use crate::peft::method::Method;
-use crate::peft::nf4_op::DEFAULT_TILE_ROWS;
+use crate::peft::nf4_op::DEFAULT_TILE_BYTES;
 use serde::{Deserialize, Serialize};
 
 /// Where the run computes.
@@ -398,11 +398,16 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
             "gradients of one block's activations in flight".into(),
         )
     };
-    let tile = (4 * DEFAULT_TILE_ROWS * c.intermediate_size.max(c.hidden_size)) as u64;
+    // Forward and backward each hold at most one dequantized tile of the largest projection.
+    let largest = 4 * c.intermediate_size as u64 * c.hidden_size as u64;
+    let tile = largest.min(DEFAULT_TILE_BYTES as u64);
     let nf4_tiles = line(
         "nf4_dequant_tiles",
         if nf4 > 0 { 2 * tile } else { 0 },
-        format!("QLoRA: dequantized f32 tiles of {DEFAULT_TILE_ROWS} rows (forward and backward)"),
+        format!(
+            "QLoRA: dequantized f32 tiles of at most {} MiB (forward and backward)",
+            DEFAULT_TILE_BYTES >> 20
+        ),
     );
     let opt_tmp = line(
         "optimizer_temporaries",
