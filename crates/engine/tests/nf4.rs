@@ -550,7 +550,10 @@ fn default_tiles_are_bounded_and_cover_small_matrices_whole() {
     use peft_engine::peft::nf4_op::{default_tile_rows, DEFAULT_TILE_BYTES};
     // Llama-2-7B's down_proj is [4096, 11008]: tiles of a bounded number of rows.
     let rows = default_tile_rows(4096, 11008);
-    assert!(rows >= 1 && rows * 11008 * 4 <= DEFAULT_TILE_BYTES, "{rows}");
+    assert!(
+        rows >= 1 && rows * 11008 * 4 <= DEFAULT_TILE_BYTES,
+        "{rows}"
+    );
     // SmolLM2's [1536, 576] up_proj fits in one tile.
     assert_eq!(default_tile_rows(1536, 576), 1536);
     let (q, _) = {

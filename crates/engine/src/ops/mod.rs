@@ -5,9 +5,10 @@
 //! (`linear_cross_entropy` in its own unit tests, which need crate-private chunk sizes).
 
 mod bridge;
-pub(crate) use bridge::{cpu_to_tensor, tensor_to_cpu};
+pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
 mod frozen_linear;
+pub(crate) mod gemm;
 mod linear_cross_entropy;
 mod rms_norm;
 mod rope;

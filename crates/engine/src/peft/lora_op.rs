@@ -202,7 +202,11 @@ mod tests {
             for v in [&x, &a, &b] {
                 let (p, q) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert_eq!(p.dims(), q.dims());
-                assert!(max_diff(p, q) < 1e-5, "gradient differs: {}", max_diff(p, q));
+                assert!(
+                    max_diff(p, q) < 1e-5,
+                    "gradient differs: {}",
+                    max_diff(p, q)
+                );
             }
         }
     }

@@ -22,10 +22,9 @@
 //! CPU only (no CUDA/Metal kernel); f32 input only; no second-order gradients.
 
 use super::nf4::Nf4Tensor;
-use candle_core::backend::BackendStorage;
+use crate::ops::logical_f32;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Bound on one dequantized tile: 4 MiB of f32. Small models' projections fit whole (one GEMM
@@ -142,50 +141,6 @@ struct Nf4MatMul {
 struct Nf4MatMulT {
     w: Arc<Nf4Tensor>,
     tile_cols: usize,
-}
-
-/// The f32 values of an op input in logical (row-major) order: borrowed when contiguous,
-/// gathered through the strides otherwise (transposed, narrowed, broadcast views).
-fn logical_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<Cow<'a, [f32]>> {
-    let data = match storage {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => bail!("NF4 linear: expected f32 input, got {:?}", other.dtype()),
-    };
-    if let Some((start, end)) = layout.contiguous_offsets() {
-        return Ok(Cow::Borrowed(&data[start..end]));
-    }
-    let dims = layout.dims();
-    let stride = layout.stride();
-    let n = layout.shape().elem_count();
-    let mut out = Vec::with_capacity(n);
-    if n == 0 {
-        return Ok(Cow::Owned(out));
-    }
-    // Odometer over all but the last dimension; the last is walked with its own stride.
-    let rank = dims.len();
-    let (last, last_stride) = (dims[rank - 1], stride[rank - 1]);
-    let mut idx = vec![0usize; rank - 1];
-    let mut offset = layout.start_offset();
-    loop {
-        out.extend((0..last).map(|j| data[offset + j * last_stride]));
-        let mut d = rank - 1;
-        loop {
-            if d == 0 {
-                return Ok(Cow::Owned(out));
-            }
-            d -= 1;
-            idx[d] += 1;
-            offset += stride[d];
-            if idx[d] < dims[d] {
-                break;
-            }
-            offset -= idx[d] * stride[d];
-            idx[d] = 0;
-        }
-    }
 }
 
 /// Rows `r0..r0+t` of `w` as row-major f32, dequantized in parallel (the GEMM that follows
