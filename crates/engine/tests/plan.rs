@@ -137,7 +137,6 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
     for name in [
         "activations.blocks",
         "activations.lora",
-        "logits",
         "activations.attention_scores",
     ] {
         let (a, b) = (line(&e1, name), line(&e2, name));
@@ -147,6 +146,33 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
             "{name}: {a} → {b}"
         );
     }
+    // A frozen head takes the fused loss: bounded tiles, no vocabulary-sized logits at all.
+    for e in [&e1, &e2] {
+        let at_loss = peft_engine::plan::estimate::estimate(&c, &base).phases;
+        assert!(at_loss.iter().any(|p| p.name == "logits backward"));
+        assert!(e
+            .lines
+            .iter()
+            .all(|l| l.name != "loss_tiles" || l.bytes == 16 << 20));
+    }
+    assert!(e1
+        .lines
+        .iter()
+        .all(|l| l.name != "logits" && l.name != "logits_grad"));
+    // Full fine-tuning trains the (tied) embedding: the logits path, linear in the batch.
+    let full = |batch_size| {
+        estimate(
+            &c,
+            &PlanRequest {
+                method: peft_engine::peft::method::Method::Full,
+                batch_size,
+                ..base.clone()
+            },
+        )
+    };
+    let (f1, f2) = (full(1), full(2));
+    assert_eq!(line(&f1, "logits"), 4 * 256 * 49_152 * 4);
+    assert_eq!(line(&f2, "logits"), 2 * line(&f1, "logits"));
     // Doubling the sequence: linear terms ×2, attention scores ×4 (they are s × s).
     let e3 = estimate(
         &c,

@@ -86,9 +86,10 @@ pub fn band_of(line: &str) -> &'static str {
         l if l.starts_with("base_weights") => "weights",
         "adapters" => "adapters",
         "optimizer_state" | "gradients" | "optimizer_temporaries" => "optimizer",
-        "logits" | "logits_grad" => "logits",
+        "logits" | "logits_grad" | "loss_tiles" => "logits",
         l if l.starts_with("activations")
             || l == "block_backward"
+            || l == "attention_backward"
             || l == "evaluation_activations"
             || l == "nf4_dequant_tiles" =>
         {

@@ -52,14 +52,14 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Self {
-            runtime_bytes: 16 << 20,
+            runtime_bytes: 13 << 20,
             tokenizer_bytes_per_token: 400,
             logits_grad_copies: 6.5,
-            activation_slack: 0.30,
+            activation_slack: 0.10,
             gemm_efficiency: 0.38,
             memory_passes: 3.0,
             gpu_context_bytes: 400 << 20,
-            step_overhead_s: 0.1,
+            step_overhead_s: 0.05,
         }
     }
 }

@@ -142,13 +142,11 @@ pub struct BlockActivations {
     pub attention: u64,
     /// LoRA adapters: `3·out + r` per adapted projection.
     pub lora: u64,
-    /// LoRA dropout: mask and masked input, `2·in` per adapted projection.
-    pub dropout: u64,
 }
 
 impl BlockActivations {
     pub fn total(&self) -> u64 {
-        self.dense + self.attention + self.lora + self.dropout
+        self.dense + self.attention + self.lora
     }
 }
 
@@ -159,11 +157,17 @@ impl BlockActivations {
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
 /// - MLP: gate, silu(gate), up, their product `4i`; down output and residual sum `2h`;
-/// - LoRA per adapted projection: base output, `B·(A·x)`, its scaled copy (`3·out`) and
-///   `A·x` (`r`); with dropout the mask and the masked input (`2·in`).
+/// - LoRA per adapted projection: the base output and the fused delta `scale·B·(A·x)`, both
+///   inputs of the sum (`2·out`). The fused op keeps nothing else: `A·x` is recomputed and the
+///   dropout mask regenerated from its seed in backward (`peft::lora_op`).
 ///
-/// `train == false` is the evaluation forward (no dropout).
-pub fn block_activations(c: &Config, method: &Method, seq: usize, train: bool) -> BlockActivations {
+/// `train == false` is the evaluation forward; the counts are the same (dropout keeps nothing).
+pub fn block_activations(
+    c: &Config,
+    method: &Method,
+    seq: usize,
+    _train: bool,
+) -> BlockActivations {
     let (h, q, kv, i) = (
         c.hidden_size as u64,
         c.q_dim() as u64,
@@ -176,17 +180,13 @@ pub fn block_activations(c: &Config, method: &Method, seq: usize, train: bool) -
         attention: 2 * (c.num_attention_heads * seq) as u64,
         ..Default::default()
     };
-    if let Some(s) = method.lora() {
+    if method.lora().is_some() {
         let per_layer = adapted_linears(c, method).len() / c.num_hidden_layers.max(1);
         let linears: Vec<(usize, usize)> = adapted_linears(c, method)
             .into_iter()
             .take(per_layer)
             .collect();
-        let r = s.rank as u64;
-        a.lora = linears.iter().map(|&(_, o)| 3 * o as u64 + r).sum();
-        if train && s.dropout > 0.0 {
-            a.dropout = linears.iter().map(|&(inp, _)| 2 * inp as u64).sum();
-        }
+        a.lora = linears.iter().map(|&(_, o)| 2 * o as u64).sum();
     }
     a
 }
@@ -240,6 +240,20 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let fwd = fwd_blocks + lora + attn;
     let recompute = if req.grad_checkpointing { fwd } else { 0.0 };
     fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + 2.0 * logits
+}
+
+/// The fused loss's bound on one logits tile (`ops::linear_cross_entropy`).
+const LOSS_TILE_BYTES: u64 = 8 << 20;
+
+/// Whether the output projection (the embedding when tied) trains, so the loss must build the
+/// full logits with a graph.
+fn output_head_trains(c: &Config, method: &Method) -> bool {
+    let name = if c.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    trains_tensor(method, name, c.num_hidden_layers)
 }
 
 /// The estimate with the project's measured [`Calibration`].
@@ -348,18 +362,8 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
                 "activations.lora",
                 slack(f * tokens * per.lora * kept_layers),
                 format!(
-                    "LoRA base outputs, B·A·x and its scaled copy, A·x: {} floats/token/block",
+                    "LoRA: base outputs and fused deltas, both kept for the sum: {} floats/token/block",
                     per.lora
-                ),
-            ));
-        }
-        if per.dropout > 0 {
-            acts.push(line(
-                "activations.lora_dropout",
-                slack(f * tokens * per.dropout * kept_layers),
-                format!(
-                    "dropout masks and masked inputs: {} floats/token/block",
-                    per.dropout
                 ),
             ));
         }
@@ -369,16 +373,39 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         f * tokens * h * 2,
         "final rms-norm output and weighted output".into(),
     ));
-    acts.push(line(
-        "logits",
-        f * tokens * v * 4,
-        format!("logits, log-softmax's shifted logits, exp and result: 4 × {tokens} × {v} × 4 B"),
-    ));
+    // With a frozen dense output projection the loss is the fused, tiled lm_head + cross-entropy
+    // (`ops::linear_cross_entropy`): no vocabulary-sized buffer is kept, only one logits tile
+    // in flight in forward and one in backward. A trained or quantized head takes the
+    // ordinary logits path.
+    let fused_loss = !output_head_trains(c, &req.method);
+    let loss_tile = (f * tokens * v).min(LOSS_TILE_BYTES);
+    // Only alive while the loss runs: counted in the logits-backward phase, not in the blocks'.
+    let loss_tiles = line(
+        "loss_tiles",
+        if fused_loss { 2 * loss_tile } else { 0 },
+        format!(
+            "fused lm_head + cross-entropy: two logits tiles of at most {} MiB, no [{tokens} × {v}] logits",
+            LOSS_TILE_BYTES >> 20
+        ),
+    );
+    if !fused_loss {
+        acts.push(line(
+            "logits",
+            f * tokens * v * 4,
+            format!(
+                "logits, log-softmax's shifted logits, exp and result: 4 × {tokens} × {v} × 4 B"
+            ),
+        ));
+    }
     let acts_bytes: u64 = acts.iter().map(|l| l.bytes).sum();
 
     let logits_grad = line(
         "logits_grad",
-        (k.logits_grad_copies * (f * tokens * v) as f64) as u64,
+        if fused_loss {
+            0
+        } else {
+            (k.logits_grad_copies * (f * tokens * v) as f64) as u64
+        },
         format!(
             "vocabulary-sized gradients in flight in the loss backward: {} × {tokens} × {v} × 4 B",
             k.logits_grad_copies
@@ -401,6 +428,14 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     // Forward and backward each hold at most one dequantized tile of the largest projection.
     let largest = 4 * c.intermediate_size as u64 * c.hidden_size as u64;
     let tile = largest.min(DEFAULT_TILE_BYTES as u64);
+    // The causal-softmax backward holds the gradients of the scores and of the probabilities
+    // of one block while it runs: two more [b, heads, s, s] buffers. Negligible at 256 tokens
+    // on SmolLM2; a fifth of the peak of a small model at long sequences.
+    let attention_bwd = line(
+        "attention_backward",
+        f * tokens * per.attention,
+        "one block's attention-score gradients in flight: 2 × [b, heads, s, s] f32".into(),
+    );
     let nf4_tiles = line(
         "nf4_dequant_tiles",
         if nf4 > 0 { 2 * tile } else { 0 },
@@ -411,8 +446,8 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     );
     let opt_tmp = line(
         "optimizer_temporaries",
-        5 * f * largest_trainable(c, &req.method) as u64,
-        "AdamW's per-tensor temporaries (m̂, v̂, √v̂, update), largest trainable tensor".into(),
+        2 * f * largest_trainable(c, &req.method) as u64,
+        "AdamW's fused update: a copy of the gradient and of the new values, largest trainable tensor".into(),
     );
 
     let mut candidates: Vec<(String, Vec<Line>)> = Vec::new();
@@ -423,17 +458,20 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     };
     let mut p1 = acts.clone();
     p1.push(logits_grad.clone());
+    p1.push(loss_tiles);
     p1.push(nf4_tiles.clone());
     with_static("logits backward", p1);
     let mut p2 = acts.clone();
     p2.push(grads.clone());
     p2.push(block_bwd);
+    p2.push(attention_bwd);
     p2.push(nf4_tiles.clone());
     with_static("block backward", p2);
     with_static("optimizer step", vec![grads.clone(), opt_tmp]);
     if req.evaluation {
         let eval = block_activations(c, &req.method, req.seq_len, false);
-        let eval_acts = f * tokens * (eval.total() * kept_layers + 3 * h + 4 * v);
+        let logits = if fused_loss { 0 } else { 4 * v };
+        let eval_acts = f * tokens * (eval.total() * kept_layers + 3 * h + logits) + 2 * loss_tile;
         with_static(
             "evaluation forward",
             vec![line(

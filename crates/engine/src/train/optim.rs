@@ -8,6 +8,7 @@
 
 use crate::error::Result;
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -32,10 +33,16 @@ impl Default for AdamWSettings {
 
 pub struct AdamW {
     pub settings: AdamWSettings,
-    /// `(name, param, m, v)`
-    slots: Vec<(String, Var, Tensor, Tensor)>,
-    /// Steps taken so far.
+    /// `(name, parameter, m, v)`; the moments as plain buffers, updated in place.
+    slots: Vec<(String, Var, Vec<f32>, Vec<f32>)>,
     pub t: u64,
+}
+
+/// A tensor's values as f32, in logical order.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 impl AdamW {
@@ -43,10 +50,10 @@ impl AdamW {
         let slots = params
             .iter()
             .map(|(n, v)| {
-                let z = v.as_tensor().zeros_like()?;
-                Ok((n.clone(), v.clone(), z.clone(), z))
+                let z = vec![0f32; v.elem_count()];
+                (n.clone(), v.clone(), z.clone(), z)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(Self {
             settings,
             slots,
@@ -54,42 +61,80 @@ impl AdamW {
         })
     }
 
-    /// Applies one update with learning rate `lr`; `grads[i]` belongs to the i-th parameter.
+    /// One update of every parameter. A single fused pass per tensor (parallel over chunks):
+    /// written as tensor ops this was ~13 full passes with an allocation each, seconds per
+    /// step for full fine-tuning of a 135M model.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;
         let s = &self.settings;
-        let bc1 = 1.0 - s.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - s.beta2.powi(self.t as i32);
-        for ((_, p, m, v), g) in self.slots.iter_mut().zip(grads) {
-            let mut theta = p.as_tensor().detach();
-            if s.weight_decay > 0.0 {
-                theta = (&theta * (1.0 - lr * s.weight_decay))?;
+        let (b1, b2) = (s.beta1 as f32, s.beta2 as f32);
+        let bc1 = (1.0 - s.beta1.powi(self.t as i32)) as f32;
+        let bc2 = (1.0 - s.beta2.powi(self.t as i32)) as f32;
+        let (lr32, eps) = (lr as f32, s.eps as f32);
+        let decay = (1.0 - lr * s.weight_decay) as f32;
+        for ((name, p, m, v), g) in self.slots.iter_mut().zip(grads) {
+            let gs = values(g)?;
+            let mut theta = values(p.as_tensor())?;
+            if gs.len() != theta.len() {
+                return Err(crate::Error::invalid(
+                    "optimizer",
+                    format!(
+                        "gradient of {name} has {} values, expected {}",
+                        gs.len(),
+                        theta.len()
+                    ),
+                ));
             }
-            *m = ((&*m * s.beta1)? + (g * (1.0 - s.beta1))?)?;
-            *v = ((&*v * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?;
-            let m_hat = (&*m / bc1)?;
-            let v_hat = (&*v / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + s.eps)?)?;
-            p.set(&(theta - (update * lr)?)?)?;
+            const CHUNK: usize = 1 << 14;
+            theta
+                .par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(gs.par_chunks(CHUNK))
+                .for_each(|(((th, m), v), g)| {
+                    for i in 0..th.len() {
+                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                        let update = (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
+                        th[i] = th[i] * decay - lr32 * update;
+                    }
+                });
+            let t = Tensor::from_vec(theta, p.shape(), p.device())?.to_dtype(p.dtype())?;
+            p.set(&t)?;
         }
         Ok(())
     }
 
-    /// Moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for the checkpoint.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The moments as named tensors (PyTorch's `exp_avg` / `exp_avg_sq`), for checkpoints.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(self.slots.len() * 2);
-        for (n, _, m, v) in &self.slots {
-            out.push((format!("exp_avg.{n}"), m.clone()));
-            out.push((format!("exp_avg_sq.{n}"), v.clone()));
+        for (n, p, m, v) in &self.slots {
+            let t = |x: &Vec<f32>| Tensor::from_slice(x, p.shape(), &candle_core::Device::Cpu);
+            out.push((format!("exp_avg.{n}"), t(m)?));
+            out.push((format!("exp_avg_sq.{n}"), t(v)?));
         }
-        out
+        Ok(out)
     }
 
-    /// Restores moments saved by [`AdamW::state_tensors`].
     pub fn load_state(&mut self, t: u64, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<()> {
-        for (n, _, m, v) in self.slots.iter_mut() {
-            *m = get(&format!("exp_avg.{n}"))?;
-            *v = get(&format!("exp_avg_sq.{n}"))?;
+        for (n, p, m, v) in self.slots.iter_mut() {
+            for (key, slot) in [
+                (format!("exp_avg.{n}"), &mut *m),
+                (format!("exp_avg_sq.{n}"), &mut *v),
+            ] {
+                let vals = values(&get(&key)?)?;
+                if vals.len() != p.elem_count() {
+                    return Err(crate::Error::invalid(
+                        "optimizer",
+                        format!(
+                            "{key} has {} values, expected {}",
+                            vals.len(),
+                            p.elem_count()
+                        ),
+                    ));
+                }
+                *slot = vals;
+            }
         }
         self.t = t;
         Ok(())
@@ -111,4 +156,63 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three steps on a few values equal PyTorch's formula evaluated in f64, and the saved
+    /// moments restore into a fresh optimizer that then takes the identical fourth step.
+    #[test]
+    fn matches_the_formula_in_f64_and_restores_exactly() {
+        let init = [0.5f32, -1.25, 2.0, 0.0, 3.5];
+        let grads = [[0.1f32, -0.2, 0.3, 0.0, 1.5], [0.05, 0.4, -0.3, 0.2, -1.0]];
+        let s = AdamWSettings {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let p = Var::from_slice(&init, 5, &candle_core::Device::Cpu).unwrap();
+        let mut opt = AdamW::new(&[("w".into(), p.clone())], s.clone()).unwrap();
+        let (mut pr, mut m, mut v) = ([0f64; 5], [0f64; 5], [0f64; 5]);
+        for (i, x) in init.iter().enumerate() {
+            pr[i] = *x as f64;
+        }
+        let lr = 0.01;
+        for t in 1..=3 {
+            let g = grads[t % 2];
+            let gt = Tensor::from_slice(&g, 5, &candle_core::Device::Cpu).unwrap();
+            opt.step(&[gt], lr).unwrap();
+            for i in 0..5 {
+                let gi = g[i] as f64;
+                pr[i] *= 1.0 - lr * s.weight_decay;
+                m[i] = s.beta1 * m[i] + (1.0 - s.beta1) * gi;
+                v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
+                let mh = m[i] / (1.0 - s.beta1.powi(t as i32));
+                let vh = v[i] / (1.0 - s.beta2.powi(t as i32));
+                pr[i] -= lr * mh / (vh.sqrt() + s.eps);
+            }
+            let got = p.as_tensor().to_vec1::<f32>().unwrap();
+            for i in 0..5 {
+                assert!(
+                    (got[i] as f64 - pr[i]).abs() < 1e-6,
+                    "step {t}: {} vs {}",
+                    got[i],
+                    pr[i]
+                );
+            }
+        }
+        let saved: std::collections::HashMap<String, Tensor> =
+            opt.state_tensors().unwrap().into_iter().collect();
+        let q = Var::from_tensor(p.as_tensor()).unwrap();
+        let mut fresh = AdamW::new(&[("w".into(), q.clone())], s).unwrap();
+        fresh.load_state(opt.t, &|n| Ok(saved[n].clone())).unwrap();
+        let g = Tensor::from_slice(&grads[0], 5, &candle_core::Device::Cpu).unwrap();
+        opt.step(std::slice::from_ref(&g), lr).unwrap();
+        fresh.step(&[g], lr).unwrap();
+        assert_eq!(
+            p.as_tensor().to_vec1::<f32>().unwrap(),
+            q.as_tensor().to_vec1::<f32>().unwrap()
+        );
+    }
 }
