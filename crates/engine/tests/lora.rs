@@ -601,3 +601,21 @@ fn merged_qlora_model_is_written_whole_and_dense() {
         "merged QLoRA model differs by {d}"
     );
 }
+
+/// Evaluation runs on `Decoder::detached`: same logits as the tracked model, but nothing is
+/// recorded (so a validation pass keeps no activations), and the trained Vars are untouched.
+#[test]
+fn detached_decoder_gives_the_same_logits_without_a_graph() {
+    let mut model = tiny_decoder(3);
+    let t = apply_method(&mut model, &Method::Lora(lora(4, 8.0, &["all-linear"])), 1).unwrap();
+    randomize_b(&t, 5, 0.1);
+    let ids = ids_tensor(&[&TOKENS[0], &TOKENS[1]]);
+    let ctx = ForwardCtx::default();
+    let tracked = model.forward(&ids, &ctx).unwrap();
+    assert!(tracked.track_op());
+    let frozen = model.detached();
+    let plain = frozen.forward(&ids, &ctx).unwrap();
+    assert!(!plain.track_op(), "a detached forward must record no graph");
+    assert!(max_abs_diff(&tracked, &plain) < 1e-6);
+    assert!(t.params.iter().all(|(_, v)| v.is_variable()));
+}

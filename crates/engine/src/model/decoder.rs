@@ -489,6 +489,29 @@ impl Decoder {
         bytes
     }
 
+    /// A copy whose every tensor (base weights, LoRA `A`/`B`) is detached from the training
+    /// variables: it shares their storage (no copy) but a forward through it records no graph.
+    /// Evaluation runs on this, so a validation pass keeps no activations.
+    pub fn detached(&self) -> Decoder {
+        let mut d = self.clone();
+        for (_, t) in d.named_tensors_mut() {
+            *t = t.detach();
+        }
+        let mut detach_lora = |lin: &mut Linear| {
+            if let Some(l) = lin.lora.as_mut() {
+                l.a = l.a.detach();
+                l.b = l.b.detach();
+            }
+        };
+        for (_, lin) in d.linears_mut() {
+            detach_lora(lin);
+        }
+        if let Some(h) = d.lm_head.as_mut() {
+            detach_lora(h);
+        }
+        d
+    }
+
     /// Total parameter count (tied embeddings counted once), as Hugging Face reports it.
     pub fn num_parameters(&self) -> usize {
         crate::model::count::parameter_count(&self.config)

@@ -12,8 +12,8 @@
 //! - **block backward**: the same minus the logits gradients, plus every weight gradient and
 //!   (checkpointing) one block's recomputed activations and their gradients;
 //! - **optimizer step**: weights + gradients + moments + AdamW's temporaries;
-//! - **evaluation** (when a validation split exists): the forward activations without
-//!   checkpointing (the recipe evaluates without it).
+//! - **evaluation** (when a validation split exists): one block's activations and the loss
+//!   (it runs through detached weights, so it records no graph).
 //!
 //! On a GPU the same device-side terms apply (candle keeps the same graph) plus a CUDA context;
 //! host terms are the runtime and the tokenizer. Constants measured on this project's runs are
@@ -470,15 +470,16 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     with_static("optimizer step", vec![grads.clone(), opt_tmp]);
     if req.evaluation {
         let eval = block_activations(c, &req.method, req.seq_len, false);
-        let logits = if fused_loss { 0 } else { 4 * v };
-        let eval_acts = f * tokens * (eval.total() * kept_layers + 3 * h + logits) + 2 * loss_tile;
+        // Evaluation runs through detached weights: no graph, so only one block's activations
+        // and the loss's buffers are alive at once.
+        let logits = if fused_loss { 0 } else { 3 * v };
+        let eval_acts = f * tokens * (eval.total() + 3 * h + logits) + 2 * loss_tile;
         with_static(
             "evaluation forward",
             vec![line(
                 "evaluation_activations",
                 slack(eval_acts),
-                "validation forward without checkpointing keeps its graph (the adapters are Vars)"
-                    .into(),
+                "validation forward without a graph: one block's activations and the loss".into(),
             )],
         );
     }

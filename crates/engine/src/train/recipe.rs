@@ -249,12 +249,15 @@ fn evaluate(
     if val.is_empty() {
         return Ok(None);
     }
+    // Through detached weights: no graph, so evaluation never holds more than one block's
+    // activations (with a tracked model it kept them all, defeating checkpointing).
+    let model = Arc::new(model.detached());
     let (mut total, mut weight) = (0.0, 0.0);
     for chunk in val.chunks(batch_size) {
         let refs: Vec<&TokenizedExample> = chunk.iter().collect();
         let b = make_batch(&refs, pad)?;
         let n = b.trained_positions() as f64;
-        let loss = batch_loss(model, &b, &ForwardCtx::default(), None)?.detach();
+        let loss = batch_loss(&model, &b, &ForwardCtx::default(), None)?;
         total += loss.to_scalar::<f32>()? as f64 * n;
         weight += n;
     }
