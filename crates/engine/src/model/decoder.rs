@@ -497,7 +497,7 @@ impl Decoder {
         for (_, t) in d.named_tensors_mut() {
             *t = t.detach();
         }
-        let mut detach_lora = |lin: &mut Linear| {
+        let detach_lora = |lin: &mut Linear| {
             if let Some(l) = lin.lora.as_mut() {
                 l.a = l.a.detach();
                 l.b = l.b.detach();
