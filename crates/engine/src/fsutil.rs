@@ -48,6 +48,44 @@ pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// An f32 buffer written to safetensors one tensor at a time (the optimizer's moments: for full
+/// fine-tuning twice the model's size, which copying all at once would add to the peak).
+pub struct F32Slice<'a> {
+    pub data: &'a [f32],
+    pub shape: Vec<usize>,
+}
+
+impl safetensors::View for &F32Slice<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        // safetensors is little-endian, as is every platform we build for.
+        std::borrow::Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Atomically writes borrowed f32 buffers as safetensors, one tensor in memory at a time.
+pub fn save_f32_atomic(path: &Path, tensors: &[(String, F32Slice<'_>)]) -> Result<()> {
+    let tmp = tmp_path(path);
+    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &tmp)
+        .map_err(|e| Error::Tensor {
+            file: path.display().to_string(),
+            tensor: "(write)".into(),
+            message: e.to_string(),
+        })?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// Loads a safetensors file into f32 CPU tensors, naming the file on error.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {

@@ -10,7 +10,8 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::{
-    load_safetensors, read_json, save_safetensors_atomic, write_atomic, write_json_atomic,
+    load_safetensors, read_json, save_f32_atomic, save_safetensors_atomic, write_atomic,
+    write_json_atomic, F32Slice,
 };
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub fn save_checkpoint(
     out: &Path,
     state: &RunState,
     trainable: &HashMap<String, Tensor>,
-    optimizer: &HashMap<String, Tensor>,
+    optimizer: &[(String, F32Slice<'_>)],
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     let name = format!("step-{:06}", state.step);
@@ -54,7 +55,7 @@ pub fn save_checkpoint(
     }
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     save_safetensors_atomic(&partial.join("trainable.safetensors"), trainable)?;
-    save_safetensors_atomic(&partial.join("optimizer.safetensors"), optimizer)?;
+    save_f32_atomic(&partial.join("optimizer.safetensors"), optimizer)?;
     write_json_atomic(&partial.join("state.json"), state)?;
     if done.exists() {
         std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;

@@ -105,7 +105,27 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (PyTorch's `exp_avg` / `exp_avg_sq`), for checkpoints.
+    /// The moments under PyTorch's names (`exp_avg` / `exp_avg_sq`), borrowed, for checkpoints.
+    pub fn state_slices(&self) -> Vec<(String, crate::fsutil::F32Slice<'_>)> {
+        let mut out = Vec::with_capacity(self.slots.len() * 2);
+        for (n, p, m, v) in &self.slots {
+            let shape = p.dims().to_vec();
+            out.push((
+                format!("exp_avg.{n}"),
+                crate::fsutil::F32Slice {
+                    data: m,
+                    shape: shape.clone(),
+                },
+            ));
+            out.push((
+                format!("exp_avg_sq.{n}"),
+                crate::fsutil::F32Slice { data: v, shape },
+            ));
+        }
+        out
+    }
+
+    /// The moments as named tensors (PyTorch's `exp_avg` / `exp_avg_sq`); copies them.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(self.slots.len() * 2);
         for (n, p, m, v) in &self.slots {

@@ -507,8 +507,7 @@ fn write_checkpoint(
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
         .collect();
-    let moments: HashMap<String, Tensor> = opt.state_tensors()?.into_iter().collect();
-    save_checkpoint(out, state, &params, &moments)
+    save_checkpoint(out, state, &params, &opt.state_slices())
 }
 
 fn save_result(
