@@ -74,6 +74,7 @@ fn data_dir<R: Runtime>(app: &tauri::App<R>) -> std::path::PathBuf {
 
 /// Starts the desktop app.
 pub fn run() {
+    peft_engine::runtime::configure_cpu_threads();
     with_commands(tauri::Builder::default())
         .setup(|app| {
             let dir = data_dir(app);

@@ -10,10 +10,10 @@ use peft_engine::memory::format_bytes;
 use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
 use peft_engine::peft::method::{LoraSettings, Method, Selective};
 use peft_engine::plan::{estimate, measure_throughput, PlanRequest, Throughput};
-use peft_engine::train::{train, TrainConfig};
+use peft_engine::train::{train, TrainConfig, TrainEvent};
 use peft_engine::Error;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SMOLLM: &str = "../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -28,8 +28,8 @@ pub struct BenchPlanArgs {
     /// Two (or more) sequence lengths.
     #[arg(long, value_delimiter = ',', default_value = "128,384")]
     pub seq_lens: Vec<usize>,
-    /// Optimizer steps per configuration.
-    #[arg(long, default_value_t = 3)]
+    /// Optimizer steps per configuration (tokens/s is the median step after the first).
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Internal: run one configuration in this process and print one JSON line.
     #[arg(long, hide = true)]
@@ -102,6 +102,8 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
         .data
         .clone()
         .ok_or_else(|| Error::invalid("data", "missing"))?;
+    let mut last: Option<Instant> = None;
+    let mut durations: Vec<f64> = Vec::new();
     let s = train(
         model,
         &data,
@@ -109,12 +111,35 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
         &config_for(&m, a.seq_len, a.ckpt, a.steps),
         None,
         None,
-        &mut |_| {},
+        &mut |e| {
+            if let TrainEvent::Step(_) = e {
+                let now = Instant::now();
+                if let Some(t) = last {
+                    durations.push(now.duration_since(t).as_secs_f64());
+                }
+                last = Some(now);
+            }
+        },
     )?;
     let _ = std::fs::remove_dir_all(&out);
+    // The probe runs here, right after the steps it predicts (on a shared machine the speed of
+    // the next minute is best told by the speed of this one), and after the peak was read: its
+    // buffers must not count.
+    let tp = measure_throughput(Duration::from_millis(300))?;
+    // Steady state: the median step after the first, which pays one-time page faults and
+    // allocations that a run of hundreds of steps amortises.
+    durations.sort_by(|x, y| x.total_cmp(y));
+    let step_s = durations
+        .get(durations.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
     println!(
         "{}",
-        serde_json::json!({ "peak_rss": s.peak_rss_bytes, "tokens_per_s": s.mean_tokens_per_s })
+        serde_json::json!({
+            "peak_rss": s.peak_rss_bytes,
+            "tokens_per_s": a.seq_len as f64 / step_s,
+            "throughput": tp,
+        })
     );
     Ok(())
 }
@@ -160,22 +185,14 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
             let m = method(mname)?;
             for &seq in &a.seq_lens {
                 for ckpt in [false, true] {
-                    let req = PlanRequest {
-                        method: m.clone(),
-                        seq_len: seq.min(config.max_position_embeddings),
-                        grad_checkpointing: ckpt,
-                        evaluation: false,
-                        throughput: tp,
-                        ..PlanRequest::default()
-                    };
-                    let est = estimate(&config, &req);
+                    let seq_len = seq.min(config.max_position_embeddings);
                     let mut cmd = std::process::Command::new(&exe);
                     cmd.args([
                         "bench", "plan", "--child", "--model", model, "--method", mname,
                     ])
                     .args([
                         "--seq-len",
-                        &req.seq_len.to_string(),
+                        &seq_len.to_string(),
                         "--steps",
                         &a.steps.to_string(),
                     ])
@@ -188,17 +205,33 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
                     let line = String::from_utf8_lossy(&out.stdout);
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
                         println!(
-                            "| {short} | {mname} | {} | {ckpt} | failed: {} |",
-                            req.seq_len,
+                            "| {short} | {mname} | {seq_len} | {ckpt} | failed: {} |",
                             String::from_utf8_lossy(&out.stderr).trim()
                         );
                         continue;
                     };
+                    // Predicted with the probe the child ran just before its steps.
+                    let throughput = serde_json::from_value(v["throughput"].clone()).unwrap_or(tp);
+                    let req = PlanRequest {
+                        method: m.clone(),
+                        seq_len,
+                        grad_checkpointing: ckpt,
+                        evaluation: false,
+                        throughput,
+                        ..PlanRequest::default()
+                    };
+                    let est = estimate(&config, &req);
+                    if std::env::var_os("PEFT_BENCH_PLAN_RAW").is_some() {
+                        eprintln!(
+                            "{}",
+                            serde_json::json!({"model": short, "method": mname, "seq": seq_len, "ckpt": ckpt, "measured": v, "work": peft_engine::plan::time::step_work(&config, &req)})
+                        );
+                    }
                     let peak = v["peak_rss"].as_u64().unwrap_or(0) as f64;
                     let tps = v["tokens_per_s"].as_f64().unwrap_or(0.0);
                     println!(
                         "| {short} | {mname} | {} | {} | {} | {} | {:+.1} % | {:.0} | {:.0} | {:+.1} % |",
-                        req.seq_len,
+                        seq_len,
                         if ckpt { "on" } else { "off" },
                         format_bytes(est.peak_bytes),
                         format_bytes(peak as u64),

@@ -55,6 +55,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    peft_engine::runtime::configure_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),

@@ -14,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod plan;
+pub mod runtime;
 pub mod tokenizer;
 pub mod train;
 

@@ -2,7 +2,7 @@
 //! forward values and input gradients must agree.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use peft_engine::ops::{causal_softmax, frozen_linear, rms_norm, rope, RopeTables};
+use peft_engine::ops::{causal_softmax, frozen_linear, rms_norm, rope, swiglu, RopeTables};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
@@ -139,6 +139,130 @@ fn rms_norm_matches_composite() {
         1e-5,
     );
     finite_difference(&[4, 16], |x| rms_norm(x, &wt, 1e-5).unwrap());
+}
+
+/// Value and the gradients of both operands of Σ f(a, b)·r, both operands `Var`s.
+fn grads2(
+    a0: &Tensor,
+    b0: &Tensor,
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let (a, b) = (Var::from_tensor(a0).unwrap(), Var::from_tensor(b0).unwrap());
+    let y = f(a.as_tensor(), b.as_tensor());
+    let r = randn(y.dims(), 9);
+    let g = (y.clone() * r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let ga = g.get(a.as_tensor()).expect("no gradient reached a").clone();
+    let gb = g.get(b.as_tensor()).expect("no gradient reached b").clone();
+    (y, ga, gb)
+}
+
+#[test]
+fn rms_norm_trains_its_weight_like_composite() {
+    let x0 = randn(&[2, 3, 16], 11);
+    let w0 = (randn(&[16], 12) + 1.0).unwrap();
+    let (y, dx, dw) = grads2(&x0, &w0, |x, w| rms_norm(x, w, 1e-5).unwrap());
+    let (ye, dxe, dwe) = grads2(&x0, &w0, |x, w| {
+        candle_nn::ops::rms_norm_slow(x, w, 1e-5).unwrap()
+    });
+    assert!(max_diff(&y, &ye) < 1e-5);
+    assert!(max_diff(&dx, &dxe) < 1e-5, "dx {}", max_diff(&dx, &dxe));
+    assert!(max_diff(&dw, &dwe) < 1e-4, "dw {}", max_diff(&dw, &dwe));
+    // The weight gradient against finite differences, with x fixed.
+    finite_difference(&[16], |w| rms_norm(&x0, &(w + 1.0).unwrap(), 1e-5).unwrap());
+}
+
+#[test]
+fn rms_norm_with_a_frozen_weight_returns_only_dx() {
+    let x0 = randn(&[4, 16], 13);
+    let w = (randn(&[16], 14) + 1.0).unwrap();
+    let (_, dx_trained, _) = grads2(&x0, &w, |x, w| rms_norm(x, w, 1e-5).unwrap());
+    let x = Var::from_tensor(&x0).unwrap();
+    let y = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
+    let r = randn(y.dims(), 9);
+    let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&w).is_none(), "a frozen weight got a gradient");
+    assert_eq!(max_diff(g.get(x.as_tensor()).unwrap(), &dx_trained), 0.0);
+}
+
+#[test]
+fn rms_norm_reads_strided_and_offset_inputs() {
+    let w = (randn(&[16], 15) + 1.0).unwrap();
+    let base = randn(&[16, 6], 16);
+    let wide = randn(&[5, 20], 17);
+    for x in [
+        base.t().unwrap(),              // transposed
+        wide.narrow(1, 2, 16).unwrap(), // row stride 20
+        wide.narrow(0, 1, 3).unwrap().narrow(1, 4, 16).unwrap(),
+        randn(&[5, 16], 18).narrow(0, 2, 3).unwrap(), // contiguous, start offset
+    ] {
+        let dense = x.contiguous().unwrap();
+        let got = rms_norm(&x, &w, 1e-5).unwrap();
+        assert_eq!(max_diff(&got, &rms_norm(&dense, &w, 1e-5).unwrap()), 0.0);
+    }
+    // Gradients through a transposed view.
+    check(
+        &[16, 6],
+        |x| rms_norm(&x.t().unwrap(), &w, 1e-5).unwrap(),
+        |x| candle_nn::ops::rms_norm_slow(&x.t().unwrap(), &w, 1e-5).unwrap(),
+        1e-5,
+    );
+}
+
+fn swiglu_composite(g: &Tensor, u: &Tensor) -> Tensor {
+    (candle_nn::ops::silu(g).unwrap() * u).unwrap()
+}
+
+#[test]
+fn swiglu_matches_composite() {
+    let (g0, u0) = (
+        (randn(&[2, 5, 40], 21) * 4.0).unwrap(),
+        randn(&[2, 5, 40], 22),
+    );
+    let (y, dg, du) = grads2(&g0, &u0, |g, u| swiglu(g, u).unwrap());
+    let (ye, dge, due) = grads2(&g0, &u0, swiglu_composite);
+    assert!(max_diff(&y, &ye) < 1e-5);
+    assert!(max_diff(&dg, &dge) < 1e-5, "dg {}", max_diff(&dg, &dge));
+    assert!(max_diff(&du, &due) < 1e-5, "du {}", max_diff(&du, &due));
+    // One operand tracked at a time.
+    check(
+        &[2, 5, 40],
+        |g| swiglu(g, &u0).unwrap(),
+        |g| swiglu_composite(g, &u0),
+        1e-5,
+    );
+    check(
+        &[2, 5, 40],
+        |u| swiglu(&g0, u).unwrap(),
+        |u| swiglu_composite(&g0, u),
+        1e-5,
+    );
+    let (gs, us) = ((randn(&[3, 8], 23) * 3.0).unwrap(), randn(&[3, 8], 24));
+    finite_difference(&[3, 8], |g| swiglu(&(g * 3.0).unwrap(), &us).unwrap());
+    finite_difference(&[3, 8], |u| swiglu(&gs, u).unwrap());
+    // A strided operand reads the same values as its contiguous copy.
+    let gt = g0.transpose(1, 2).unwrap();
+    let ut = u0.transpose(1, 2).unwrap().contiguous().unwrap();
+    assert_eq!(
+        max_diff(
+            &swiglu(&gt, &ut).unwrap(),
+            &swiglu(&gt.contiguous().unwrap(), &ut).unwrap()
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn swiglu_rejects_mismatched_shapes_and_non_f32() {
+    let g = randn(&[2, 8], 1);
+    let err = swiglu(&g, &randn(&[2, 9], 2)).unwrap_err();
+    assert!(err.to_string().contains("differ"), "{err}");
+    let err = swiglu(&g, &g.to_dtype(DType::BF16).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("f32"), "{err}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::linear::{matmul_t, ForwardCtx, Linear};
 use crate::model::tensors::TensorSource;
-use crate::ops::{causal_softmax, rms_norm, rope, RopeTables};
+use crate::ops::{causal_softmax, rms_norm, rope, swiglu, RopeTables};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
@@ -306,9 +306,9 @@ impl Decoder {
             eps,
         )?;
         let m = &block.mlp;
-        let gate = candle_nn::ops::silu(&m.gate_proj.forward(&h, ctx)?)?;
+        let gate = m.gate_proj.forward(&h, ctx)?;
         let up = m.up_proj.forward(&h, ctx)?;
-        let y = m.down_proj.forward(&(gate * up)?, ctx)?;
+        let y = m.down_proj.forward(&swiglu(&gate, &up)?, ctx)?;
         Ok((x + y)?)
     }
 

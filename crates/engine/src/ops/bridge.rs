@@ -101,3 +101,12 @@ pub(crate) fn logical_f32<'a>(
         }
     }
 }
+
+/// The f32 values of a tensor's storage in logical order, as [`logical_f32`] gives them: for
+/// reading the tensors a custom op's backward receives without copying them.
+pub(crate) fn tensor_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<Cow<'a, [f32]>> {
+    match storage {
+        Storage::Cpu(cpu) => logical_f32(cpu, layout),
+        _ => bail!("expected a CPU tensor"),
+    }
+}

@@ -1,5 +1,6 @@
 //! Fused CPU ops with their own backward pass, for the places where candle's fast kernels have
-//! none (rms_norm, rope, softmax_last_dim) or where its generic backward wastes memory (the
+//! none (rms_norm, rope, softmax_last_dim), where an elementwise chain costs a buffer and a
+//! pass per step (swiglu), or where its generic backward wastes memory (the
 //! gradient of a frozen weight). See `shared/notes/candle-training.md` for the measurements
 //! behind each choice. Every op here is checked against finite differences in `tests/ops.rs`
 //! (`linear_cross_entropy` in its own unit tests, which need crate-private chunk sizes).
@@ -12,9 +13,11 @@ pub(crate) mod gemm;
 mod linear_cross_entropy;
 mod rms_norm;
 mod rope;
+mod swiglu;
 
 pub use causal_softmax::causal_softmax;
 pub use frozen_linear::frozen_linear;
 pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
+pub use swiglu::swiglu;

@@ -37,15 +37,27 @@ pub struct Calibration {
     /// gradient, and freed blocks under glibc's (dynamic, up to 32 MiB) mmap threshold stay
     /// resident. Fitted: 0.30.
     pub activation_slack: f64,
-    /// Share of the GEMM peak a training step sustains (the rest is elementwise work,
-    /// allocation and graph bookkeeping; notes: ≈ 74 of 195 GFLOP/s).
+    /// Share of the GEMM probe's speed the matmuls of a training step sustain (thinner
+    /// shapes, transposed operands in backward).
     pub gemm_efficiency: f64,
     /// Bytes moved per activation byte by elementwise work over forward and backward.
     pub memory_passes: f64,
+    /// The same for each logits element the loss computes (exp, max, sum, the gradient).
+    pub logit_passes_cost: f64,
+    /// Ops (forward and backward, at the op probe's cost) of a block without adapters.
+    pub ops_per_block: f64,
+    /// Ops each LoRA adapter adds to its block.
+    pub ops_per_adapter: f64,
+    /// Ops outside the blocks: embedding, final norm, loss, clipping, AdamW per tensor.
+    pub ops_outside_blocks: f64,
+    /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
+    /// weight, gradient and two moments and writes three; the gradient norm reads once more).
+    pub optimizer_passes: f64,
+    /// The same per micro-step (candle allocates each gradient and accumulates into it).
+    pub gradient_passes: f64,
     /// CUDA/Metal context and allocator reserve on a GPU.
     pub gpu_context_bytes: u64,
-    /// Fixed seconds per optimizer step (batch assembly, gradient clipping, AdamW over every
-    /// trainable tensor, progress): dominates tiny models. Fitted to the demo model's runs.
+    /// Fixed seconds per optimizer step (batch assembly, progress, the loss read-back).
     pub step_overhead_s: f64,
 }
 
@@ -58,6 +70,12 @@ impl Default for Calibration {
             activation_slack: 0.10,
             gemm_efficiency: 0.38,
             memory_passes: 3.0,
+            logit_passes_cost: 3.0,
+            ops_per_block: 150.0,
+            ops_per_adapter: 10.0,
+            ops_outside_blocks: 100.0,
+            optimizer_passes: 8.0,
+            gradient_passes: 2.0,
             gpu_context_bytes: 400 << 20,
             step_overhead_s: 0.05,
         }
@@ -96,5 +114,32 @@ pub fn measure_throughput(budget: Duration) -> Result<Throughput> {
     Ok(Throughput {
         gemm_gflops,
         mem_gbps,
+        op_us: measure_op_us(budget)?,
     })
+}
+
+/// µs per op of a small recorded graph, forward and backward: what candle spends on an op
+/// besides its arithmetic (allocation, dispatch to its thread pools, gradient bookkeeping).
+/// The chain mixes matmuls and elementwise ops one to two, as a block does.
+fn measure_op_us(budget: Duration) -> Result<f64> {
+    const TRIPLES: usize = 12;
+    let dev = &Device::Cpu;
+    let w = candle_core::Var::ones((64, 64), candle_core::DType::F32, dev)?;
+    let b = candle_core::Var::ones((16, 64), candle_core::DType::F32, dev)?;
+    let run = || -> Result<()> {
+        let mut x = b.as_tensor().clone();
+        for _ in 0..TRIPLES {
+            x = (x.matmul(w.as_tensor())?.mul(b.as_tensor())? + b.as_tensor())?;
+        }
+        x.sum_all()?.backward()?;
+        Ok(())
+    };
+    run()?;
+    let t0 = Instant::now();
+    let mut reps = 0u32;
+    while reps == 0 || t0.elapsed() < budget {
+        run()?;
+        reps += 1;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / (reps as f64 * 3.0 * TRIPLES as f64))
 }

@@ -47,6 +47,13 @@ pub struct Throughput {
     pub gemm_gflops: f64,
     /// Memory copy bandwidth, GB/s.
     pub mem_gbps: f64,
+    /// One small op of a training graph, forward and backward, µs.
+    #[serde(default = "default_op_us")]
+    pub op_us: f64,
+}
+
+fn default_op_us() -> f64 {
+    Throughput::default().op_us
 }
 
 impl Default for Throughput {
@@ -55,6 +62,7 @@ impl Default for Throughput {
         Self {
             gemm_gflops: 190.0,
             mem_gbps: 10.0,
+            op_us: 10.0,
         }
     }
 }
@@ -131,12 +139,14 @@ pub struct Estimate {
     /// Matmul FLOPs of one trained token (forward, backward, recompute).
     pub flops_per_token: f64,
     pub tokens_per_s: f64,
+    /// Seconds of one optimizer step, by kind of work.
+    pub step_time: super::time::StepTime,
 }
 
 /// Per-token f32 element counts of what one decoder block keeps for backward.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockActivations {
-    /// Everything but attention scores and LoRA: `8h + (5 + 2g)·q + 5·kv + 4·i`.
+    /// Everything but attention scores and LoRA: `6h + 5·q + 2q (GQA) + 5·kv + 3·i`.
     pub dense: u64,
     /// `scores` and `probs` `[b, heads, s, s]`: `2·heads·s` per token.
     pub attention: u64,
@@ -151,12 +161,12 @@ impl BlockActivations {
 }
 
 /// What block `n` keeps per token, tensor by tensor from `Decoder::block_forward`:
-/// - two rms-norms, each its normalised output and the weighted output: `4h`;
+/// - two rms-norms (one fused op each, weight included): their outputs `2h`;
 /// - q: projection, head-major copy, rotated: `3q`; k: the same `3kv`; v: projection and
 ///   copy `2kv`; with GQA (`g = heads/kv_heads > 1`) the repeated k and v: `2q`;
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
-/// - MLP: gate, silu(gate), up, their product `4i`; down output and residual sum `2h`;
+/// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
 /// - LoRA per adapted projection: the base output and the fused delta `scale·B·(A·x)`, both
 ///   inputs of the sum (`2·out`). The fused op keeps nothing else: `A·x` is recomputed and the
 ///   dropout mask regenerated from its seed in backward (`peft::lora_op`).
@@ -176,7 +186,7 @@ pub fn block_activations(
     );
     let gqa = if c.num_kv_groups() > 1 { 2 * q } else { 0 };
     let mut a = BlockActivations {
-        dense: 8 * h + 5 * q + gqa + 5 * kv + 4 * i,
+        dense: 6 * h + 5 * q + gqa + 5 * kv + 3 * i,
         attention: 2 * (c.num_attention_heads * seq) as u64,
         ..Default::default()
     };
@@ -210,7 +220,9 @@ pub fn kv_cache_bytes(c: &Config, tokens: usize) -> u64 {
 /// Matmul FLOPs per trained token: forward `2·in·out` per frozen projection, backward
 /// `2·in·out` for the input gradient and another `2·in·out` where the weight trains; LoRA
 /// `6·r·(in+out)`; attention `4·s·q` forward and `8·s·q` backward per layer; the logits
-/// `2·h·V` each way; checkpointing repeats the block forwards.
+/// `2·h·V` forward and again for their input gradient (and for the weight gradient when the
+/// head trains), plus a recomputation when the loss is fused; checkpointing repeats the block
+/// forwards.
 pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let (h, v, s) = (
         c.hidden_size as f64,
@@ -236,14 +248,27 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
         .map(|&(i, o)| 2.0 * r * (i + o) as f64)
         .sum();
     let attn = 4.0 * s * c.q_dim() as f64 * c.num_hidden_layers as f64;
-    let logits = 2.0 * h * v;
+    let logits = 2.0
+        * h
+        * v
+        * if loss_is_fused(c, &req.method) {
+            3.0
+        } else {
+            2.0
+        };
     let fwd = fwd_blocks + lora + attn;
     let recompute = if req.grad_checkpointing { fwd } else { 0.0 };
-    fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + 2.0 * logits
+    fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + logits
 }
 
 /// The fused loss's bound on one logits tile (`ops::linear_cross_entropy`).
 const LOSS_TILE_BYTES: u64 = 8 << 20;
+
+/// Whether the loss runs fused with the output projection (tiles, no logits kept): whenever
+/// that projection is frozen.
+pub fn loss_is_fused(c: &Config, method: &Method) -> bool {
+    !output_head_trains(c, method)
+}
 
 /// Whether the output projection (the embedding when tied) trains, so the loss must build the
 /// full logits with a graph.
@@ -377,7 +402,7 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     // (`ops::linear_cross_entropy`): no vocabulary-sized buffer is kept, only one logits tile
     // in flight in forward and one in backward. A trained or quantized head takes the
     // ordinary logits path.
-    let fused_loss = !output_head_trains(c, &req.method);
+    let fused_loss = loss_is_fused(c, &req.method);
     let loss_tile = (f * tokens * v).min(LOSS_TILE_BYTES);
     // Only alive while the loss runs: counted in the logits-backward phase, not in the blocks'.
     let loss_tiles = line(
@@ -397,7 +422,6 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
             ),
         ));
     }
-    let acts_bytes: u64 = acts.iter().map(|l| l.bytes).sum();
 
     let logits_grad = line(
         "logits_grad",
@@ -514,10 +538,7 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     };
 
     let flops_per_token = train_flops_per_token(c, req);
-    let act_bytes_per_token = (acts_bytes as f64 / tokens as f64).max(1.0);
-    let secs_per_token = flops_per_token / (req.throughput.gemm_gflops * 1e9 * k.gemm_efficiency)
-        + k.memory_passes * act_bytes_per_token * if req.grad_checkpointing { 1.5 } else { 1.0 }
-            / (req.throughput.mem_gbps * 1e9);
+    let step_time = super::time::step_time(c, req, k);
     Estimate {
         lines,
         peak_bytes,
@@ -530,9 +551,8 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
             trainable: trainable as usize,
         },
         flops_per_token,
-        tokens_per_s: 1.0
-            / (secs_per_token + k.step_overhead_s / (tokens * req.grad_accum.max(1) as u64) as f64)
-                .max(1e-12),
+        tokens_per_s: (tokens * req.grad_accum.max(1) as u64) as f64 / step_time.total().max(1e-12),
+        step_time,
     }
 }
 

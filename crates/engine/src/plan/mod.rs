@@ -10,9 +10,11 @@ pub mod calibrate;
 pub mod estimate;
 pub mod params;
 pub mod recommend;
+pub mod time;
 
 pub use calibrate::measure_throughput;
 pub use estimate::{
     estimate, estimate_with, Calibration, ComputeDevice, Estimate, Line, PlanRequest, Throughput,
 };
 pub use recommend::{recommend, Candidate, DataStats, RecommendOptions, Recommendation};
+pub use time::StepTime;

@@ -1,0 +1,140 @@
+//! The planner's time model: the work of a step scales as its definition says, and the time
+//! splits the way the measurements behind `Calibration` show (dispatch dominates a 260K model,
+//! GEMM a 7B one).
+
+use peft_engine::peft::method::{LoraSettings, Method};
+use peft_engine::plan::estimate::train_flops_per_token;
+use peft_engine::plan::params::adapted_linears;
+use peft_engine::plan::time::{step_time, step_work};
+use peft_engine::plan::{estimate, Calibration, PlanRequest, Throughput};
+use peft_engine::Config;
+
+fn llama(hidden: usize, inter: usize, layers: usize, heads: usize, vocab: usize) -> Config {
+    let json = format!(
+        r#"{{"model_type":"llama","vocab_size":{vocab},"hidden_size":{hidden},"intermediate_size":{inter},
+        "num_hidden_layers":{layers},"num_attention_heads":{heads},"num_key_value_heads":{heads},
+        "max_position_embeddings":4096,"tie_word_embeddings":false,"rms_norm_eps":1e-5}}"#
+    );
+    Config::from_json(&json, "test").unwrap()
+}
+
+fn lora() -> Method {
+    Method::Lora(LoraSettings::default())
+}
+
+#[test]
+fn work_scales_with_tokens_accumulation_and_checkpointing() {
+    let c = llama(256, 688, 4, 4, 1000);
+    let base = PlanRequest {
+        method: lora(),
+        seq_len: 128,
+        ..PlanRequest::default()
+    };
+    let w1 = step_work(&c, &base);
+    let w2 = step_work(
+        &c,
+        &PlanRequest {
+            grad_accum: 2,
+            ..base.clone()
+        },
+    );
+    // Two micro-steps are twice the per-token work; the parameters are updated once.
+    assert!((w2.flops / w1.flops - 2.0).abs() < 1e-12);
+    assert!((w2.logit_bytes / w1.logit_bytes - 2.0).abs() < 1e-12);
+    assert_eq!(w2.trainable_bytes, w1.trainable_bytes);
+    assert_eq!(w1.micro_steps, 1.0);
+    assert_eq!(w2.micro_steps, 2.0);
+
+    let ck = step_work(
+        &c,
+        &PlanRequest {
+            grad_checkpointing: true,
+            ..base.clone()
+        },
+    );
+    assert!(
+        ck.flops > w1.flops,
+        "checkpointing recomputes block forwards"
+    );
+    assert_eq!(ck.logit_bytes, w1.logit_bytes, "the loss is not recomputed");
+
+    let q = step_work(
+        &c,
+        &PlanRequest {
+            method: Method::Qlora(LoraSettings::default()),
+            ..base.clone()
+        },
+    );
+    assert_eq!(w1.dequant_bytes, 0.0);
+    // Every block projection is dequantized in forward and backward: 4 B × params × 2.
+    let proj = 4 * (4 * 256 * 256 + 3 * 256 * 688);
+    assert_eq!(q.dequant_bytes, (4 * 2 * proj) as f64);
+}
+
+#[test]
+fn flops_count_the_fused_loss_recomputation() {
+    let c = llama(256, 688, 4, 4, 1000);
+    let req = |m: Method| PlanRequest {
+        method: m,
+        seq_len: 64,
+        ..PlanRequest::default()
+    };
+    let with_lora = train_flops_per_token(&c, &req(lora()));
+    let full = train_flops_per_token(&c, &req(Method::Full));
+    // Full adds every block weight gradient (2·in·out per matrix) and the head's (2·h·V), which
+    // LoRA trades for the fused loss's recomputation of the logits (2·h·V) and its own matmuls
+    // (2·r·(in+out) per adapter, forward and twice in backward).
+    let blocks: f64 = 4.0 * 2.0 * (4.0 * 256.0 * 256.0 + 3.0 * 256.0 * 688.0);
+    let r = LoraSettings::default().rank as f64;
+    let lora_mm: f64 = adapted_linears(&c, &lora())
+        .iter()
+        .map(|&(i, o)| 3.0 * 2.0 * r * (i + o) as f64)
+        .sum();
+    assert!(lora_mm > 0.0);
+    let expected = full - blocks + lora_mm;
+    assert!(
+        (with_lora - expected).abs() / expected < 1e-9,
+        "lora {with_lora} vs {expected}"
+    );
+}
+
+#[test]
+fn time_is_dispatch_for_tiny_models_and_gemm_for_large_ones() {
+    let k = Calibration::default();
+    let tp = Throughput {
+        gemm_gflops: 200.0,
+        mem_gbps: 15.0,
+        op_us: 8.0,
+    };
+    let req = PlanRequest {
+        method: lora(),
+        seq_len: 256,
+        throughput: tp,
+        ..PlanRequest::default()
+    };
+    let tiny = step_time(&llama(64, 172, 5, 8, 512), &req, &k);
+    assert!(tiny.dispatch_s > tiny.gemm_s + tiny.memory_s, "{tiny:?}");
+    let big = step_time(&llama(4096, 11008, 32, 32, 32000), &req, &k);
+    assert!(
+        big.gemm_s > big.dispatch_s + big.memory_s + big.optimizer_s,
+        "{big:?}"
+    );
+
+    // The estimate's tokens/s is the step's tokens over its time.
+    let c = llama(256, 688, 4, 4, 1000);
+    let e = estimate(&c, &req);
+    assert!((e.tokens_per_s - 256.0 / e.step_time.total()).abs() < 1e-6 * e.tokens_per_s);
+    // A machine twice as fast in every probe runs the same step in half the time.
+    let fast = PlanRequest {
+        throughput: Throughput {
+            gemm_gflops: 400.0,
+            mem_gbps: 30.0,
+            op_us: 4.0,
+        },
+        ..req.clone()
+    };
+    let t1 = step_time(&c, &req, &k);
+    let t2 = step_time(&c, &fast, &k);
+    let variable = |t: &peft_engine::plan::StepTime| t.total() - t.fixed_s;
+    assert!((variable(&t1) / variable(&t2) - 2.0).abs() < 1e-9);
+}
