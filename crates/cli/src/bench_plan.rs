@@ -168,7 +168,7 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     write_data(&data)?;
     let tp: Throughput = measure_throughput(Duration::from_millis(300))?;
     println!(
-        "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s copy\n",
+        "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s elementwise\n",
         tp.gemm_gflops, tp.mem_gbps
     );
     println!("| model | method | seq | ckpt | predicted peak | measured peak | error | predicted tok/s | measured tok/s | error |");

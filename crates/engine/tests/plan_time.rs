@@ -1,6 +1,6 @@
 //! The planner's time model: the work of a step scales as its definition says, and the time
-//! splits the way the measurements behind `Calibration` show (dispatch dominates a 260K model,
-//! GEMM a 7B one).
+//! splits the way the measurements behind `Calibration` show (elementwise work dominates a
+//! 260K model, GEMM a 7B one).
 
 use peft_engine::peft::method::{LoraSettings, Method};
 use peft_engine::plan::estimate::train_flops_per_token;
@@ -99,12 +99,11 @@ fn flops_count_the_fused_loss_recomputation() {
 }
 
 #[test]
-fn time_is_dispatch_for_tiny_models_and_gemm_for_large_ones() {
+fn time_is_elementwise_for_tiny_models_and_gemm_for_large_ones() {
     let k = Calibration::default();
     let tp = Throughput {
         gemm_gflops: 200.0,
-        mem_gbps: 15.0,
-        op_us: 8.0,
+        mem_gbps: 45.0,
     };
     let req = PlanRequest {
         method: lora(),
@@ -113,12 +112,9 @@ fn time_is_dispatch_for_tiny_models_and_gemm_for_large_ones() {
         ..PlanRequest::default()
     };
     let tiny = step_time(&llama(64, 172, 5, 8, 512), &req, &k);
-    assert!(tiny.dispatch_s > tiny.gemm_s + tiny.memory_s, "{tiny:?}");
+    assert!(tiny.memory_s > 2.0 * tiny.gemm_s, "{tiny:?}");
     let big = step_time(&llama(4096, 11008, 32, 32, 32000), &req, &k);
-    assert!(
-        big.gemm_s > big.dispatch_s + big.memory_s + big.optimizer_s,
-        "{big:?}"
-    );
+    assert!(big.gemm_s > big.memory_s + big.optimizer_s, "{big:?}");
 
     // The estimate's tokens/s is the step's tokens over its time.
     let c = llama(256, 688, 4, 4, 1000);
@@ -128,8 +124,7 @@ fn time_is_dispatch_for_tiny_models_and_gemm_for_large_ones() {
     let fast = PlanRequest {
         throughput: Throughput {
             gemm_gflops: 400.0,
-            mem_gbps: 30.0,
-            op_us: 4.0,
+            mem_gbps: 90.0,
         },
         ..req.clone()
     };

@@ -1,12 +1,13 @@
 //! The estimate's measured constants ([`Calibration`], fitted to `peft bench plan`) and a short
 //! measurement of this machine's speed for the time estimate: f32 GEMM GFLOP/s at a
-//! training-like shape (256 tokens × 576 → 1536, SmolLM2's MLP) and memory-copy bandwidth.
-//! About a third of a second; the result is a [`Throughput`] the pure estimate takes.
+//! training-like shape (256 tokens × 576 → 1536, SmolLM2's MLP) and the bandwidth of an
+//! elementwise op on an activation-sized tensor.
+//! About two thirds of a second; the result is a [`Throughput`] the pure estimate takes.
 //!
-//! Why not time a real training step: a step of even the demo model spends most of its time in
-//! per-op overhead, which does not scale to larger models; GEMM speed does, and the estimate's
-//! `gemm_efficiency` (fitted by `peft bench plan`) carries the rest. This module is the only
-//! part of `plan` that measures anything.
+//! Why not time a real training step: the recommender ranks dozens of configurations, some
+//! too large to run; GEMM and memory speed scale to any of them, and the step's work is
+//! counted exactly (`plan::time`). This module is the only part of `plan` that measures
+//! anything.
 
 use super::estimate::Throughput;
 use crate::error::Result;
@@ -31,33 +32,40 @@ pub struct Calibration {
     /// logits gradient). Counting gives ≈ 4; the SmolLM2 checkpointed runs, whose peak is this
     /// moment, measured ≈ 6.5 (the rest is glibc keeping freed vocabulary-sized chunks).
     pub logits_grad_copies: f64,
-    /// Extra resident bytes per byte of block activations. The tensor-by-tensor count of
-    /// `block_activations` under-predicted SmolLM2 LoRA runs by ≈ 25–30 % of the activation
-    /// terms: candle's backward allocates each op's input gradients before freeing the output
-    /// gradient, and freed blocks under glibc's (dynamic, up to 32 MiB) mmap threshold stay
-    /// resident. Fitted: 0.30.
+    /// Extra resident bytes per byte of block activations: candle's backward allocates each
+    /// op's input gradients before freeing the output gradient, and freed blocks under glibc's
+    /// (dynamic, up to 32 MiB) mmap threshold stay resident. Fitted: 0.30 while RMSNorm's
+    /// weight and SwiGLU ran as composite candle ops, 0.10 after the fused LoRA and loss ops,
+    /// 0 since RMSNorm·weight and SwiGLU are fused too (their composite backward was most of
+    /// those temporaries).
     pub activation_slack: f64,
     /// Share of the GEMM probe's speed the matmuls of a training step sustain (thinner
-    /// shapes, transposed operands in backward).
+    /// shapes, transposed operands in backward). Set from `perf record` of a SmolLM2 LoRA step
+    /// (GEMM kernels ≈ 45 % of the samples, 81 GFLOP in 1.6 s) rather than fitted: with two
+    /// model shapes every per-token term is collinear with the FLOPs.
     pub gemm_efficiency: f64,
-    /// Bytes moved per activation byte by elementwise work over forward and backward.
+    /// Bytes moved per byte of block activation computed (forward, candle's backward with its
+    /// zero-filled and accumulated gradients, recomputation), at the elementwise probe's speed
+    /// (cache-resident, so a "pass" here is ≈ 1/3 of a DRAM pass). Fitted: 64.
     pub memory_passes: f64,
-    /// The same for each logits element the loss computes (exp, max, sum, the gradient).
-    pub logit_passes_cost: f64,
-    /// Ops (forward and backward, at the op probe's cost) of a block without adapters.
-    pub ops_per_block: f64,
-    /// Ops each LoRA adapter adds to its block.
-    pub ops_per_adapter: f64,
-    /// Ops outside the blocks: embedding, final norm, loss, clipping, AdamW per tensor.
-    pub ops_outside_blocks: f64,
+    /// The same per byte of attention scores (causal softmax and its backward, the thin
+    /// `[s, s]·[s, head_dim]` matmuls). Fitted: 130.
+    pub attention_passes: f64,
+    /// The same per byte of logits the fused loss computes (exp, max, sum; in backward the
+    /// softmax minus the one-hot). Set to 24, not fitted (see `gemm_efficiency`).
+    pub logit_passes: f64,
+    /// The same per byte of weights NF4 dequantization writes. Fitted: 26.
+    pub dequant_passes: f64,
     /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
     /// weight, gradient and two moments and writes three; the gradient norm reads once more).
     pub optimizer_passes: f64,
-    /// The same per micro-step (candle allocates each gradient and accumulates into it).
+    /// The same per micro-step (candle allocates each weight gradient, fills the embedding's
+    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 142.
     pub gradient_passes: f64,
     /// CUDA/Metal context and allocator reserve on a GPU.
     pub gpu_context_bytes: u64,
     /// Fixed seconds per optimizer step (batch assembly, progress, the loss read-back).
+    /// Fitted: 5 ms.
     pub step_overhead_s: f64,
 }
 
@@ -67,22 +75,37 @@ impl Default for Calibration {
             runtime_bytes: 13 << 20,
             tokenizer_bytes_per_token: 400,
             logits_grad_copies: 6.5,
-            activation_slack: 0.10,
-            gemm_efficiency: 0.38,
-            memory_passes: 3.0,
-            logit_passes_cost: 3.0,
-            ops_per_block: 150.0,
-            ops_per_adapter: 10.0,
-            ops_outside_blocks: 100.0,
-            optimizer_passes: 8.0,
-            gradient_passes: 2.0,
+            activation_slack: 0.0,
+            gemm_efficiency: 0.69,
+            memory_passes: 64.0,
+            attention_passes: 130.0,
+            logit_passes: 24.0,
+            dequant_passes: 26.0,
+            optimizer_passes: 58.0,
+            gradient_passes: 84.0,
             gpu_context_bytes: 400 << 20,
-            step_overhead_s: 0.05,
+            step_overhead_s: 0.005,
         }
     }
 }
 
-/// Runs the two probes for about `budget` each (at least one repetition).
+/// Median seconds of one call of `f`, repeated for about `budget` (at least 3 times). The
+/// median, not the mean: a neighbour's burst on a shared machine inflates a few repetitions,
+/// not the machine's sustained speed.
+fn median_secs(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up: thread-pool start and first-touch page faults are not throughput
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 3 || start.elapsed() < budget {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2].max(1e-9))
+}
+
+/// Runs the two probes for about `budget` each.
 ///
 /// # Errors
 /// [`crate::Error::Candle`] if candle cannot allocate the probe tensors.
@@ -90,56 +113,22 @@ pub fn measure_throughput(budget: Duration) -> Result<Throughput> {
     let (m, k, n) = (256usize, 576usize, 1536usize);
     let x = Tensor::ones((m, k), candle_core::DType::F32, &Device::Cpu)?;
     let w = Tensor::ones((n, k), candle_core::DType::F32, &Device::Cpu)?;
-    // One warm-up call: thread-pool start and first-touch page faults are not throughput.
-    let _ = x.matmul(&w.t()?)?;
-    let t0 = Instant::now();
-    let mut reps = 0u32;
-    while reps == 0 || t0.elapsed() < budget {
-        let _ = x.matmul(&w.t()?)?;
-        reps += 1;
-    }
-    let gemm_gflops = 2.0 * (m * k * n) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9;
-
-    let src = vec![1.0f32; 8 << 20]; // 32 MiB
-    let mut dst = vec![0.0f32; src.len()];
-    let t0 = Instant::now();
-    let mut copies = 0u32;
-    while copies == 0 || t0.elapsed() < budget {
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&mut dst);
-        copies += 1;
-    }
-    // A copy reads and writes every byte.
-    let mem_gbps = 2.0 * 4.0 * src.len() as f64 * copies as f64 / t0.elapsed().as_secs_f64() / 1e9;
-    Ok(Throughput {
-        gemm_gflops,
-        mem_gbps,
-        op_us: measure_op_us(budget)?,
-    })
-}
-
-/// µs per op of a small recorded graph, forward and backward: what candle spends on an op
-/// besides its arithmetic (allocation, dispatch to its thread pools, gradient bookkeeping).
-/// The chain mixes matmuls and elementwise ops one to two, as a block does.
-fn measure_op_us(budget: Duration) -> Result<f64> {
-    const TRIPLES: usize = 12;
-    let dev = &Device::Cpu;
-    let w = candle_core::Var::ones((64, 64), candle_core::DType::F32, dev)?;
-    let b = candle_core::Var::ones((16, 64), candle_core::DType::F32, dev)?;
-    let run = || -> Result<()> {
-        let mut x = b.as_tensor().clone();
-        for _ in 0..TRIPLES {
-            x = (x.matmul(w.as_tensor())?.mul(b.as_tensor())? + b.as_tensor())?;
-        }
-        x.sum_all()?.backward()?;
+    let gemm_s = median_secs(budget, || {
+        std::hint::black_box(x.matmul(&w.t()?)?);
         Ok(())
-    };
-    run()?;
-    let t0 = Instant::now();
-    let mut reps = 0u32;
-    while reps == 0 || t0.elapsed() < budget {
-        run()?;
-        reps += 1;
-    }
-    Ok(t0.elapsed().as_secs_f64() * 1e6 / (reps as f64 * 3.0 * TRIPLES as f64))
+    })?;
+    // Elementwise work runs through candle's thread pool on tensors the size of a block's
+    // activations (here 1.5 MiB), mostly in cache: a plain DRAM copy read both slower and far
+    // noisier on a shared machine than the training step's elementwise ops turned out to be.
+    let a = Tensor::ones((m, n), candle_core::DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((m, n), candle_core::DType::F32, &Device::Cpu)?;
+    let elementwise_s = median_secs(budget, || {
+        std::hint::black_box((&a * &b)?);
+        Ok(())
+    })?;
+    Ok(Throughput {
+        gemm_gflops: 2.0 * (m * k * n) as f64 / gemm_s / 1e9,
+        // Two operands read, one result written.
+        mem_gbps: 3.0 * 4.0 * (m * n) as f64 / elementwise_s / 1e9,
+    })
 }

@@ -45,24 +45,17 @@ pub enum ComputeDevice {
 pub struct Throughput {
     /// f32 GEMM speed with all threads, GFLOP/s.
     pub gemm_gflops: f64,
-    /// Memory copy bandwidth, GB/s.
+    /// Bytes per second an elementwise op moves on activation-sized tensors (all threads),
+    /// GB/s.
     pub mem_gbps: f64,
-    /// One small op of a training graph, forward and backward, µs.
-    #[serde(default = "default_op_us")]
-    pub op_us: f64,
-}
-
-fn default_op_us() -> f64 {
-    Throughput::default().op_us
 }
 
 impl Default for Throughput {
-    /// A 2-core Zen 4 (this project's reference machine, `shared/notes/candle-training.md`).
+    /// This project's 2-core reference machine (median probes over a `peft bench plan` run).
     fn default() -> Self {
         Self {
-            gemm_gflops: 190.0,
-            mem_gbps: 10.0,
-            op_us: 10.0,
+            gemm_gflops: 165.0,
+            mem_gbps: 48.0,
         }
     }
 }
