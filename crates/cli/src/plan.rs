@@ -173,6 +173,18 @@ fn print_recommendation(r: &Recommendation) {
             );
         }
         println!("  {:>10}  total", format_bytes(best.estimate.peak_bytes));
+        let t = &best.estimate.step_time;
+        println!(
+            "\ntime per optimizer step for #1: {:.2} s = GEMM {:.2} s ({:.1} GFLOP) + elementwise {:.2} s + optimizer {:.2} s + fixed {:.3} s",
+            t.total(),
+            t.gemm_s,
+            best.estimate.flops_per_token
+                * (best.request.seq_len * best.request.batch_size * best.request.grad_accum) as f64
+                / 1e9,
+            t.memory_s,
+            t.optimizer_s,
+            t.fixed_s
+        );
     }
     println!("\n{}", r.summary);
 }

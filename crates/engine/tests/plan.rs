@@ -121,11 +121,25 @@ fn line(e: &peft_engine::plan::Estimate, name: &str) -> u64 {
 #[test]
 fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
     let c = smollm2();
+    // QLoRA: its adapters keep tensors of their own (on a dense base the fused LoRA linear
+    // keeps nothing beyond its inputs, checked below).
     let base = PlanRequest {
+        method: Method::Qlora(Default::default()),
         evaluation: false,
         seq_len: 256,
         ..Default::default()
     };
+    let dense_lora = estimate(
+        &c,
+        &PlanRequest {
+            method: Method::Lora(Default::default()),
+            ..base.clone()
+        },
+    );
+    assert!(dense_lora
+        .lines
+        .iter()
+        .all(|l| l.name != "activations.lora"));
     let e1 = estimate(&c, &base);
     let e2 = estimate(
         &c,

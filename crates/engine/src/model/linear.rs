@@ -5,7 +5,9 @@
 //! (full or selective fine-tuning) goes through the ordinary matmul so it receives a gradient;
 //! a plain tensor goes through [`crate::ops::frozen_linear`], whose backward returns only the
 //! input gradient; an NF4 weight goes through the NF4 op. The LoRA delta is added by
-//! [`crate::peft::lora::Lora::forward`], the one place `scale · B·A` is computed.
+//! [`crate::peft::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
+//! together with the base product by [`crate::peft::lora::Lora::forward_with_base`] (one op
+//! instead of two plus an add: fewer full-size buffers and gradient accumulations).
 
 use crate::ops::frozen_linear;
 use crate::peft::lora::Lora;
@@ -57,6 +59,16 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Whether the base product and the adapter can run as one op: the base must be frozen (the op
+/// returns no gradient for it) and the op has only a CPU kernel for f32 inputs.
+fn fusable(x: &Tensor, w: &Tensor) -> bool {
+    !w.track_op()
+        && matches!(w.dtype(), DType::F32 | DType::BF16)
+        && x.dtype() == DType::F32
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+}
+
 impl Linear {
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
@@ -77,14 +89,18 @@ impl Linear {
 
     /// `y = x·Wᵀ + b + scale·B·A·dropout(x)`.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut y = match &self.base {
-            Base::Dense(w) => matmul_t(x, w)?,
-            Base::Nf4(q) => Nf4Linear::new(q.clone()).forward(x)?,
+        let lora = self.lora.as_ref().filter(|_| !self.merged);
+        let (mut y, lora_done) = match (&self.base, lora) {
+            (Base::Dense(w), Some(lora)) if fusable(x, w) => {
+                (lora.forward_with_base(x, w, ctx)?, true)
+            }
+            (Base::Dense(w), _) => (matmul_t(x, w)?, false),
+            (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward(x)?, false),
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
         }
-        if let (Some(lora), false) = (&self.lora, self.merged) {
+        if let (Some(lora), false) = (lora, lora_done) {
             y = (y + lora.forward(x, ctx)?)?;
         }
         Ok(y)

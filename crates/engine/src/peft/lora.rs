@@ -4,8 +4,10 @@
 //!
 //! `A` starts Kaiming-uniform (bound `1/√in`, PEFT's `a = √5`) and `B` at zero, so a fresh
 //! adapter leaves the model's output unchanged. This module is the one place the delta is
-//! computed ([`Lora::forward`], [`Lora::delta_weight`]); merging adds `delta_weight` to `W`.
+//! computed ([`Lora::forward`], [`Lora::forward_with_base`], [`Lora::delta_weight`]); merging adds
+//! `delta_weight` to `W`.
 
+use super::lora_linear_op::lora_linear;
 use super::lora_op::{lora_delta, DropoutMask};
 use crate::model::linear::ForwardCtx;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -71,13 +73,27 @@ impl Lora {
 
     /// `scale · B·(A·dropout(x))` for `x: [..., in]` (one fused op, see [`super::lora_op`]).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let dropout = (ctx.train && self.dropout > 0.0).then(|| DropoutMask {
-            p: self.dropout,
-            seed: mix(ctx.step_seed, self.stream),
-        });
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
-        lora_delta(x, &a, &b, self.scale, dropout)
+        lora_delta(x, &a, &b, self.scale, self.dropout_mask(ctx))
+    }
+
+    /// `x·Wᵀ + scale · B·(A·dropout(x))` for a frozen dense `w: [out, in]`, as one op (see
+    /// [`super::lora_linear_op`]): the same value and dropout mask as `frozen_linear(x, w) +
+    /// self.forward(x, ctx)`, without the second output buffer and the add.
+    pub fn forward_with_base(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let a = self.a.to_dtype(DType::F32)?;
+        let b = self.b.to_dtype(DType::F32)?;
+        lora_linear(x, w, &a, &b, self.scale, self.dropout_mask(ctx))
+    }
+
+    /// Seeded by (step, adapter) so a resumed run and a checkpointed recomputation draw the
+    /// same mask.
+    fn dropout_mask(&self, ctx: &ForwardCtx) -> Option<DropoutMask> {
+        (ctx.train && self.dropout > 0.0).then(|| DropoutMask {
+            p: self.dropout,
+            seed: mix(ctx.step_seed, self.stream),
+        })
     }
 
     /// `scale · B·A`, `[out, in]`: what merging adds to `W`.

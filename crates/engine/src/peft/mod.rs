@@ -2,6 +2,7 @@
 
 pub mod adapter_io;
 pub mod lora;
+pub mod lora_linear_op;
 pub mod lora_op;
 pub mod method;
 pub mod nf4;

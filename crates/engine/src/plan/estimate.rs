@@ -143,7 +143,7 @@ pub struct BlockActivations {
     pub dense: u64,
     /// `scores` and `probs` `[b, heads, s, s]`: `2·heads·s` per token.
     pub attention: u64,
-    /// LoRA adapters: `3·out + r` per adapted projection.
+    /// LoRA adapters: `2·out` per adapted projection on an NF4 base, 0 on a dense one.
     pub lora: u64,
 }
 
@@ -160,8 +160,9 @@ impl BlockActivations {
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
 /// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
-/// - LoRA per adapted projection: the base output and the fused delta `scale·B·(A·x)`, both
-///   inputs of the sum (`2·out`). The fused op keeps nothing else: `A·x` is recomputed and the
+/// - LoRA on a dense base: nothing (base and delta are one op that keeps only its inputs);
+///   QLoRA per adapted projection: the NF4 base output and the fused delta `scale·B·(A·x)`,
+///   both inputs of the sum (`2·out`). Neither op keeps more: `A·x` is recomputed and the
 ///   dropout mask regenerated from its seed in backward (`peft::lora_op`).
 ///
 /// `train == false` is the evaluation forward; the counts are the same (dropout keeps nothing).
@@ -183,7 +184,9 @@ pub fn block_activations(
         attention: 2 * (c.num_attention_heads * seq) as u64,
         ..Default::default()
     };
-    if method.lora().is_some() {
+    // A dense frozen base and its adapter run as one op (`peft::lora_linear_op`) that keeps
+    // only its inputs; an NF4 base keeps its output and the delta's, both inputs of their sum.
+    if matches!(method, Method::Qlora(_)) {
         let per_layer = adapted_linears(c, method).len() / c.num_hidden_layers.max(1);
         let linears: Vec<(usize, usize)> = adapted_linears(c, method)
             .into_iter()
