@@ -391,8 +391,8 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     }
     acts.push(line(
         "activations.final_norm",
-        f * tokens * h * 2,
-        "final rms-norm output and weighted output".into(),
+        f * tokens * h,
+        "final rms-norm output (one fused op, weight included)".into(),
     ));
     // With a frozen dense output projection the loss is the fused, tiled lm_head + cross-entropy
     // (`ops::linear_cross_entropy`): no vocabulary-sized buffer is kept, only one logits tile
