@@ -2,7 +2,9 @@
 //! forward values and input gradients must agree.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use peft_engine::ops::{causal_softmax, frozen_linear, rms_norm, rope, swiglu, RopeTables};
+use peft_engine::ops::{
+    causal_softmax, causal_softmax_grouped, frozen_linear, rms_norm, rope, swiglu, RopeTables,
+};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
@@ -310,4 +312,47 @@ fn causal_softmax_matches_masked_softmax() {
         );
     }
     finite_difference(&[1, 2, 5, 5], |x| causal_softmax(x, scale, 0).unwrap());
+}
+
+/// Grouped-query rows `[b, kv_heads, groups·q, k]` are masked by their position within the
+/// group: the same as each group's `[q, k]` block on its own, values and gradients.
+#[test]
+fn grouped_causal_softmax_equals_per_group() {
+    let (groups, q, k, offset) = (3usize, 4usize, 6usize, 2usize);
+    let x =
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, groups * q, k), &Device::Cpu).unwrap())
+            .unwrap();
+    let g = Tensor::randn(0f32, 1.0, (2, 2, groups * q, k), &Device::Cpu).unwrap();
+    let grouped = causal_softmax_grouped(x.as_tensor(), 0.5, offset, q).unwrap();
+    let split = causal_softmax(
+        &x.as_tensor().reshape((2, 2 * groups, q, k)).unwrap(),
+        0.5,
+        offset,
+    )
+    .unwrap()
+    .reshape((2, 2, groups * q, k))
+    .unwrap();
+    let diff = (&grouped - &split)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    let ga = (&grouped * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gb = (&split * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (da, db) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+    let diff = (da - db).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    assert!(causal_softmax_grouped(x.as_tensor(), 0.5, 0, 5).is_err());
 }

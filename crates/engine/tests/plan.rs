@@ -207,9 +207,9 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
             .abs()
             < 1e-6
     );
-    // Per block, by hand: 6h + (5 + 2)q + 5kv + 3i = 3456 + 4032 + 960 + 4608, and 2·9·256 scores.
+    // Per block, by hand: 6h + 5q + 5kv + 3i = 3456 + 2880 + 960 + 4608, and 2·9·256 scores.
     let a = block_activations(&c, &base.method, 256, true);
-    assert_eq!(a.dense, 13_056);
+    assert_eq!(a.dense, 11_904);
     assert_eq!(a.attention, 4_608);
     // Checkpointing keeps only block inputs: far less than the full graph.
     let ck = estimate(

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::linear::{matmul_t, ForwardCtx, Linear};
 use crate::model::tensors::TensorSource;
-use crate::ops::{causal_softmax, rms_norm, rope, swiglu, RopeTables};
+use crate::ops::{causal_softmax_grouped, rms_norm, rope, swiglu, RopeTables};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
@@ -349,12 +349,14 @@ impl Decoder {
             }
             *slot = Some((k.clone(), v.clone()));
         }
+        // Grouped-query attention without repeating k and v: the query heads that share a key
+        // head (adjacent, as in `repeat_kv`) are stacked as rows of one [groups·s, d] matrix per
+        // key head, which saves two [b, heads, kv_len, d] copies and their gradients per layer.
         let groups = nh / nkv;
-        let k = candle_transformers::utils::repeat_kv(k, groups)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, groups)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = causal_softmax(&scores, 1.0 / (d as f64).sqrt(), offset)?;
-        let out = probs.matmul(&v)?; // [b, nh, s, d]
+        let q = q.reshape((b, nkv, groups * s, d))?;
+        let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
+        let probs = causal_softmax_grouped(&scores, 1.0 / (d as f64).sqrt(), offset, s)?;
+        let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;
         let out = out.transpose(1, 2)?.reshape((b, s, nh * d))?;
         Ok(attn.o_proj.forward(&out, ctx)?)
     }

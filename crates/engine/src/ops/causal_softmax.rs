@@ -1,19 +1,22 @@
 //! Scaled, causally masked softmax over attention scores, with its backward.
 //!
-//! Input `s: [b, h, q, k]` where query `i` sits at absolute position `offset + i` and key `j`
-//! at position `j` (`k = offset + q` with a KV cache). Output
-//! `y_ij = softmax_j(scale · s_ij)` over `j ≤ offset + i`, and 0 above the diagonal.
+//! Input `s: [b, h, rows, k]` whose rows are queries at positions `offset + (row mod q)`
+//! (`rows = q`, or `groups · q` when grouped-query heads share their key head's scores
+//! matrix) and key `j` at position `j` (`k = offset + q` with a KV cache). Output
+//! `y_ij = softmax_j(scale · s_ij)` over `j ≤ position(i)`, and 0 above the diagonal.
 //! Folding the mask in here means no additive mask tensor collects a gradient per layer;
 //! the backward is `dx = scale · y ⊙ (g − Σ_j g ⊙ y)`. Right-padded batches need no extra
 //! mask: padding sits after every real token, so causality already hides it.
 
-use super::bridge::cpu_to_tensor;
+use super::bridge::{logical_f32, tensor_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 struct CausalSoftmax {
     scale: f32,
     offset: usize,
+    /// Queries per group of rows (the sequence length of this call).
+    q: usize,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -23,12 +26,10 @@ impl CustomOp1 for CausalSoftmax {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = layout.shape().dims();
-        let (q, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-        let x = cpu_to_tensor(storage, layout)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let k = dims[dims.len() - 1];
+        let x = logical_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
-        let (scale, offset) = (self.scale, self.offset);
+        let (scale, offset, q) = (self.scale, self.offset, self.q.max(1));
         y.par_chunks_mut(k)
             .zip(x.par_chunks(k))
             .enumerate()
@@ -52,12 +53,9 @@ impl CustomOp1 for CausalSoftmax {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let k = res.dim(candle_core::D::Minus1)?;
-        let y = res.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad
-            .detach()
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (ys, yl) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (y, g) = (tensor_f32(&ys, yl)?, tensor_f32(&gs, gl)?);
         let mut dx = vec![0f32; y.len()];
         let scale = self.scale;
         dx.par_chunks_mut(k)
@@ -74,8 +72,25 @@ impl CustomOp1 for CausalSoftmax {
 
 /// `softmax(scale · scores)` with a causal mask; see the module docs for shapes.
 pub fn causal_softmax(scores: &Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+    let q = scores.dim(candle_core::D::Minus2)?;
+    causal_softmax_grouped(scores, scale, offset, q)
+}
+
+/// [`causal_softmax`] for scores whose rows are groups of `q` queries each (grouped-query
+/// attention computed per key head: `[b, kv_heads, groups · q, k]`).
+pub fn causal_softmax_grouped(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+) -> Result<Tensor> {
+    let rows = scores.dim(candle_core::D::Minus2)?;
+    if q == 0 || rows % q != 0 {
+        candle_core::bail!("causal softmax: {rows} score rows are not groups of {q} queries");
+    }
     scores.apply_op1(CausalSoftmax {
         scale: scale as f32,
         offset,
+        q,
     })
 }

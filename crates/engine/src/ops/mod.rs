@@ -15,7 +15,7 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use causal_softmax::causal_softmax;
+pub use causal_softmax::{causal_softmax, causal_softmax_grouped};
 pub use frozen_linear::frozen_linear;
 pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;

@@ -139,7 +139,7 @@ pub struct Estimate {
 /// Per-token f32 element counts of what one decoder block keeps for backward.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockActivations {
-    /// Everything but attention scores and LoRA: `6h + 5·q + 2q (GQA) + 5·kv + 3·i`.
+    /// Everything but attention scores and LoRA: `6h + 5·q + 5·kv + 3·i`.
     pub dense: u64,
     /// `scores` and `probs` `[b, heads, s, s]`: `2·heads·s` per token.
     pub attention: u64,
@@ -156,7 +156,7 @@ impl BlockActivations {
 /// What block `n` keeps per token, tensor by tensor from `Decoder::block_forward`:
 /// - two rms-norms (one fused op each, weight included): their outputs `2h`;
 /// - q: projection, head-major copy, rotated: `3q`; k: the same `3kv`; v: projection and
-///   copy `2kv`; with GQA (`g = heads/kv_heads > 1`) the repeated k and v: `2q`;
+///   copy `2kv` (grouped-query heads share their key head's k and v, never repeated);
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
 /// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
@@ -178,9 +178,8 @@ pub fn block_activations(
         c.kv_dim() as u64,
         c.intermediate_size as u64,
     );
-    let gqa = if c.num_kv_groups() > 1 { 2 * q } else { 0 };
     let mut a = BlockActivations {
-        dense: 6 * h + 5 * q + gqa + 5 * kv + 3 * i,
+        dense: 6 * h + 5 * q + 5 * kv + 3 * i,
         attention: 2 * (c.num_attention_heads * seq) as u64,
         ..Default::default()
     };
