@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Measured constants. Every one was fitted to `peft bench plan` runs (see the CLI's
 /// `bench_plan.rs`) on the reference machine; the doc of each says what it stands for. The
 /// time constants come from a non-negative least-squares fit of relative step-time error over
-/// the 24 cells of two runs (`PEFT_BENCH_PLAN_RAW=1 peft bench plan --methods lora,qlora,full` prints each
+/// the 24 cells of a run (`PEFT_BENCH_PLAN_RAW=1 peft bench plan --methods lora,qlora,full` prints each
 /// cell's measured step, its probes and its `StepWork` as JSON on stderr).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -49,26 +49,26 @@ pub struct Calibration {
     pub gemm_efficiency: f64,
     /// Bytes moved per byte of block activation computed (forward, candle's backward with its
     /// zero-filled and accumulated gradients, recomputation), at the elementwise probe's speed
-    /// (cache-resident, so a "pass" here is ≈ 1/3 of a DRAM pass). Fitted: 73.
+    /// (cache-resident, so a "pass" here is ≈ 1/3 of a DRAM pass). Fitted: 67.
     pub memory_passes: f64,
     /// The same per byte of attention scores (causal softmax and its backward, the thin
-    /// `[s, s]·[s, head_dim]` matmuls). Fitted: 218.
+    /// `[s, s]·[s, head_dim]` matmuls). Fitted: 158.
     pub attention_passes: f64,
     /// The same per byte of logits the fused loss computes (exp, max, sum; in backward the
     /// softmax minus the one-hot). Set to 24, not fitted (see `gemm_efficiency`).
     pub logit_passes: f64,
-    /// The same per byte of weights NF4 dequantization writes. Fitted: 35.
+    /// The same per byte of weights NF4 dequantization writes. Fitted: 18.
     pub dequant_passes: f64,
     /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
     /// weight, gradient and two moments and writes three; the gradient norm reads once more).
     pub optimizer_passes: f64,
     /// The same per micro-step (candle allocates each weight gradient, fills the embedding's
-    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 138.
+    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 125.
     pub gradient_passes: f64,
     /// CUDA/Metal context and allocator reserve on a GPU.
     pub gpu_context_bytes: u64,
     /// Fixed seconds per optimizer step (batch assembly, progress, the loss read-back).
-    /// Fitted: 6.7 ms.
+    /// Fitted: 13 ms.
     pub step_overhead_s: f64,
 }
 
@@ -80,14 +80,14 @@ impl Default for Calibration {
             logits_grad_copies: 6.5,
             activation_slack: 0.0,
             gemm_efficiency: 0.69,
-            memory_passes: 73.0,
-            attention_passes: 218.0,
+            memory_passes: 67.0,
+            attention_passes: 158.0,
             logit_passes: 24.0,
-            dequant_passes: 35.0,
-            optimizer_passes: 57.0,
-            gradient_passes: 81.0,
+            dequant_passes: 18.0,
+            optimizer_passes: 52.0,
+            gradient_passes: 73.0,
             gpu_context_bytes: 400 << 20,
-            step_overhead_s: 0.0067,
+            step_overhead_s: 0.013,
         }
     }
 }
