@@ -1,18 +1,27 @@
 //! `peft bench plan`: checks the planner against reality. For a grid of configurations
-//! (methods × models × two sequence lengths × checkpointing off/on) it trains 3 real steps in a
+//! (methods × models × two sequence lengths × checkpointing off/on) it trains real steps in a
 //! child process each — the same `train` call `peft train` makes — and prints predicted vs
 //! measured peak RSS (the child's `VmHWM`, what `/usr/bin/time -v` calls maximum resident set
 //! size) and tokens/s, with the error in percent.
+//!
+//! On a shared machine one short run of a cell moves by ±20 % with the neighbours, so each
+//! cell is timed over at least `--seconds` of steps and the grid is run `--rounds` times,
+//! round after round (a slow minute then hits one run of every cell, not every run of one);
+//! the table gives the median of the rounds. The prediction uses the median of the speed probes
+//! every child ran, as `peft plan` uses one calibration of the machine.
 
 use crate::load::{load_model_with, ModelArgs};
 use clap::Args;
 use peft_engine::memory::format_bytes;
 use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
 use peft_engine::peft::method::{LoraSettings, Method, Selective};
-use peft_engine::plan::{estimate, measure_throughput, PlanRequest, Throughput};
+use peft_engine::plan::fit::{fit_time, TimeSample};
+use peft_engine::plan::time::step_work;
+use peft_engine::plan::{estimate, estimate_with, Calibration, PlanRequest, Throughput};
 use peft_engine::train::{train, TrainConfig, TrainEvent};
 use peft_engine::Error;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const SMOLLM: &str = "../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -28,9 +37,19 @@ pub struct BenchPlanArgs {
     /// Two (or more) sequence lengths.
     #[arg(long, value_delimiter = ',', default_value = "128,384")]
     pub seq_lens: Vec<usize>,
-    /// Optimizer steps per configuration (tokens/s is the median step after the first).
-    #[arg(long, default_value_t = 5)]
+    /// Least timed optimizer steps per run (tokens/s is the median step after the first).
+    #[arg(long, default_value_t = 4)]
     pub steps: usize,
+    /// Least seconds of timed steps per run: short steps run many more than `--steps`.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Runs of the whole grid; each cell reports the median of its runs.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also refit the planner's time constants to this run's medians and print them with the
+    /// in-sample error (the defaults in `Calibration` come from such a fit).
+    #[arg(long)]
+    pub fit: bool,
     /// Internal: run one configuration in this process and print one JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -75,13 +94,14 @@ One day, she saw a small dog who was sad and alone. Lily said, \"Do you want to 
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 
-fn config_for(m: &Method, seq: usize, ckpt: bool, steps: usize) -> TrainConfig {
+fn config_for(m: &Method, seq: usize, ckpt: bool) -> TrainConfig {
     TrainConfig {
         method: m.clone(),
         seq_len: seq,
         batch_size: 1,
         grad_accum: 1,
-        max_steps: Some(steps),
+        // Stopped by the child once it has timed enough steps.
+        max_steps: Some(100_000),
         val_fraction: 0.0,
         grad_checkpointing: ckpt,
         ..TrainConfig::default()
@@ -104,13 +124,14 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
         .ok_or_else(|| Error::invalid("data", "missing"))?;
     let mut last: Option<Instant> = None;
     let mut durations: Vec<f64> = Vec::new();
+    let stop = AtomicBool::new(false);
     let s = train(
         model,
         &data,
         &out,
-        &config_for(&m, a.seq_len, a.ckpt, a.steps),
+        &config_for(&m, a.seq_len, a.ckpt),
         None,
-        None,
+        Some(&stop),
         &mut |e| {
             if let TrainEvent::Step(_) = e {
                 let now = Instant::now();
@@ -118,6 +139,9 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
                     durations.push(now.duration_since(t).as_secs_f64());
                 }
                 last = Some(now);
+                if durations.len() >= a.steps.max(1) && durations.iter().sum::<f64>() >= a.seconds {
+                    stop.store(true, Ordering::Relaxed);
+                }
             }
         },
     )?;
@@ -125,7 +149,7 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
     // The probe runs here, right after the steps it predicts (on a shared machine the speed of
     // the next minute is best told by the speed of this one), and after the peak was read: its
     // buffers must not count.
-    let tp = measure_throughput(Duration::from_millis(300))?;
+    let tp = peft_engine::plan::measure_throughput(Duration::from_millis(300))?;
     // Steady state: the median step after the first, which pays one-time page faults and
     // allocations that a run of hundreds of steps amortises.
     durations.sort_by(|x, y| x.total_cmp(y));
@@ -154,6 +178,51 @@ fn pct(pred: f64, meas: f64) -> f64 {
     100.0 * (pred - meas) / meas.max(1e-9)
 }
 
+/// One cell of the grid.
+struct Cell {
+    model: String,
+    short: &'static str,
+    config: peft_engine::Config,
+    mname: String,
+    method: Method,
+    seq_len: usize,
+    ckpt: bool,
+    runs: Vec<serde_json::Value>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+fn run_child(
+    exe: &Path,
+    c: &Cell,
+    a: &BenchPlanArgs,
+    data: &Path,
+) -> Result<serde_json::Value, String> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench", "plan", "--child", "--model", &c.model, "--method", &c.mname,
+    ])
+    .args(["--seq-len", &c.seq_len.to_string()])
+    .args(["--steps", &a.steps.to_string()])
+    .args(["--seconds", &a.seconds.to_string()])
+    .arg("--data")
+    .arg(data);
+    if c.ckpt {
+        cmd.arg("--ckpt");
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str::<serde_json::Value>(line.trim())
+        .map_err(|_| String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
 pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     if a.child {
         return child(&a);
@@ -166,14 +235,7 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     let dir = tempfile_dir()?;
     let data = dir.join("bench.jsonl");
     write_data(&data)?;
-    let tp: Throughput = measure_throughput(Duration::from_millis(300))?;
-    println!(
-        "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s elementwise\n",
-        tp.gemm_gflops, tp.mem_gbps
-    );
-    println!("| model | method | seq | ckpt | predicted peak | measured peak | error | predicted tok/s | measured tok/s | error |");
-    println!("|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
-    let exe = std::env::current_exe().map_err(|e| Error::io("peft", e))?;
+    let mut cells = Vec::new();
     for model in &models {
         let config = open_model(&ModelSource::parse(model)?, OpenOptions::default())?.config;
         let short = if model == "demo" {
@@ -185,65 +247,142 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
             let m = method(mname)?;
             for &seq in &a.seq_lens {
                 for ckpt in [false, true] {
-                    let seq_len = seq.min(config.max_position_embeddings);
-                    let mut cmd = std::process::Command::new(&exe);
-                    cmd.args([
-                        "bench", "plan", "--child", "--model", model, "--method", mname,
-                    ])
-                    .args([
-                        "--seq-len",
-                        &seq_len.to_string(),
-                        "--steps",
-                        &a.steps.to_string(),
-                    ])
-                    .arg("--data")
-                    .arg(&data);
-                    if ckpt {
-                        cmd.arg("--ckpt");
-                    }
-                    let out = cmd.output().map_err(|e| Error::io("peft", e))?;
-                    let line = String::from_utf8_lossy(&out.stdout);
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
-                        println!(
-                            "| {short} | {mname} | {seq_len} | {ckpt} | failed: {} |",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                        continue;
-                    };
-                    // Predicted with the probe the child ran just before its steps.
-                    let throughput = serde_json::from_value(v["throughput"].clone()).unwrap_or(tp);
-                    let req = PlanRequest {
+                    cells.push(Cell {
+                        model: model.clone(),
+                        short,
+                        config: config.clone(),
+                        mname: mname.clone(),
                         method: m.clone(),
-                        seq_len,
-                        grad_checkpointing: ckpt,
-                        evaluation: false,
-                        throughput,
-                        ..PlanRequest::default()
-                    };
-                    let est = estimate(&config, &req);
-                    if std::env::var_os("PEFT_BENCH_PLAN_RAW").is_some() {
-                        eprintln!(
-                            "{}",
-                            serde_json::json!({"model": short, "method": mname, "seq": seq_len, "ckpt": ckpt, "measured": v, "work": peft_engine::plan::time::step_work(&config, &req)})
-                        );
-                    }
-                    let peak = v["peak_rss"].as_u64().unwrap_or(0) as f64;
-                    let tps = v["tokens_per_s"].as_f64().unwrap_or(0.0);
-                    println!(
-                        "| {short} | {mname} | {} | {} | {} | {} | {:+.1} % | {:.0} | {:.0} | {:+.1} % |",
-                        seq_len,
-                        if ckpt { "on" } else { "off" },
-                        format_bytes(est.peak_bytes),
-                        format_bytes(peak as u64),
-                        pct(est.peak_bytes as f64, peak),
-                        est.tokens_per_s,
-                        tps,
-                        pct(est.tokens_per_s, tps)
-                    );
+                        seq_len: seq.min(config.max_position_embeddings),
+                        ckpt,
+                        runs: Vec::new(),
+                    });
                 }
             }
         }
     }
+    let exe = std::env::current_exe().map_err(|e| Error::io("peft", e))?;
+    let rounds = a.rounds.max(1);
+    let n = cells.len();
+    for round in 1..=rounds {
+        for (i, c) in cells.iter_mut().enumerate() {
+            eprint!("\rround {round}/{rounds}, run {}/{}   ", i + 1, n);
+            match run_child(&exe, c, &a, &data) {
+                Ok(v) => c.runs.push(v),
+                Err(e) => eprintln!(
+                    "\n{} {} {} ckpt={}: failed: {e}",
+                    c.short, c.mname, c.seq_len, c.ckpt
+                ),
+            }
+        }
+    }
+    eprintln!();
+    let probes: Vec<Throughput> = cells
+        .iter()
+        .flat_map(|c| &c.runs)
+        .filter_map(|v| serde_json::from_value(v["throughput"].clone()).ok())
+        .collect();
+    let tp = Throughput {
+        gemm_gflops: median(probes.iter().map(|t| t.gemm_gflops).collect()),
+        mem_gbps: median(probes.iter().map(|t| t.mem_gbps).collect()),
+    };
+    println!(
+        "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s elementwise (median of {} probes); {rounds} round(s), each run ≥ {} steps and ≥ {} s\n",
+        tp.gemm_gflops, tp.mem_gbps, probes.len(), a.steps, a.seconds
+    );
+    println!("| model | method | seq | ckpt | predicted peak | measured peak | error | predicted tok/s | measured tok/s | error | runs (tok/s) |");
+    println!("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
+    let mut samples = Vec::new();
+    for c in &cells {
+        let req = PlanRequest {
+            method: c.method.clone(),
+            seq_len: c.seq_len,
+            grad_checkpointing: c.ckpt,
+            evaluation: false,
+            throughput: tp,
+            ..PlanRequest::default()
+        };
+        let est = estimate(&c.config, &req);
+        if std::env::var_os("PEFT_BENCH_PLAN_RAW").is_some() {
+            for v in &c.runs {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"model": c.short, "method": c.mname, "seq": c.seq_len, "ckpt": c.ckpt, "measured": v, "work": step_work(&c.config, &req)})
+                );
+            }
+        }
+        if c.runs.is_empty() {
+            println!(
+                "| {} | {} | {} | {} | failed |",
+                c.short, c.mname, c.seq_len, c.ckpt
+            );
+            continue;
+        }
+        let each = |k: &str| -> Vec<f64> { c.runs.iter().filter_map(|v| v[k].as_f64()).collect() };
+        let peak = median(each("peak_rss"));
+        let tps = median(each("tokens_per_s"));
+        let runs: Vec<String> = each("tokens_per_s")
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect();
+        samples.push((c, req.clone(), tps));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:+.1} % | {:.0} | {:.0} | {:+.1} % | {} |",
+            c.short,
+            c.mname,
+            c.seq_len,
+            if c.ckpt { "on" } else { "off" },
+            format_bytes(est.peak_bytes),
+            format_bytes(peak as u64),
+            pct(est.peak_bytes as f64, peak),
+            est.tokens_per_s,
+            tps,
+            pct(est.tokens_per_s, tps),
+            runs.join(", ")
+        );
+    }
+    if a.fit {
+        print_fit(&samples, tp);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+fn print_fit(cells: &[(&Cell, PlanRequest, f64)], tp: Throughput) {
+    let k0 = Calibration::default();
+    let samples: Vec<TimeSample> = cells
+        .iter()
+        .map(|(c, req, tps)| TimeSample {
+            work: step_work(&c.config, req),
+            throughput: tp,
+            step_s: c.seq_len as f64 / tps,
+        })
+        .collect();
+    let k = fit_time(&samples, &k0);
+    println!("\nTime constants refitted to this run's medians (in-sample):\n");
+    println!("| constant | current | refitted |\n|---|---:|---:|");
+    for (name, a, b) in [
+        ("memory_passes", k0.memory_passes, k.memory_passes),
+        ("attention_passes", k0.attention_passes, k.attention_passes),
+        ("recompute_passes", k0.recompute_passes, k.recompute_passes),
+        ("dequant_passes", k0.dequant_passes, k.dequant_passes),
+        ("weight_passes", k0.weight_passes, k.weight_passes),
+        ("optimizer_passes", k0.optimizer_passes, k.optimizer_passes),
+        ("gradient_passes", k0.gradient_passes, k.gradient_passes),
+        ("adapter_pass_s", k0.adapter_pass_s, k.adapter_pass_s),
+        ("step_overhead_s", k0.step_overhead_s, k.step_overhead_s),
+    ] {
+        println!("| {name} | {a:.4e} | {b:.4e} |");
+    }
+    let errs: Vec<f64> = cells
+        .iter()
+        .map(|(c, req, tps)| pct(estimate_with(&c.config, req, &k).tokens_per_s, *tps))
+        .collect();
+    let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len().max(1) as f64).sqrt();
+    let within = errs.iter().filter(|e| e.abs() <= 10.0).count();
+    println!(
+        "\ntokens/s with the refitted constants: rms error {rms:.1} %, {within} of {} cells within ±10 %: {}",
+        errs.len(),
+        errs.iter().map(|e| format!("{e:+.1}")).collect::<Vec<_>>().join(", ")
+    );
 }

@@ -230,6 +230,35 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
 }
 
 #[test]
+fn a_trained_tied_embedding_holds_two_more_tables_at_the_end_of_backward() {
+    let c = smollm2();
+    let at = |m: Method| {
+        estimate(
+            &c,
+            &PlanRequest {
+                method: m,
+                seq_len: 128,
+                ..Default::default()
+            },
+        )
+    };
+    let full = at(Method::Full);
+    // SmolLM2 ties its embedding: the scattered gradient and its sum with the head's.
+    let table = 4 * 49152 * 576;
+    let phase = full
+        .phases
+        .iter()
+        .find(|p| p.name == "embedding gradient")
+        .expect("full fine-tuning trains the embedding");
+    assert_eq!(full.peak_phase, "embedding gradient");
+    assert_eq!(line(&full, "embedding_gradient_sum"), 2 * table);
+    assert_eq!(phase.bytes, full.peak_bytes);
+    // LoRA does not train the embedding: no such phase.
+    let lora = at(Method::Lora(Default::default()));
+    assert!(lora.phases.iter().all(|p| p.name != "embedding gradient"));
+}
+
+#[test]
 fn kv_cache_and_method_ordering() {
     let c = llama2_7b();
     // 2 (k, v) × 32 layers × 4096 × 4 B = 1 MiB per token.

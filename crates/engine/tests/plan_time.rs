@@ -58,6 +58,41 @@ fn work_scales_with_tokens_accumulation_and_checkpointing() {
     );
     assert_eq!(ck.logit_bytes, w1.logit_bytes, "the loss is not recomputed");
 
+    // Every pass packs the whole weights, however few tokens: forward and backward, plus the
+    // recomputed forward with checkpointing, plus the fused loss's second head pass.
+    let blocks = 4.0 * (4 * (4 * 256 * 256 + 3 * 256 * 688)) as f64;
+    let head = 4.0 * (256 * 1000) as f64;
+    assert_eq!(w1.weight_bytes, 2.0 * blocks + 3.0 * head);
+    assert_eq!(ck.weight_bytes, 3.0 * blocks + 3.0 * head);
+    assert_eq!(w2.weight_bytes, 2.0 * w1.weight_bytes);
+    let short = step_work(
+        &c,
+        &PlanRequest {
+            seq_len: 16,
+            ..base.clone()
+        },
+    );
+    assert_eq!(short.weight_bytes, w1.weight_bytes);
+
+    // Checkpointing computes the forward's activations and scores once more; each adapted
+    // projection (7 per block) is passed through a third time.
+    assert_eq!(w1.recomputed_bytes, 0.0);
+    assert_eq!(
+        ck.recomputed_bytes,
+        w1.activation_bytes + w1.attention_bytes
+    );
+    assert_eq!(ck.activation_bytes, w1.activation_bytes);
+    assert_eq!(w1.adapter_passes, (4 * 7 * 2) as f64);
+    assert_eq!(ck.adapter_passes, (4 * 7 * 3) as f64);
+    let full = step_work(
+        &c,
+        &PlanRequest {
+            method: Method::Full,
+            ..base.clone()
+        },
+    );
+    assert_eq!(full.adapter_passes, 0.0);
+
     let q = step_work(
         &c,
         &PlanRequest {

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 /// Measured constants. Every one was fitted to `peft bench plan` runs (see the CLI's
 /// `bench_plan.rs`) on the reference machine; the doc of each says what it stands for. The
-/// time constants come from a non-negative least-squares fit of relative step-time error over
-/// the 24 cells of a run (`PEFT_BENCH_PLAN_RAW=1 peft bench plan --methods lora,qlora,full` prints each
-/// cell's measured step, its probes and its `StepWork` as JSON on stderr).
+/// time constants come from a non-negative least-squares fit of relative step-time error
+/// (`plan::fit`) over the 24 cells of `peft bench plan --methods lora,qlora,full`, each cell the
+/// median of nine runs (three benchmarks of three rounds); `--fit` prints the refit for a run, and
+/// `PEFT_BENCH_PLAN_RAW=1` each run's measured step, probes and `StepWork` as JSON on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
@@ -47,28 +48,39 @@ pub struct Calibration {
     /// (GEMM kernels ≈ 45 % of the samples, 81 GFLOP in 1.6 s) rather than fitted: with two
     /// model shapes every per-token term is collinear with the FLOPs.
     pub gemm_efficiency: f64,
-    /// Bytes moved per byte of block activation computed (forward, candle's backward with its
-    /// zero-filled and accumulated gradients, recomputation), at the elementwise probe's speed
-    /// (cache-resident, so a "pass" here is ≈ 1/3 of a DRAM pass). Fitted: 67.
+    /// Bytes moved per byte of block activation the forward computes (the forward, and
+    /// candle's backward with its zero-filled and accumulated gradients), at the elementwise
+    /// probe's speed (cache-resident, so a "pass" here is ≈ 1/3 of a DRAM pass). Fitted: 22.5.
     pub memory_passes: f64,
     /// The same per byte of attention scores (causal softmax and its backward, the thin
-    /// `[s, s]·[s, head_dim]` matmuls). Fitted: 158.
+    /// `[s, s]·[s, head_dim]` matmuls). Fitted: 128.
     pub attention_passes: f64,
     /// The same per byte of logits the fused loss computes (exp, max, sum; in backward the
     /// softmax minus the one-hot). Set to 24, not fitted (see `gemm_efficiency`).
     pub logit_passes: f64,
-    /// The same per byte of weights NF4 dequantization writes. Fitted: 18.
+    /// The same per byte of weights NF4 dequantization writes. Fitted: 12.
     pub dequant_passes: f64,
+    /// The same per byte of activations and scores recomputed by checkpointing (the forward
+    /// once more, and the per-block graph and gradient hand-off around it). Fitted: 25.
+    pub recompute_passes: f64,
+    /// The same per byte of matmul weight per pass (the GEMM packs its weight operand into
+    /// panels on every call; the backward reads it transposed). Fitted: 21: what makes a
+    /// 128-token step of SmolLM2 slower per token than a 384-token one.
+    pub weight_passes: f64,
     /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
     /// weight, gradient and two moments and writes three; the gradient norm reads once more).
     pub optimizer_passes: f64,
     /// The same per micro-step (candle allocates each weight gradient, fills the embedding's
-    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 125.
+    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 121.
     pub gradient_passes: f64,
     /// CUDA/Metal context and allocator reserve on a GPU.
     pub gpu_context_bytes: u64,
+    /// Seconds per pass through one adapted projection beyond its FLOPs and bytes: the fused
+    /// LoRA linear runs half a dozen rank-sized matmuls, each a hand-off to the thread pool.
+    /// Fitted: 94 µs.
+    pub adapter_pass_s: f64,
     /// Fixed seconds per optimizer step (batch assembly, progress, the loss read-back).
-    /// Fitted: 13 ms.
+    /// Fitted: 7 ms.
     pub step_overhead_s: f64,
 }
 
@@ -80,14 +92,17 @@ impl Default for Calibration {
             logits_grad_copies: 6.5,
             activation_slack: 0.0,
             gemm_efficiency: 0.69,
-            memory_passes: 67.0,
-            attention_passes: 158.0,
+            memory_passes: 22.5,
+            attention_passes: 128.1,
             logit_passes: 24.0,
-            dequant_passes: 18.0,
-            optimizer_passes: 52.0,
-            gradient_passes: 73.0,
+            dequant_passes: 12.1,
+            weight_passes: 21.4,
+            recompute_passes: 24.8,
+            optimizer_passes: 50.3,
+            gradient_passes: 70.5,
             gpu_context_bytes: 400 << 20,
-            step_overhead_s: 0.013,
+            step_overhead_s: 0.0070,
+            adapter_pass_s: 93.5e-6,
         }
     }
 }

@@ -30,6 +30,9 @@ use crate::peft::method::Method;
 use crate::peft::nf4_op::DEFAULT_TILE_BYTES;
 use serde::{Deserialize, Serialize};
 
+/// glibc's largest dynamic mmap threshold on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`).
+const GLIBC_MMAP_THRESHOLD_MAX: u64 = 32 << 20;
+
 /// Where the run computes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -430,6 +433,23 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
             k.logits_grad_copies
         ),
     );
+    // glibc serves a request from its heap, and keeps it resident after free, when it is under
+    // the mmap threshold, which rises to the size of each mmapped block freed (up to 32 MiB).
+    // So from the second step on, logits-sized gradients under 32 MiB stay resident through
+    // the block backward that follows the loss (the demo's full fine-tuning, and SmolLM2's at
+    // 128 tokens, peaked that much above the blocks' own terms); larger ones go back to the
+    // system.
+    let retained_logits = line(
+        "logits_grad_retained",
+        if cfg!(target_env = "gnu") && !fused_loss && f * tokens * v <= GLIBC_MMAP_THRESHOLD_MAX {
+            logits_grad.bytes
+        } else {
+            0
+        },
+        format!(
+            "freed logits gradients glibc keeps resident ({tokens} × {v} × 4 B is under its 32 MiB mmap threshold)"
+        ),
+    );
     let one_block = f * tokens * per.total();
     let block_bwd = if req.grad_checkpointing {
         line(
@@ -469,6 +489,32 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
         "AdamW's fused update: a copy of the gradient and of the new values, largest trainable tensor".into(),
     );
 
+    // A trained embedding's gradient is a scatter into a zeroed table, and a tied one then
+    // adds the output head's gradient: at the end of the backward, with every activation still
+    // held by the graph, up to two table-sized buffers are alive beyond the one counted in
+    // `gradients` (SmolLM2 full fine-tuning peaked ≈ 145 MB above the other phases).
+    let embedding_trains = trains_tensor(
+        &req.method,
+        "model.embed_tokens.weight",
+        c.num_hidden_layers,
+    );
+    let embedding_sum = line(
+        "embedding_gradient_sum",
+        if embedding_trains {
+            (if c.tie_word_embeddings { 2 } else { 1 }) * f * v * h
+        } else {
+            0
+        },
+        format!(
+            "the trained embedding's scattered gradient{}: [{v} × {h}] f32 each",
+            if c.tie_word_embeddings {
+                " and its sum with the tied head's"
+            } else {
+                ""
+            }
+        ),
+    );
+
     let mut candidates: Vec<(String, Vec<Line>)> = Vec::new();
     let mut with_static = |name: &str, extra: Vec<Line>| {
         let mut all = stat.clone();
@@ -485,8 +531,17 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     p2.push(block_bwd);
     p2.push(attention_bwd);
     p2.push(nf4_tiles.clone());
+    p2.push(retained_logits);
     with_static("block backward", p2);
     with_static("optimizer step", vec![grads.clone(), opt_tmp]);
+    if embedding_sum.bytes > 0 {
+        let mut p3 = acts.clone();
+        p3.push(grads.clone());
+        // Not the retained logits gradients: by the end of the backward glibc has split
+        // their chunks for the blocks' smaller gradients.
+        p3.push(embedding_sum);
+        with_static("embedding gradient", p3);
+    }
     if req.evaluation {
         let eval = block_activations(c, &req.method, req.seq_len, false);
         // Evaluation runs through detached weights: no graph, so only one block's activations

@@ -8,6 +8,7 @@
 
 pub mod calibrate;
 pub mod estimate;
+pub mod fit;
 pub mod params;
 pub mod recommend;
 pub mod time;

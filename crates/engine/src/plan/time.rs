@@ -8,18 +8,22 @@
 //! - **memory**: elementwise passes over every activation the blocks compute (not only what
 //!   they keep: checkpointing recomputes), over the attention scores (quadratic in the
 //!   sequence, and what a small model's step is mostly made of), over the logits (the fused
-//!   loss computes them twice) and NF4 dequantization, at the copy probe's GB/s;
+//!   loss computes them twice), NF4 dequantization and the frozen weights every matmul packs
+//!   (per pass, whatever the token count: what makes short sequences slower per token), at
+//!   the elementwise probe's GB/s;
 //! - **optimizer**: AdamW, the gradient norm and candle's gradient allocation and
 //!   accumulation, as passes over every trainable parameter;
-//! - **fixed**: batch assembly, progress and the loss read-back.
+//! - **fixed**: per pass through an adapted projection (its rank-sized matmuls cost the
+//!   thread-pool hand-off more than arithmetic: what makes LoRA on a 260K model slower than full
+//!   fine-tuning), and per step (batch assembly, progress, the loss read-back).
 //!
-//! Per-op overhead (allocation, thread hand-off, graph bookkeeping) has no term of its own:
-//! fitted against `peft bench plan` with a probe for it, it came out at zero for blocks, because
-//! it scales with the activation bytes the memory term already counts.
+//! Checkpointing's recomputed forward has its own elementwise term rather than a factor on
+//! the others: around it are the per-block graph and the gradient hand-off, so a recomputed
+//! byte costs more than a byte of the plain forward.
 
 use super::calibrate::Calibration;
 use super::estimate::{block_activations, train_flops_per_token, PlanRequest, Throughput};
-use super::params::{tensors, trainable_parameters};
+use super::params::{adapted_linears, tensors, trainable_parameters};
 use crate::model::config::Config;
 use crate::peft::method::Method;
 use serde::{Deserialize, Serialize};
@@ -51,20 +55,39 @@ fn nf4_params(c: &Config, method: &Method) -> f64 {
         .sum()
 }
 
+/// Weights of the block projections and of the output head (the embedding when tied).
+fn matmul_params(c: &Config) -> (f64, f64) {
+    let block = tensors(c)
+        .iter()
+        .filter(|t| t.block_linear)
+        .map(|t| t.numel as f64)
+        .sum();
+    (block, (c.vocab_size * c.hidden_size) as f64)
+}
+
 /// What one optimizer step does, before any machine speed: the inputs of [`step_time`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepWork {
     /// Matmul FLOPs.
     pub flops: f64,
-    /// Bytes of activations the blocks compute (recomputation included), without the
-    /// attention scores.
+    /// Bytes of activations the blocks compute in forward, without the attention scores.
     pub activation_bytes: f64,
-    /// Bytes of attention scores and probabilities the blocks compute.
+    /// Bytes of attention scores and probabilities the blocks compute in forward.
     pub attention_bytes: f64,
+    /// Bytes of activations and scores that checkpointing computes a second time (zero
+    /// without it).
+    pub recomputed_bytes: f64,
+    /// Passes through an adapted projection (forward, backward, recomputed forward) over the
+    /// step: each runs half a dozen rank-sized matmuls whose cost is mostly the hand-off to the
+    /// thread pool, whatever the token count.
+    pub adapter_passes: f64,
     /// Bytes of logits the loss computes, once per pass.
     pub logit_bytes: f64,
     /// Bytes NF4 dequantization writes.
     pub dequant_bytes: f64,
+    /// Bytes of matmul weights (block projections and the output head, f32) read by every
+    /// forward, backward and recomputed pass: the GEMM packs each one whatever the token count.
+    pub weight_bytes: f64,
     pub micro_steps: f64,
     /// Bytes of trainable parameters (f32).
     pub trainable_bytes: f64,
@@ -75,20 +98,30 @@ pub fn step_work(c: &Config, req: &PlanRequest) -> StepWork {
     let micro = req.grad_accum.max(1) as f64;
     let tokens = (req.batch_size.max(1) * req.seq_len.max(1)) as f64;
     let layers = c.num_hidden_layers as f64;
-    let recompute = if req.grad_checkpointing { 1.5 } else { 1.0 };
     let per_block = block_activations(c, &req.method, req.seq_len, true);
-    let block_bytes = |n: u64| 4.0 * tokens * layers * n as f64 * recompute * micro;
+    let block_bytes = |n: u64| 4.0 * tokens * layers * n as f64 * micro;
+    let recomputed = if req.grad_checkpointing {
+        block_bytes(per_block.dense + per_block.lora + per_block.attention)
+    } else {
+        0.0
+    };
     let logit_passes = if super::estimate::loss_is_fused(c, &req.method) {
         2.0
     } else {
         1.0
     };
+    let block_passes = if req.grad_checkpointing { 3.0 } else { 2.0 };
+    let head_passes = if logit_passes > 1.0 { 3.0 } else { 2.0 };
+    let (block_params, head_params) = matmul_params(c);
     StepWork {
         flops: micro * tokens * train_flops_per_token(c, req),
         activation_bytes: block_bytes(per_block.dense + per_block.lora),
         attention_bytes: block_bytes(per_block.attention),
+        recomputed_bytes: recomputed,
+        adapter_passes: micro * adapted_linears(c, &req.method).len() as f64 * block_passes,
         logit_bytes: micro * 4.0 * tokens * c.vocab_size as f64 * logit_passes,
-        dequant_bytes: micro * 4.0 * nf4_params(c, &req.method) * (1.0 + recompute),
+        dequant_bytes: micro * 4.0 * nf4_params(c, &req.method) * block_passes,
+        weight_bytes: micro * 4.0 * (block_params * block_passes + head_params * head_passes),
         micro_steps: micro,
         trainable_bytes: 4.0 * trainable_parameters(c, &req.method) as f64,
     }
@@ -106,11 +139,13 @@ pub fn step_time_of(w: &StepWork, tp: &Throughput, k: &Calibration) -> StepTime 
         gemm_s: w.flops / (tp.gemm_gflops.max(1.0) * 1e9 * k.gemm_efficiency),
         memory_s: (k.memory_passes * w.activation_bytes
             + k.attention_passes * w.attention_bytes
+            + k.recompute_passes * w.recomputed_bytes
             + k.logit_passes * w.logit_bytes
-            + k.dequant_passes * w.dequant_bytes)
+            + k.dequant_passes * w.dequant_bytes
+            + k.weight_passes * w.weight_bytes)
             / bw,
         optimizer_s: w.trainable_bytes * (k.optimizer_passes + k.gradient_passes * w.micro_steps)
             / bw,
-        fixed_s: k.step_overhead_s,
+        fixed_s: k.step_overhead_s + k.adapter_pass_s * w.adapter_passes,
     }
 }
