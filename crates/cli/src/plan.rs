@@ -175,7 +175,7 @@ fn print_recommendation(r: &Recommendation) {
         println!("  {:>10}  total", format_bytes(best.estimate.peak_bytes));
         let t = &best.estimate.step_time;
         println!(
-            "\ntime per optimizer step for #1: {:.2} s = GEMM {:.2} s ({:.1} GFLOP) + elementwise {:.2} s + optimizer {:.2} s + fixed {:.3} s",
+            "\ntime per optimizer step for #1: {:.2} s = GEMM {:.2} s ({:.1} GFLOP) + elementwise {:.2} s + optimizer {:.2} s + per-call overhead {:.3} s",
             t.total(),
             t.gemm_s,
             best.estimate.flops_per_token
