@@ -7,7 +7,7 @@ use peft_engine::quant::nf4::{
     nf4_index, Absmax, Nf4Tensor, DQ_BLOCK, NF4_BLOCK, NF4_CODE, NF4_THRESHOLDS,
 };
 use peft_engine::quant::nf4_op::Nf4Linear;
-use peft_engine::test_support::normal;
+use peft_engine::test_support::{max_diff, normal};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -390,8 +390,14 @@ fn forward_rejects_bad_inputs() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("test.weight") && e.contains("64"), "{e}");
-    let x = normal(&[2, 64], 1, 1.0).to_dtype(DType::F64).unwrap();
-    assert!(lin.forward(&x).unwrap_err().to_string().contains("f32"));
+    let x = normal(&[2, 64], 1, 1.0).to_dtype(DType::U32).unwrap();
+    let e = lin.forward(&x).unwrap_err().to_string();
+    assert!(e.contains("test.weight") && e.contains("float"), "{e}");
+    // Other float dtypes take the device-generic op and give the f32 result.
+    let x = normal(&[2, 64], 1, 1.0);
+    let y64 = lin.forward(&x.to_dtype(DType::F64).unwrap()).unwrap();
+    let y32 = lin.forward(&x).unwrap();
+    assert!(max_diff(&y64.to_dtype(DType::F32).unwrap(), &y32) < 1e-5);
 }
 
 // (f) ---------------------------------------------------------------------------------------

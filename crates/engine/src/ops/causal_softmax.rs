@@ -9,6 +9,7 @@
 //! mask: padding sits after every real token, so causality already hides it.
 
 use super::bridge::{logical_f32, tensor_f32};
+use super::generic::OpPath;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -84,9 +85,24 @@ pub fn causal_softmax_grouped(
     offset: usize,
     q: usize,
 ) -> Result<Tensor> {
+    causal_softmax_grouped_with(OpPath::Auto, scores, scale, offset, q)
+}
+
+/// [`causal_softmax_grouped`] through the kernel `path` picks for the device (the generic op
+/// off the CPU or for non-f32 scores).
+pub fn causal_softmax_grouped_with(
+    path: OpPath,
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+) -> Result<Tensor> {
     let rows = scores.dim(candle_core::D::Minus2)?;
     if q == 0 || rows % q != 0 {
         candle_core::bail!("causal softmax: {rows} score rows are not groups of {q} queries");
+    }
+    if !path.fused_on(scores.device()) || scores.dtype() != candle_core::DType::F32 {
+        return super::generic_rowwise::causal_softmax_grouped(scores, scale, offset, q);
     }
     scores.apply_op1(CausalSoftmax {
         scale: scale as f32,

@@ -7,10 +7,9 @@
 //! On the CPU both products run on the op's own buffers ([`super::gemm`]), with no copies.
 
 use super::gemm::{matmul, MatRef};
+use super::generic::OpPath;
 use super::logical_f32;
-use candle_core::{
-    CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use std::borrow::Cow;
 
 struct FrozenLinear {
@@ -43,14 +42,6 @@ fn out_dims(dims: &[usize], last: usize) -> Vec<usize> {
     out
 }
 
-/// Composite fallback for other devices: `x · Wᵀ`.
-fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let w = w.to_dtype(DType::F32)?;
-    let k = x.dim(D::Minus1)?;
-    let y = x.reshape((x.elem_count() / k.max(1), k))?.matmul(&w.t()?)?;
-    y.reshape(out_dims(x.dims(), w.dim(0)?))
-}
-
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
@@ -76,13 +67,6 @@ impl CustomOp1 for FrozenLinear {
         // The gradient itself may be tracked only under double backward, which we never do.
         let g = grad.detach();
         let (out, k) = self.w.dims2()?;
-        if !g.device().is_cpu() {
-            let rows = g.elem_count() / out.max(1);
-            let dx = g
-                .reshape((rows, out))?
-                .matmul(&self.w.to_dtype(DType::F32)?)?;
-            return Ok(Some(dx.reshape(out_dims(g.dims(), k))?));
-        }
         let (storage, layout) = g.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("frozen linear: gradient is not on the CPU");
@@ -103,8 +87,14 @@ impl CustomOp1 for FrozenLinear {
 /// `x · Wᵀ` with `x: [..., in]`, `W: [out, in]` frozen. Untracked inputs skip the custom op
 /// (no graph to record).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return matmul_wt(x, w);
+    frozen_linear_with(OpPath::Auto, x, w)
+}
+
+/// [`frozen_linear`] through the kernel `path` picks for `x`'s device (the generic op, which
+/// also takes bf16 activations, off the CPU).
+pub fn frozen_linear_with(path: OpPath, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !path.fused_on(x.device()) || x.dtype() != DType::F32 {
+        return super::generic_linear::frozen_linear(x, w);
     }
     if !x.track_op() {
         return x.apply_op1_no_bwd(&FrozenLinear { w: w.clone() });

@@ -1,64 +1,95 @@
 //! Device-generic ops: a forward and a backward written once with candle's tensor ops, run on
-//! whatever device their input lives on (CPU, CUDA, Metal).
+//! whatever device their inputs live on (CPU, CUDA, Metal), and the switch ([`OpPath`]) that
+//! picks them over the fused CPU kernels.
 //!
 //! Why not just compose candle ops in the model: candle's autograd keeps every intermediate of
-//! a composition alive until backward and, for a matmul against a frozen weight, computes that
-//! weight's useless gradient too. An [`GenericOp1`] keeps only its input (and what the op holds,
-//! such as a frozen weight or NF4 codes) and recomputes what its backward needs, exactly as the
-//! fused CPU kernels do — but with candle primitives that every backend implements, so a GPU
-//! only runs kernels candle already tests. The CPU keeps the fused kernels; tests run these
-//! generic versions on the CPU against them (`tests/generic_ops.rs`).
+//! a composition alive until backward, stops silently at its fused kernels (`rms_norm`, `rope`,
+//! `softmax_last_dim` have no backward), and, for a matmul against a frozen weight, computes
+//! that weight's useless full-size gradient too. A [`GenericOp`] keeps only its inputs (and what
+//! the op holds, such as a frozen weight or NF4 codes) and recomputes what its backward needs,
+//! as the fused CPU kernels do — but with candle primitives that every backend implements, so a
+//! GPU only runs kernels candle already tests. The CPU keeps the fused kernels; the tests run
+//! these generic versions on the CPU against them (`tests/generic_ops.rs`).
 //!
-//! Mechanics: candle hands a custom op its input as backend storage; [`Generic`] copies it into
-//! a fresh untracked tensor on the same device, runs [`GenericOp1::forward`] there (nothing is
-//! recorded: the op's own backward stands for the whole body), and copies the result back into
-//! backend storage. The two copies are device-side and cost one pass over input and output.
+//! Mechanics: candle hands a custom op its inputs as backend storage; [`Generic`] copies each
+//! into a fresh untracked tensor on the same device, runs [`GenericOp::forward`] there (nothing
+//! is recorded: the op's own backward stands for the whole body), and copies the result back
+//! into backend storage. The copies are device-side, one pass over inputs and output. With no
+//! tracked input there is no graph to record and [`apply`] calls the forward directly.
+//!
+//! What this is not: a kernel library. Nothing here is fused on the GPU; that waits for
+//! measurements showing which generic path is a bottleneck.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Storage,
-    Tensor,
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, MetalStorage,
+    Result, Shape, Storage, Tensor,
 };
 
-/// A one-input op written with tensor ops.
-pub trait GenericOp1: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// The forward pass on an untracked, contiguous `x` (any device).
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
-    /// `d loss / d x` from `d loss / d y`; `y` is the forward's result.
-    fn backward(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>>;
+/// Which implementation of the custom ops a forward pass uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpPath {
+    /// The fused kernels on the CPU, the generic ops on every other device.
+    #[default]
+    Auto,
+    /// The generic ops everywhere (the CPU included: how the tests compare them with the fused
+    /// kernels, and a fallback should a fused kernel misbehave).
+    Generic,
 }
 
-/// A two-input op written with tensor ops.
-pub trait GenericOp2: Send + Sync {
+impl OpPath {
+    /// Whether the fused CPU kernel runs for tensors on `device`.
+    pub fn fused_on(self, device: &Device) -> bool {
+        self == OpPath::Auto && device.is_cpu()
+    }
+}
+
+/// An op written with tensor ops over 1 to 3 inputs.
+pub trait GenericOp: Send + Sync {
     fn name(&self) -> &'static str;
-    fn forward(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    /// Gradients of both inputs from `d loss / d y`.
+    /// The forward pass. In a recorded op the inputs are fresh contiguous untracked copies;
+    /// called directly (nothing tracked) they are the caller's tensors, any layout.
+    fn forward(&self, xs: &[Tensor]) -> Result<Tensor>;
+    /// The gradient of each input whose `want` is set (`None` for the others), from the
+    /// forward's inputs (detached), its result `y` and `dy = d loss / d y`.
     fn backward(
         &self,
-        a: &Tensor,
-        b: &Tensor,
+        xs: &[Tensor],
+        want: &[bool],
         y: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)>;
+    ) -> Result<Vec<Option<Tensor>>>;
 }
 
-/// Adapts a [`GenericOp1`] or [`GenericOp2`] to candle's custom-op traits on every backend.
+/// Adapts a [`GenericOp`] to candle's custom-op traits on every backend.
 pub struct Generic<T>(pub T);
 
-/// Applies `op` to `x`; on a tracked `x` the result backpropagates through `op.backward`.
-pub fn apply1<T: GenericOp1 + 'static>(x: &Tensor, op: T) -> Result<Tensor> {
-    x.apply_op1(Generic(op))
-}
-
-/// Applies `op` to `(a, b)`.
-pub fn apply2<T: GenericOp2 + 'static>(a: &Tensor, b: &Tensor, op: T) -> Result<Tensor> {
-    a.apply_op2(b, Generic(op))
+/// Applies `op` to `xs` (1 to 3 tensors on one device); with a tracked input the result
+/// backpropagates through `op.backward`.
+pub fn apply<T: GenericOp + 'static>(op: T, xs: &[&Tensor]) -> Result<Tensor> {
+    if !xs.iter().any(|x| x.track_op()) {
+        let owned: Vec<Tensor> = xs.iter().map(|&x| x.clone()).collect();
+        return op.forward(&owned);
+    }
+    match xs {
+        [x] => x.apply_op1(Generic(op)),
+        [a, b] => a.apply_op2(b, Generic(op)),
+        [a, b, c] => a.apply_op3(b, c, Generic(op)),
+        _ => bail!(
+            "generic op {}: {} inputs (1 to 3 allowed)",
+            op.name(),
+            xs.len()
+        ),
+    }
 }
 
 /// A contiguous, untracked tensor holding a copy of `(storage, layout)`'s values.
-fn to_tensor<S: BackendStorage>(s: &S, l: &Layout, wrap: fn(S) -> Storage) -> Result<Tensor> {
+fn to_tensor<S>(s: &S, l: &Layout, wrap: fn(S) -> Storage) -> Result<Tensor>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
     let mut dst = s.device().zeros_impl(l.shape(), s.dtype())?;
     s.copy_strided_src(&mut dst, 0, l)?;
     Ok(Tensor::from_storage(
@@ -70,10 +101,11 @@ fn to_tensor<S: BackendStorage>(s: &S, l: &Layout, wrap: fn(S) -> Storage) -> Re
 }
 
 /// `t`'s values as fresh backend storage of the same device.
-fn from_tensor<S: BackendStorage>(
-    t: &Tensor,
-    unwrap: fn(&Storage) -> Option<&S>,
-) -> Result<(S, Shape)> {
+fn from_tensor<S>(t: &Tensor, unwrap: fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
     let (st, l) = t.storage_and_layout();
     let s = unwrap(&st).ok_or_else(|| {
         candle_core::Error::Msg(format!(
@@ -107,57 +139,71 @@ fn metal(s: &Storage) -> Option<&MetalStorage> {
     }
 }
 
-impl<T: GenericOp1> Generic<T> {
-    fn run1<S: BackendStorage>(
+impl<T: GenericOp> Generic<T> {
+    fn run<S>(
         &self,
-        s: &S,
-        l: &Layout,
+        inputs: &[(&S, &Layout)],
         wrap: fn(S) -> Storage,
         unwrap: fn(&Storage) -> Option<&S>,
-    ) -> Result<(S, Shape)> {
-        let x = to_tensor(s, l, wrap)?;
-        from_tensor(&self.0.forward(&x)?, unwrap)
+    ) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+        S::Device: BackendDevice<Storage = S>,
+    {
+        let xs = inputs
+            .iter()
+            .map(|(s, l)| to_tensor(*s, l, wrap))
+            .collect::<Result<Vec<_>>>()?;
+        from_tensor(&self.0.forward(&xs)?, unwrap)
+    }
+
+    fn grads(&self, xs: &[&Tensor], y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let want: Vec<bool> = xs.iter().map(|x| x.track_op()).collect();
+        let detached: Vec<Tensor> = xs.iter().map(|x| x.detach()).collect();
+        // The gradient itself is tracked only under double backward, which we never do.
+        let mut g = self
+            .0
+            .backward(&detached, &want, &y.detach(), &dy.detach())?;
+        if g.len() != xs.len() {
+            bail!(
+                "generic op {}: {} gradients for {} inputs",
+                self.0.name(),
+                g.len(),
+                xs.len()
+            );
+        }
+        for (gi, w) in g.iter_mut().zip(&want) {
+            if !w {
+                *gi = None;
+            }
+        }
+        Ok(g)
     }
 }
 
-impl<T: GenericOp1> CustomOp1 for Generic<T> {
+impl<T: GenericOp> CustomOp1 for Generic<T> {
     fn name(&self) -> &'static str {
         self.0.name()
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run1(s, l, Storage::Cpu, cpu)
+        self.run(&[(s, l)], Storage::Cpu, cpu)
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.run1(s, l, Storage::Cuda, cuda)
+        self.run(&[(s, l)], Storage::Cuda, cuda)
     }
 
     fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.run1(s, l, Storage::Metal, metal)
+        self.run(&[(s, l)], Storage::Metal, metal)
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        self.0.backward(&x.detach(), &y.detach(), dy)
+        Ok(self.grads(&[x], y, dy)?.pop().flatten())
     }
 }
 
-impl<T: GenericOp2> Generic<T> {
-    #[allow(clippy::type_complexity)]
-    fn run2<S: BackendStorage>(
-        &self,
-        (s1, l1): (&S, &Layout),
-        (s2, l2): (&S, &Layout),
-        wrap: fn(S) -> Storage,
-        unwrap: fn(&Storage) -> Option<&S>,
-    ) -> Result<(S, Shape)> {
-        let a = to_tensor(s1, l1, wrap)?;
-        let b = to_tensor(s2, l2, wrap)?;
-        from_tensor(&self.0.forward(&a, &b)?, unwrap)
-    }
-}
-
-impl<T: GenericOp2> CustomOp2 for Generic<T> {
+impl<T: GenericOp> CustomOp2 for Generic<T> {
     fn name(&self) -> &'static str {
         self.0.name()
     }
@@ -169,7 +215,7 @@ impl<T: GenericOp2> CustomOp2 for Generic<T> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run2((s1, l1), (s2, l2), Storage::Cpu, cpu)
+        self.run(&[(s1, l1), (s2, l2)], Storage::Cpu, cpu)
     }
 
     fn cuda_fwd(
@@ -179,7 +225,7 @@ impl<T: GenericOp2> CustomOp2 for Generic<T> {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.run2((s1, l1), (s2, l2), Storage::Cuda, cuda)
+        self.run(&[(s1, l1), (s2, l2)], Storage::Cuda, cuda)
     }
 
     fn metal_fwd(
@@ -189,7 +235,7 @@ impl<T: GenericOp2> CustomOp2 for Generic<T> {
         s2: &MetalStorage,
         l2: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        self.run2((s1, l1), (s2, l2), Storage::Metal, metal)
+        self.run(&[(s1, l1), (s2, l2)], Storage::Metal, metal)
     }
 
     fn bwd(
@@ -199,6 +245,79 @@ impl<T: GenericOp2> CustomOp2 for Generic<T> {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.0.backward(&a.detach(), &b.detach(), &y.detach(), dy)
+        let mut g = self.grads(&[a, b], y, dy)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten()))
     }
+}
+
+impl<T: GenericOp> CustomOp3 for Generic<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(&[(s1, l1), (s2, l2), (s3, l3)], Storage::Cpu, cpu)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run(&[(s1, l1), (s2, l2), (s3, l3)], Storage::Cuda, cuda)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn metal_fwd(
+        &self,
+        s1: &MetalStorage,
+        l1: &Layout,
+        s2: &MetalStorage,
+        l2: &Layout,
+        s3: &MetalStorage,
+        l3: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.run(&[(s1, l1), (s2, l2), (s3, l3)], Storage::Metal, metal)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b, c], y, dy)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
+    }
+}
+
+/// `[..., k] → [rows, k]`, contiguous (CUDA's matmul wants row-major or transposed operands).
+pub(crate) fn rows2(t: &Tensor) -> Result<Tensor> {
+    let k = t.dim(candle_core::D::Minus1)?;
+    t.contiguous()?.reshape((t.elem_count() / k.max(1), k))
+}
+
+/// `dims` with its last entry replaced by `last`.
+pub(crate) fn with_last(dims: &[usize], last: usize) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    if let Some(d) = out.last_mut() {
+        *d = last;
+    }
+    out
 }

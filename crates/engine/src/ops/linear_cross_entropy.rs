@@ -25,7 +25,7 @@
 //! Like [`super::frozen_linear`], `W` is owned by the op, so it gets no gradient.
 
 use super::bridge::cpu_to_tensor;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -40,13 +40,13 @@ fn err(msg: impl Into<String>) -> candle_core::Error {
 }
 
 /// The checked, per-row side of the problem (everything but `h` and `W`) and the tiling.
-struct Plan {
-    targets: Vec<u32>,
-    weights: Vec<f32>,
+pub(super) struct Plan {
+    pub(super) targets: Vec<u32>,
+    pub(super) weights: Vec<f32>,
     /// Rows with a positive weight, in order; the only rows ever computed.
-    active: Vec<u32>,
+    pub(super) active: Vec<u32>,
     /// `Σ weights`.
-    total: f64,
+    pub(super) total: f64,
     /// Rows per block (at least 1).
     chunk_rows: usize,
     /// Vocabulary entries per tile (at least 1): a tile of logits is `chunk_rows × chunk_vocab`.
@@ -55,7 +55,7 @@ struct Plan {
 
 impl Plan {
     /// `chunks`: `(rows, vocab)` per tile; by default sized from [`TILE_BYTES`].
-    fn new(
+    pub(super) fn new(
         h: &Tensor,
         w: &Tensor,
         targets: &[u32],
@@ -342,38 +342,22 @@ fn with_chunks(
     chunks: Option<(usize, usize)>,
 ) -> Result<Tensor> {
     let plan = Plan::new(h, w, targets, weights, chunks)?;
+    if h.track_op() && !h.device().is_cpu() {
+        candle_core::bail!(
+            "the fused cross-entropy has only a CPU kernel; `ops::linear_cross_entropy` picks the generic op on {:?}",
+            h.device().location()
+        );
+    }
     let h = h.to_dtype(DType::F32)?;
-    if h.track_op() && h.device().is_cpu() {
+    if h.track_op() {
         return h.apply_op1(LinearCrossEntropy {
             w: w.clone(),
             plan,
             lse: OnceLock::new(),
         });
     }
-    if h.track_op() {
-        // A tracked tensor off the CPU: the op has no GPU kernel, so take the unfused path,
-        // which records a graph (dropping it here would silently lose the gradient).
-        return unfused(&h, &w.to_dtype(DType::F32)?, &plan);
-    }
     let (loss, _) = forward_pass(&h, w, &plan)?;
     Tensor::new(loss as f32, h.device())
-}
-
-/// Logits, log-softmax and a weighted gather with ordinary (tracked) candle ops.
-fn unfused(h: &Tensor, w32: &Tensor, plan: &Plan) -> Result<Tensor> {
-    let dev = h.device();
-    // Masked rows may carry any target (padding); they weigh 0, so point them at token 0.
-    let targets: Vec<u32> = plan
-        .targets
-        .iter()
-        .zip(&plan.weights)
-        .map(|(&t, &w)| if w > 0.0 { t } else { 0 })
-        .collect();
-    let targets = Tensor::new(targets.as_slice(), dev)?;
-    let weights = Tensor::new(plan.weights.as_slice(), dev)?;
-    let logp = candle_nn::ops::log_softmax(&h.matmul(&w32.t()?)?, D::Minus1)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    picked.mul(&weights)?.sum_all()?.neg()? / plan.total
 }
 
 #[cfg(test)]

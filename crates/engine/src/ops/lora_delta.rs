@@ -9,46 +9,10 @@
 //! The mask is a counter-based hash of (seed, element index), so forward, backward and a
 //! checkpointed recomputation all see the same mask without storing it.
 
+use super::dropout::DropoutMask;
+use super::generic::OpPath;
 use super::{cpu_to_tensor, tensor_to_cpu};
-use crate::seed::mix;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-
-/// Dropout as the op applies it: each element kept with probability `1 − p` and scaled by
-/// `1 / (1 − p)`, decided by 16 bits of `mix(seed, i / 4)`.
-#[derive(Clone, Copy, Debug)]
-pub struct DropoutMask {
-    pub p: f32,
-    pub seed: u64,
-}
-
-impl DropoutMask {
-    /// Multiplies `x` (flattened, element order) by the mask in place.
-    pub fn apply(&self, x: &mut [f32]) {
-        let threshold = (self.p as f64 * 65536.0).round() as u64;
-        let keep = 1.0 / (1.0 - self.p);
-        for (j, quad) in x.chunks_mut(4).enumerate() {
-            let bits = mix(self.seed, j as u64);
-            for (k, v) in quad.iter_mut().enumerate() {
-                let r = (bits >> (16 * k)) & 0xFFFF;
-                *v = if r < threshold { 0.0 } else { *v * keep };
-            }
-        }
-    }
-
-    /// `x` times the mask, through a plain copy (inside the op: nothing is tracked).
-    fn on(&self, x: &Tensor) -> Result<Tensor> {
-        let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-        self.apply(&mut v);
-        Tensor::from_vec(v, x.shape(), x.device())
-    }
-
-    /// The mask as a tensor of `0` and `1/(1−p)`, for the composite (non-CPU) path.
-    fn tensor(&self, shape: &Shape, device: &candle_core::Device) -> Result<Tensor> {
-        let mut v = vec![1f32; shape.elem_count()];
-        self.apply(&mut v);
-        Tensor::from_vec(v, shape, device)
-    }
-}
 
 struct LoraDelta {
     scale: f64,
@@ -131,12 +95,28 @@ pub fn lora_delta(
     scale: f64,
     dropout: Option<DropoutMask>,
 ) -> Result<Tensor> {
+    lora_delta_with(OpPath::Auto, x, a, b, scale, dropout)
+}
+
+/// [`lora_delta`] through the kernel `path` picks for `x`'s device (the generic op off the
+/// CPU or for non-f32 activations).
+pub fn lora_delta_with(
+    path: OpPath,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
+    if !path.fused_on(x.device()) || x.dtype() != candle_core::DType::F32 {
+        return super::generic_linear::lora_delta(x, a, b, scale, dropout);
+    }
     let tracked = x.track_op() || a.track_op() || b.track_op();
     let op = LoraDelta { scale, dropout };
-    if tracked && x.device().is_cpu() {
+    if tracked {
         return x.apply_op3(a, b, op);
     }
-    // Untracked (inference) or a GPU device: the same arithmetic from differentiable ops.
+    // Untracked (inference): the same arithmetic from plain ops, no graph.
     let shape = x.dims().to_vec();
     let xd = match &op.dropout {
         Some(m) => x.mul(&m.tensor(x.shape(), x.device())?)?,

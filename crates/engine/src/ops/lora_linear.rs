@@ -12,9 +12,10 @@
 //! Dropout is [`DropoutMask`] over `x` in logical element order, exactly as in `lora_delta`, so
 //! masks are identical and results match the composite path up to float summation order.
 
+use super::dropout::DropoutMask;
 use super::gemm::{gemm_into, MatRef};
-use super::lora_delta::{lora_delta, DropoutMask};
-use super::{frozen_linear, logical_f32};
+use super::generic::OpPath;
+use super::logical_f32;
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
@@ -231,7 +232,7 @@ impl CustomOp3 for LoraLinear {
 /// `x·Wᵀ + scale·B·(A·dropout(x))` for `x: [..., in]` f32, a frozen (untracked) `w: [out, in]`
 /// (f32 or bf16), `a: [r, in]`, `b: [out, r]` f32. `dropout` is `None` outside training.
 ///
-/// Off the CPU, or for a non-f32 `x`, this is the composite `frozen_linear + lora_delta`.
+/// Off the CPU, or for a non-f32 `x`, this is the generic op (`super::generic_linear`).
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -240,12 +241,25 @@ pub fn lora_linear(
     scale: f64,
     dropout: Option<DropoutMask>,
 ) -> Result<Tensor> {
-    let cpu = x.device().is_cpu() && w.device().is_cpu();
-    if !cpu || x.dtype() != DType::F32 {
-        return frozen_linear(x, w)? + lora_delta(x, a, b, scale, dropout)?;
-    }
+    lora_linear_with(OpPath::Auto, x, w, a, b, scale, dropout)
+}
+
+/// [`lora_linear`] through the kernel `path` picks for `x`'s device (the generic op off the
+/// CPU or for non-f32 activations).
+pub fn lora_linear_with(
+    path: OpPath,
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
     if w.track_op() {
         bail!("lora linear: the base weight must be frozen (it would get no gradient)");
+    }
+    if !path.fused_on(x.device()) || x.dtype() != DType::F32 {
+        return super::generic_linear::lora_linear(x, w, a, b, scale, dropout);
     }
     let op = LoraLinear {
         w: w.clone(),

@@ -4,24 +4,40 @@
 //! wastes memory (the gradient of a frozen weight). See `shared/notes/candle-training.md` for the measurements
 //! behind each choice. Every op here is checked against finite differences in `tests/ops.rs`
 //! (`linear_cross_entropy` in its own unit tests, which need crate-private chunk sizes).
+//!
+//! Each op also has a device-generic version (`generic_*`, built on [`generic`]): the same
+//! maths and gradients written with candle primitives, which is what runs on CUDA and Metal.
+//! The `*_with` entry points take an [`OpPath`] and pick between the two; the plain names are
+//! `OpPath::Auto` (fused on the CPU, generic elsewhere). `tests/generic_ops.rs` checks every
+//! generic op against its fused one on the CPU.
 
 mod bridge;
 pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
+mod dropout;
 mod frozen_linear;
 pub(crate) mod gemm;
+pub mod generic;
+pub mod generic_linear;
+pub mod generic_rowwise;
 mod linear_cross_entropy;
+mod linear_cross_entropy_generic;
 mod lora_delta;
 mod lora_linear;
 mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use causal_softmax::{causal_softmax, causal_softmax_grouped};
-pub use frozen_linear::frozen_linear;
-pub use linear_cross_entropy::linear_cross_entropy;
-pub use lora_delta::{lora_delta, DropoutMask};
-pub use lora_linear::lora_linear;
-pub use rms_norm::rms_norm;
-pub use rope::{rope, RopeTables};
-pub use swiglu::swiglu;
+pub use causal_softmax::{causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with};
+pub use dropout::DropoutMask;
+pub use frozen_linear::{frozen_linear, frozen_linear_with};
+pub use generic::OpPath;
+pub use linear_cross_entropy_generic::{
+    linear_cross_entropy, linear_cross_entropy_generic, linear_cross_entropy_with,
+    GENERIC_TILE_BYTES,
+};
+pub use lora_delta::{lora_delta, lora_delta_with};
+pub use lora_linear::{lora_linear, lora_linear_with};
+pub use rms_norm::{rms_norm, rms_norm_with};
+pub use rope::{rope, rope_with, RopeTables};
+pub use swiglu::{swiglu, swiglu_with};

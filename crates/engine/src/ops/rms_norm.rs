@@ -8,6 +8,7 @@
 //! weight is trainable (selective "norm" tuning).
 
 use super::bridge::{logical_f32, tensor_f32};
+use super::generic::OpPath;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -137,8 +138,13 @@ impl CustomOp2 for RmsNorm {
 
 /// RMS-normalises `x` over its last dimension and scales by `weight` (`[d]`).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 {
-        return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
+    rms_norm_with(OpPath::Auto, x, weight, eps)
+}
+
+/// [`rms_norm`] through the kernel `path` picks for `x`'s device (the generic op off the CPU).
+pub fn rms_norm_with(path: OpPath, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if !path.fused_on(x.device()) || x.dtype() != DType::F32 {
+        return super::generic_rowwise::rms_norm(x, weight, eps);
     }
     // An f32 weight (the trainable case included) passes through as the same tensor.
     let weight = weight.to_dtype(DType::F32)?;

@@ -5,6 +5,7 @@
 //! `rope` kernel is used both ways; it has no backward of its own.
 
 use super::bridge::{cpu_to_tensor, tensor_to_cpu};
+use super::generic::OpPath;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Precomputed `cos`/`sin` tables, `[max_positions, head_dim/2]`.
@@ -65,9 +66,17 @@ impl CustomOp1 for Rope {
 
 /// Applies RoPE to `x: [b, heads, seq, head_dim]` for positions `offset..offset+seq`.
 pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
+    rope_with(OpPath::Auto, x, tables, offset)
+}
+
+/// [`rope`] through the kernel `path` picks for `x`'s device (the generic op off the CPU).
+pub fn rope_with(path: OpPath, x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     let seq = x.dim(2)?;
     let cos = tables.cos.narrow(0, offset, seq)?.contiguous()?;
     let sin = tables.sin.narrow(0, offset, seq)?.contiguous()?;
+    if !path.fused_on(x.device()) || x.dtype() != candle_core::DType::F32 {
+        return super::generic_rowwise::rope(x, &cos, &sin);
+    }
     if !x.track_op() {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
     }

@@ -6,6 +6,7 @@
 //! `dg = grad · u · σ(g) · (1 + g·(1 − σ(g)))`, `du = grad · silu(g)`.
 
 use super::bridge::{logical_f32, tensor_f32};
+use super::generic::OpPath;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -121,6 +122,15 @@ impl CustomOp2 for SwiGlu {
 
 /// `silu(gate) · up` for two f32 tensors of the same shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    swiglu_with(OpPath::Auto, gate, up)
+}
+
+/// [`swiglu`] through the kernel `path` picks for the device (the generic op, which also
+/// takes bf16, off the CPU).
+pub fn swiglu_with(path: OpPath, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !path.fused_on(gate.device()) || gate.dtype() != DType::F32 {
+        return super::generic_rowwise::swiglu(gate, up);
+    }
     if gate.shape() != up.shape() {
         bail!(
             "swiglu: gate {:?} and up {:?} differ",
@@ -134,9 +144,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             gate.dtype(),
             up.dtype()
         );
-    }
-    if !gate.device().is_cpu() {
-        return candle_nn::ops::silu(gate)? * up;
     }
     gate.apply_op2(up, SwiGlu)
 }

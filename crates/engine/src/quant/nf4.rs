@@ -36,166 +36,23 @@
 //! double-quantization code map is a linear int8 one, not bitsandbytes' dynamic map, so packed
 //! absmax bytes are not bit-compatible with bitsandbytes files (the 4-bit codes are).
 
+use super::nf4_device::Nf4Codes;
+pub use super::nf4_format::{nf4_index, Absmax, DQ_BLOCK, NF4_BLOCK, NF4_CODE, NF4_THRESHOLDS};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-
-/// Elements per NF4 block (one absmax each).
-pub const NF4_BLOCK: usize = 64;
-/// Absmax constants per double-quantization block (one f32 scale each).
-pub const DQ_BLOCK: usize = 256;
-
-/// The 16 NF4 code values, index 0..15, copied from bitsandbytes `functional.py`
-/// (`create_normal_map(offset=0.9677083, use_extra_value=True)`, stored as f32).
-#[allow(clippy::excessive_precision)] // verbatim bitsandbytes literals
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-];
-
-/// Decision thresholds between adjacent codes: bitsandbytes' `dQuantizeNF4` tree literals, the
-/// f64 midpoints of [`NF4_CODE`] written in decimal and parsed to f32 (where a midpoint is an
-/// exact tie between two f32 values, the literal decides which one; we keep it verbatim).
-#[allow(clippy::excessive_precision)] // verbatim bitsandbytes literals
-pub const NF4_THRESHOLDS: [f32; 15] = [
-    -0.8480964004993439,
-    -0.6106329262256622,
-    -0.4599952697753906,
-    -0.33967943489551544,
-    -0.23460740596055984,
-    -0.13791173323988914,
-    -0.045525018125772476,
-    0.03979014977812767,
-    0.1202552504837513,
-    0.2035212516784668,
-    0.2920137718319893,
-    0.3893125355243683,
-    0.5016634166240692,
-    0.6427869200706482,
-    0.8614784181118011,
-];
-
-/// The code index of a normalised value (`x` in about `[-1, 1]`); ties round down.
-#[inline]
-pub fn nf4_index(x: f32) -> u8 {
-    // Thresholds are ascending, so `x > t` holds on a prefix: its length is the code.
-    NF4_THRESHOLDS.partition_point(|&t| x > t) as u8
-}
-
-/// The per-block scales of an [`Nf4Tensor`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Absmax {
-    /// One f32 per 64-block: 32/64 = 0.5 bits/param.
-    F32(Vec<f32>),
-    /// Double quantization: `absmax_b ≈ max(0, codes[b] · scales[b / 256] + offset)`.
-    ///
-    /// `offset` is the mean of all absmax constants; each block of 256 centred constants
-    /// `c = absmax − offset` is scaled symmetrically by `scale = max|c| / 127` and rounded to
-    /// the nearest integer in `[-127, 127]`. Reconstruction error per constant is at most
-    /// `scale / 2` (plus f32 rounding); clamping at 0 can only reduce it, since absmax ≥ 0.
-    ///
-    /// Why linear instead of bitsandbytes' dynamic 8-bit map: the centred constants of a weight
-    /// matrix lie in a narrow, roughly symmetric range, where a uniform grid has the smallest
-    /// worst-case error and a one-line bound; the resulting relative scale error of a block
-    /// (typically well under 1 %) is far below the NF4 rounding step itself (≥ 8 % of absmax).
-    DoubleQuant {
-        codes: Vec<i8>,
-        scales: Vec<f32>,
-        offset: f32,
-    },
-}
-
-impl Absmax {
-    /// Number of 64-blocks described.
-    pub fn len(&self) -> usize {
-        match self {
-            Absmax::F32(v) => v.len(),
-            Absmax::DoubleQuant { codes, .. } => codes.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The (reconstructed) absmax of block `b`.
-    #[inline]
-    pub fn get(&self, b: usize) -> f32 {
-        match self {
-            Absmax::F32(v) => v[b],
-            Absmax::DoubleQuant {
-                codes,
-                scales,
-                offset,
-            } => (codes[b] as f32 * scales[b / DQ_BLOCK] + offset).max(0.0),
-        }
-    }
-
-    /// All reconstructed constants.
-    pub fn to_vec(&self) -> Vec<f32> {
-        (0..self.len()).map(|b| self.get(b)).collect()
-    }
-
-    /// Bytes held: 4 per constant, or 1 per constant + 4 per 256-block + 4 for the offset.
-    pub fn storage_bytes(&self) -> usize {
-        match self {
-            Absmax::F32(v) => 4 * v.len(),
-            Absmax::DoubleQuant { codes, scales, .. } => codes.len() + 4 * scales.len() + 4,
-        }
-    }
-
-    /// Quantizes absmax constants (non-negative, finite) as described at [`Absmax::DoubleQuant`].
-    pub fn double_quantize(absmax: &[f32]) -> Absmax {
-        let mean = if absmax.is_empty() {
-            0.0
-        } else {
-            (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
-        };
-        let mut codes = Vec::with_capacity(absmax.len());
-        let mut scales = Vec::with_capacity(absmax.len().div_ceil(DQ_BLOCK));
-        for chunk in absmax.chunks(DQ_BLOCK) {
-            let range = chunk
-                .iter()
-                .map(|&a| (a - mean).abs())
-                .fold(0.0f32, f32::max);
-            let scale = range / 127.0;
-            // A block whose constants all equal the mean stores zeros and reconstructs the mean.
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            codes.extend(
-                chunk
-                    .iter()
-                    .map(|&a| ((a - mean) * inv).round().clamp(-127.0, 127.0) as i8),
-            );
-            scales.push(scale);
-        }
-        Absmax::DoubleQuant {
-            codes,
-            scales,
-            offset: mean,
-        }
-    }
-}
+use std::sync::Arc;
 
 /// A frozen `[out, in]` matrix in NF4 (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
     name: String,
     shape: (usize, usize),
+    /// Empty while the codes live on a GPU (`device`).
     packed: Vec<u8>,
     absmax: Absmax,
+    /// The codes and constants as tensors on a GPU ([`Nf4Tensor::to_device`]); the host
+    /// buffers are then released. `None` on the CPU.
+    device: Option<Arc<Nf4Codes>>,
 }
 
 impl Nf4Tensor {
@@ -274,6 +131,7 @@ impl Nf4Tensor {
             shape,
             packed,
             absmax,
+            device: None,
         })
     }
 
@@ -318,6 +176,58 @@ impl Nf4Tensor {
         matches!(self.absmax, Absmax::DoubleQuant { .. })
     }
 
+    /// The device copy of the codes, when they live on a GPU (the host buffers are empty then).
+    pub fn device_codes(&self) -> Option<&Arc<Nf4Codes>> {
+        self.device.as_ref()
+    }
+
+    /// Where the codes live.
+    pub fn device(&self) -> Device {
+        self.device
+            .as_ref()
+            .map(|c| c.device().clone())
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// This matrix with its codes on `device`: uploaded once (and the host buffers released)
+    /// for a GPU, downloaded back for the CPU, shared when already there.
+    ///
+    /// # Errors
+    /// [`Error::Candle`] for a failed copy.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let host = match &self.device {
+            Some(c) if c.device().same_device(device) => return Ok(self.clone()),
+            Some(c) => {
+                let (packed, absmax) = c.download()?;
+                Self {
+                    packed,
+                    absmax,
+                    device: None,
+                    ..self.clone()
+                }
+            }
+            None => self.clone(),
+        };
+        if device.is_cpu() {
+            return Ok(host);
+        }
+        let codes = Nf4Codes::upload(host.shape, &host.packed, &host.absmax, device)?;
+        let empty = match host.absmax {
+            Absmax::F32(_) => Absmax::F32(Vec::new()),
+            Absmax::DoubleQuant { offset, .. } => Absmax::DoubleQuant {
+                codes: Vec::new(),
+                scales: Vec::new(),
+                offset,
+            },
+        };
+        Ok(Self {
+            packed: Vec::new(),
+            absmax: empty,
+            device: Some(Arc::new(codes)),
+            ..host
+        })
+    }
+
     /// The 4-bit code of flat element `i` (row-major).
     #[inline]
     pub fn code_index(&self, i: usize) -> u8 {
@@ -331,7 +241,10 @@ impl Nf4Tensor {
 
     /// Bytes of quantized data: packed codes plus absmax storage (shape and name not counted).
     pub fn storage_bytes(&self) -> usize {
-        self.packed.len() + self.absmax.storage_bytes()
+        match &self.device {
+            Some(c) => c.storage_bytes(),
+            None => self.packed.len() + self.absmax.storage_bytes(),
+        }
     }
 
     /// `8 · storage_bytes / numel`: 4.5 plain, ≈ 4.127 with double quantization.
@@ -382,11 +295,15 @@ impl Nf4Tensor {
         out
     }
 
-    /// The whole matrix as an f32 `[out, in]` tensor on the CPU.
+    /// The whole matrix as an f32 `[out, in]` tensor where the codes live (the CPU, or the GPU
+    /// they were moved to).
     ///
     /// # Errors
     /// [`Error::Candle`] if the tensor cannot be built.
     pub fn dequantize(&self) -> Result<Tensor> {
+        if let Some(c) = &self.device {
+            return Ok(c.dequantize_rows(0, self.shape.0, DType::F32)?);
+        }
         Ok(Tensor::from_vec(
             self.dequantize_vec(),
             self.shape,
@@ -424,5 +341,30 @@ impl Nf4Tensor {
         }
         self.dequantize_range_into(start * cols, out);
         Ok(())
+    }
+}
+
+impl Nf4Tensor {
+    /// The codes as tensors on `device`: this tensor's device copy when it lives there, a
+    /// fresh upload of the host buffers otherwise.
+    ///
+    /// # Errors
+    /// Candle errors; codes that live on another device are refused.
+    pub fn codes_on(&self, device: &Device) -> candle_core::Result<Arc<Nf4Codes>> {
+        match self.device_codes() {
+            Some(c) if c.device().same_device(device) => Ok(c.clone()),
+            Some(c) => candle_core::bail!(
+                "NF4 `{}` lives on {:?}, not {:?}",
+                self.name(),
+                c.device().location(),
+                device.location()
+            ),
+            None => Ok(Arc::new(Nf4Codes::upload(
+                self.shape(),
+                self.packed(),
+                self.absmax(),
+                device,
+            )?)),
+        }
     }
 }

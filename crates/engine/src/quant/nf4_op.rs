@@ -19,10 +19,12 @@
 //! forward. The result equals `x.matmul(W_deq.t())` up to GEMM summation order (≈ 1e-7 relative).
 //!
 //! # What this is not
-//! CPU only (no CUDA/Metal kernel); f32 input only; no second-order gradients.
+//! A GPU kernel: off the CPU (or on the generic path) [`Nf4Linear::forward_with`] runs
+//! [`super::nf4_device::nf4_linear`]. The fused op takes f32 input only; no second-order
+//! gradients.
 
 use super::nf4::Nf4Tensor;
-use crate::ops::logical_f32;
+use crate::ops::{logical_f32, OpPath};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -96,21 +98,28 @@ impl Nf4Linear {
         }
     }
 
-    /// `x · Wᵀ`, `x: [..., in]` f32 on the CPU → `[..., out]`.
+    /// `x · Wᵀ`, `x: [..., in]` → `[..., out]`: the fused CPU op for f32 on the CPU, the
+    /// generic op ([`super::nf4_device::nf4_linear`]) for other dtypes and on the device the
+    /// codes live on.
     ///
     /// # Errors
-    /// A candle error naming the weight if `x` is not f32, not on the CPU, or its last dimension
-    /// is not `in`.
+    /// A candle error naming the weight if `x` is not a float tensor or its last dimension is
+    /// not `in`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(OpPath::Auto, x)
+    }
+
+    /// [`Nf4Linear::forward`] through the kernel `path` picks for `x`'s device.
+    ///
+    /// # Errors
+    /// As [`Nf4Linear::forward`]; codes on another device than `x`.
+    pub fn forward_with(&self, path: OpPath, x: &Tensor) -> candle_core::Result<Tensor> {
         let name = self.weight.name();
-        if x.dtype() != DType::F32 {
+        if !x.dtype().is_float() {
             bail!(
-                "NF4 linear `{name}`: input must be f32, got {:?}",
+                "NF4 linear `{name}`: input must be a float tensor, got {:?}",
                 x.dtype()
             );
-        }
-        if !x.device().is_cpu() {
-            bail!("NF4 linear `{name}`: only CPU tensors are supported");
         }
         let k = x.dims().last().copied().unwrap_or(0);
         if x.rank() == 0 || k != self.in_features() {
@@ -119,6 +128,11 @@ impl Nf4Linear {
                 x.dims(),
                 self.in_features()
             );
+        }
+        let fused = path.fused_on(x.device()) && x.dtype() == DType::F32;
+        if !fused || self.weight.device_codes().is_some() {
+            let codes = self.weight.codes_on(x.device())?;
+            return super::nf4_device::nf4_linear(x, codes, self.tile_rows);
         }
         x.apply_op1(self.op())
     }
