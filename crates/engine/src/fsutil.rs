@@ -51,7 +51,8 @@ pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -
 /// An f32 buffer written to safetensors one tensor at a time (the optimizer's moments: for full
 /// fine-tuning twice the model's size, which copying all at once would add to the peak).
 pub struct F32Slice<'a> {
-    pub data: &'a [f32],
+    /// Borrowed from host buffers, owned when copied from a GPU.
+    pub data: std::borrow::Cow<'a, [f32]>,
     pub shape: Vec<usize>,
 }
 

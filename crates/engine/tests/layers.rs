@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// The engine's layers, lowest first; a module may use its own layer and those before it.
 const LAYERS: &[&[&str]] = &[
     &[
+        "device",
         "error",
         "fsutil",
         "memory",

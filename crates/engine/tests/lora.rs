@@ -281,6 +281,7 @@ fn gradients_with_restricted_layers_and_dropout_match_finite_differences() {
     let ctx = ForwardCtx {
         train: true,
         step_seed: 77,
+        ..Default::default()
     };
     let all: Vec<String> = t.params.iter().map(|(n, _)| n.clone()).collect();
     let worst = check_fd(&m, &t, &ctx, &all);

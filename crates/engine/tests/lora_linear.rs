@@ -203,6 +203,7 @@ fn linear_forward_uses_it_transparently() {
     let ctx = ForwardCtx {
         train: true,
         step_seed: 99,
+        ..Default::default()
     };
     for w in [
         uniform(&[out, inp], 20),

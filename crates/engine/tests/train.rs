@@ -214,6 +214,7 @@ fn lora_grads(checkpointing: bool) -> Vec<(String, Vec<f32>)> {
     let ctx = ForwardCtx {
         train: true,
         step_seed: 9,
+        ..Default::default()
     };
     let sink = peft_engine::train::grad_ckpt::GradSink::default();
     let logits = if checkpointing {

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::model::decoder::{Decoder, KvCache};
 use crate::tokenizer::Tokenizer;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -229,7 +229,8 @@ pub fn generate(
     let mut stop = StopReason::MaxTokens;
 
     let t0 = Instant::now();
-    let input = Tensor::new(prompt_ids, &Device::Cpu)?.unsqueeze(0)?;
+    // Ids go to the model's device; each step's logits come back for sampling (one row).
+    let input = Tensor::new(prompt_ids, model.device())?.unsqueeze(0)?;
     let mut logits = model.forward_step(&input, &mut cache)?;
     let prompt_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -238,7 +239,10 @@ pub fn generate(
             stop = StopReason::Cancelled;
             break;
         }
-        let mut l = logits.squeeze(0)?;
+        let mut l = logits
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         if opts.repeat_penalty != 1.0 {
             let start = all.len().saturating_sub(opts.repeat_last_n);
             l = candle_transformers::utils::apply_repeat_penalty(
@@ -264,7 +268,7 @@ pub fn generate(
             stop = StopReason::ContextFull;
             break;
         }
-        let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+        let input = Tensor::new(&[next], model.device())?.unsqueeze(0)?;
         logits = model.forward_step(&input, &mut cache)?;
     }
     if let Some(rest) = stream.finish()? {

@@ -1,5 +1,7 @@
-//! The per-call context of a forward pass: whether it trains (dropout on) and the seed its
-//! dropout masks come from.
+//! The per-call context of a forward pass: whether it trains (dropout on), the seed its
+//! dropout masks come from, and which implementation of the custom ops runs.
+
+use crate::ops::OpPath;
 
 /// Per-call settings that change the forward pass during training.
 #[derive(Clone, Copy, Debug, Default)]
@@ -9,4 +11,7 @@ pub struct ForwardCtx {
     /// Seeds this step's dropout masks; derived from (run seed, step, micro-step) so that a
     /// resumed run draws exactly the masks the uninterrupted run would have.
     pub step_seed: u64,
+    /// Fused CPU kernels or device-generic ops (`Auto`: fused on the CPU, generic elsewhere;
+    /// tests force `Generic` on the CPU to compare the two).
+    pub ops: OpPath,
 }

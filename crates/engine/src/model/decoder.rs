@@ -14,9 +14,11 @@
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::ctx::ForwardCtx;
-use crate::model::linear::{matmul_t, Linear};
+use crate::model::linear::{matmul_t_with, Linear};
 use crate::model::tensors::TensorSource;
-use crate::ops::{causal_softmax_grouped, rms_norm, rope, swiglu, RopeTables};
+use crate::ops::{
+    causal_softmax_grouped_with, rms_norm_with, rope_with, swiglu_with, OpPath, RopeTables,
+};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
@@ -190,7 +192,9 @@ pub struct Decoder {
     pub norm: Tensor,
     /// `None` when the output projection is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
-    rope: RopeTables,
+    pub(crate) rope: RopeTables,
+    /// The activations' dtype: f32 on the CPU, bf16 by default on a GPU (`model::placement`).
+    pub(crate) compute: DType,
 }
 
 struct Loader<'a> {
@@ -319,7 +323,7 @@ impl Decoder {
             config.head_dim,
             config.rope_theta,
             config.max_position_embeddings,
-            &Device::Cpu,
+            embed_tokens.device(),
         )?;
         Ok(Self {
             config,
@@ -328,6 +332,7 @@ impl Decoder {
             norm,
             lm_head,
             rope,
+            compute: DType::F32,
         })
     }
 
@@ -337,8 +342,8 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         let e = self
             .embed_tokens
-            .to_dtype(DType::F32)?
-            .index_select(&flat, 0)?;
+            .index_select(&flat, 0)?
+            .to_dtype(self.compute)?;
         Ok(e.reshape((b, s, self.config.hidden_size))?)
     }
 
@@ -353,18 +358,16 @@ impl Decoder {
     ) -> Result<Tensor> {
         let block = &self.layers[n];
         let eps = self.config.rms_norm_eps;
-        let h = rms_norm(x, &block.input_layernorm.to_dtype(DType::F32)?, eps)?;
+        let h = rms_norm_with(ctx.ops, x, &block.input_layernorm, eps)?;
         let a = self.attention(&block.self_attn, &h, offset, cache, ctx)?;
         let x = (x + a)?;
-        let h = rms_norm(
-            &x,
-            &block.post_attention_layernorm.to_dtype(DType::F32)?,
-            eps,
-        )?;
+        let h = rms_norm_with(ctx.ops, &x, &block.post_attention_layernorm, eps)?;
         let m = &block.mlp;
         let gate = m.gate_proj.forward(&h, ctx)?;
         let up = m.up_proj.forward(&h, ctx)?;
-        let y = m.down_proj.forward(&swiglu(&gate, &up)?, ctx)?;
+        let y = m
+            .down_proj
+            .forward(&swiglu_with(ctx.ops, &gate, &up)?, ctx)?;
         Ok((x + y)?)
     }
 
@@ -395,8 +398,8 @@ impl Decoder {
         let q = heads(attn.q_proj.forward(x, ctx)?, nh)?;
         let k = heads(attn.k_proj.forward(x, ctx)?, nkv)?;
         let v = heads(attn.v_proj.forward(x, ctx)?, nkv)?;
-        let q = rope(&q, &self.rope, offset)?;
-        let mut k = rope(&k, &self.rope, offset)?;
+        let q = rope_with(ctx.ops, &q, &self.rope, offset)?;
+        let mut k = rope_with(ctx.ops, &k, &self.rope, offset)?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -411,7 +414,8 @@ impl Decoder {
         let groups = nh / nkv;
         let q = q.reshape((b, nkv, groups * s, d))?;
         let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
-        let probs = causal_softmax_grouped(&scores, 1.0 / (d as f64).sqrt(), offset, s)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let probs = causal_softmax_grouped_with(ctx.ops, &scores, scale, offset, s)?;
         let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;
         let out = out.transpose(1, 2)?.reshape((b, s, nh * d))?;
         Ok(attn.o_proj.forward(&out, ctx)?)
@@ -436,22 +440,23 @@ impl Decoder {
             let slot = cache.as_mut().map(|c| &mut c.layers[n]);
             x = self.block_forward(n, &x, offset, slot, ctx)?;
         }
-        self.final_norm(&x)
+        self.final_norm_with(ctx.ops, &x)
     }
 
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(rms_norm(
-            x,
-            &self.norm.to_dtype(DType::F32)?,
-            self.config.rms_norm_eps,
-        )?)
+        self.final_norm_with(OpPath::Auto, x)
+    }
+
+    /// [`Decoder::final_norm`] through the kernels `ops` picks.
+    pub fn final_norm_with(&self, ops: OpPath, x: &Tensor) -> Result<Tensor> {
+        Ok(rms_norm_with(ops, x, &self.norm, self.config.rms_norm_eps)?)
     }
 
     /// Projects hidden states to vocabulary logits.
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => Ok(head.forward(hidden, ctx)?),
-            None => Ok(matmul_t(hidden, &self.embed_tokens)?),
+            None => Ok(matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?),
         }
     }
 
@@ -554,9 +559,7 @@ impl Decoder {
         let mut count = |lin: &Linear| {
             match &lin.base {
                 crate::model::linear::Base::Nf4(_) => r.nf4_linears += 1,
-                crate::model::linear::Base::Dense(w) if w.is_variable() => {
-                    r.trainable_linears += 1
-                }
+                crate::model::linear::Base::Dense(w) if w.is_variable() => r.trainable_linears += 1,
                 crate::model::linear::Base::Dense(_) => r.dense_linears += 1,
             }
             r.adapted_linears += lin.lora.is_some() as usize;

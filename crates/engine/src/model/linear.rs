@@ -11,7 +11,7 @@
 
 use crate::model::ctx::ForwardCtx;
 use crate::model::lora::Lora;
-use crate::ops::frozen_linear;
+use crate::ops::{frozen_linear_with, OpPath};
 use crate::quant::nf4::Nf4Tensor;
 use crate::quant::nf4_op::Nf4Linear;
 use candle_core::{DType, Result, Tensor};
@@ -38,26 +38,31 @@ pub struct Linear {
 
 /// `x · Wᵀ`, picking the kernel by whether `w` is trainable (see the module docs).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    matmul_t_with(OpPath::Auto, x, w)
+}
+
+/// [`matmul_t`] with the frozen case through the kernel `path` picks for `x`'s device.
+pub fn matmul_t_with(path: OpPath, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.is_variable() {
-        let w = if w.dtype() == DType::F32 {
-            w.clone()
-        } else {
-            w.to_dtype(DType::F32)?
-        };
-        x.broadcast_matmul(&w.t()?)
+        // Trained weights compute in the activations' dtype; a 2-D product keeps CUDA's
+        // matmul on its supported (row-major / transposed) layouts.
+        let w = w.to_dtype(x.dtype())?;
+        let k = x.dim(candle_core::D::Minus1)?;
+        let mut dims = x.dims().to_vec();
+        if let Some(d) = dims.last_mut() {
+            *d = w.dim(0)?;
+        }
+        let x2 = x.contiguous()?.reshape((x.elem_count() / k.max(1), k))?;
+        x2.matmul(&w.t()?)?.reshape(dims)
     } else {
-        frozen_linear(x, w)
+        frozen_linear_with(path, x, w)
     }
 }
 
 /// Whether the base product and the adapter can run as one op: the base must be frozen (the op
-/// returns no gradient for it) and the op has only a CPU kernel for f32 inputs.
-fn fusable(x: &Tensor, w: &Tensor) -> bool {
-    !w.track_op()
-        && matches!(w.dtype(), DType::F32 | DType::BF16)
-        && x.dtype() == DType::F32
-        && x.device().is_cpu()
-        && w.device().is_cpu()
+/// returns no gradient for it). The op picks its fused or generic kernel itself.
+fn fusable(w: &Tensor) -> bool {
+    !w.track_op() && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 impl Linear {
@@ -82,14 +87,14 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let lora = self.lora.as_ref().filter(|_| !self.merged);
         let (mut y, lora_done) = match (&self.base, lora) {
-            (Base::Dense(w), Some(lora)) if fusable(x, w) => {
+            (Base::Dense(w), Some(lora)) if fusable(w) => {
                 (lora.forward_with_base(x, w, ctx)?, true)
             }
-            (Base::Dense(w), _) => (matmul_t(x, w)?, false),
-            (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward(x)?, false),
+            (Base::Dense(w), _) => (matmul_t_with(ctx.ops, x, w)?, false),
+            (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward_with(ctx.ops, x)?, false),
         };
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+            y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
         if let (Some(lora), false) = (lora, lora_done) {
             y = (y + lora.forward(x, ctx)?)?;

@@ -7,7 +7,7 @@
 //! targets and reading/writing adapter files is `crate::peft`.
 
 use crate::model::ctx::ForwardCtx;
-use crate::ops::{lora_delta, lora_linear, DropoutMask};
+use crate::ops::{lora_delta_with, lora_linear_with, DropoutMask};
 use crate::seed::mix;
 use candle_core::{DType, Result, Tensor};
 
@@ -33,7 +33,7 @@ impl Lora {
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
-        lora_delta(x, &a, &b, self.scale, self.dropout_mask(ctx))
+        lora_delta_with(ctx.ops, x, &a, &b, self.scale, self.dropout_mask(ctx))
     }
 
     /// `x·Wᵀ + scale · B·(A·dropout(x))` for a frozen dense `w: [out, in]`, as one op (see
@@ -42,7 +42,7 @@ impl Lora {
     pub fn forward_with_base(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
-        lora_linear(x, w, &a, &b, self.scale, self.dropout_mask(ctx))
+        lora_linear_with(ctx.ops, x, w, &a, &b, self.scale, self.dropout_mask(ctx))
     }
 
     /// Seeded by (step, adapter) so a resumed run and a checkpointed recomputation draw the

@@ -11,4 +11,5 @@ pub mod linear;
 pub mod load;
 pub mod loaded;
 pub mod lora;
+pub mod placement;
 pub mod tensors;

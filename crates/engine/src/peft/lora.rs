@@ -19,8 +19,10 @@ pub fn lora_scale(alpha: f64, rank: usize, rslora: bool) -> f64 {
     }
 }
 
-/// A fresh trainable adapter: `A ~ U(−1/√in, 1/√in)` from `(seed, stream)`, `B = 0`; returns
-/// the layer's adapter and its two variables (`A`, `B`).
+/// A fresh trainable adapter on `device`: `A ~ U(−1/√in, 1/√in)` from `(seed, stream)` (drawn
+/// on the host, so every device starts from the same values), `B = 0`; returns the layer's
+/// adapter and its two variables (`A`, `B`).
+#[allow(clippy::too_many_arguments)]
 pub fn fresh_adapter(
     in_features: usize,
     out_features: usize,
@@ -29,14 +31,15 @@ pub fn fresh_adapter(
     dropout: f32,
     seed: u64,
     stream: u64,
+    device: &Device,
 ) -> Result<(Lora, Var, Var)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed, stream));
     let bound = 1.0 / (in_features as f32).sqrt();
     let a: Vec<f32> = (0..rank * in_features)
         .map(|_| rng.random_range(-bound..bound))
         .collect();
-    let a = Var::from_tensor(&Tensor::from_vec(a, (rank, in_features), &Device::Cpu)?)?;
-    let b = Var::zeros((out_features, rank), DType::F32, &Device::Cpu)?;
+    let a = Var::from_tensor(&Tensor::from_vec(a, (rank, in_features), device)?)?;
+    let b = Var::zeros((out_features, rank), DType::F32, device)?;
     Ok((
         Lora {
             a: a.as_tensor().clone(),

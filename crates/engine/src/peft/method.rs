@@ -233,7 +233,8 @@ impl Trainable {
     }
 }
 
-pub(crate) fn layer_index(name: &str) -> Option<usize> {
+/// The block index in a parameter name (`model.layers.3.…` → 3).
+pub fn layer_index(name: &str) -> Option<usize> {
     name.strip_prefix("model.layers.")?
         .split('.')
         .next()?
@@ -343,6 +344,7 @@ pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<T
                 }
             }
             let scale = lora_scale(s.alpha, s.rank, s.rslora);
+            let device = model.embed_tokens.device().clone();
             for (stream, (path, lin)) in model.linears_mut().into_iter().enumerate() {
                 let module = path.rsplit('.').next().unwrap_or("");
                 let layer = layer_index(&path).unwrap_or(0);
@@ -352,7 +354,7 @@ pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<T
                 }
                 let (o, i) = lin.dims();
                 let (lora, a, b) =
-                    fresh_adapter(i, o, s.rank, scale, s.dropout, seed, stream as u64)?;
+                    fresh_adapter(i, o, s.rank, scale, s.dropout, seed, stream as u64, &device)?;
                 lin.lora = Some(lora);
                 out.params.push((format!("{path}.lora_A.weight"), a));
                 out.params.push((format!("{path}.lora_B.weight"), b));

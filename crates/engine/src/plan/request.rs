@@ -26,6 +26,15 @@ impl ComputeDevice {
             ComputeDevice::Metal => "metal",
         }
     }
+
+    /// The kind of an opened device (what a run on it is planned as).
+    pub fn of(device: &candle_core::Device) -> Self {
+        match device {
+            candle_core::Device::Cpu => ComputeDevice::Cpu,
+            candle_core::Device::Cuda(_) => ComputeDevice::Cuda,
+            candle_core::Device::Metal(_) => ComputeDevice::Metal,
+        }
+    }
 }
 
 /// The machine's measured speed (from `plan::calibrate`), the input to the time estimate.

@@ -4,6 +4,7 @@
 //! alike. [`TrainConfig::demo`] is the bundled demo's setting.
 
 use crate::data::render::TrainOn;
+use crate::device::DeviceChoice;
 use crate::model::decoder::WeightDtype;
 use crate::peft::method::Method;
 use crate::plan::{ComputeDevice, PlanRequest, Throughput};
@@ -54,6 +55,12 @@ pub struct TrainConfig {
     /// block linears are NF4 whatever this says: the method decides.
     #[serde(default)]
     pub weight_dtype: WeightDtype,
+    /// Where the run computes (`None`: auto, the planner's device: a GPU this build supports,
+    /// else the CPU). On a GPU activations and frozen weights are bf16; adapters, gradients
+    /// and optimizer state stay f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub device: Option<DeviceChoice>,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +86,7 @@ impl Default for TrainConfig {
             skip_bad_rows: false,
             adapter_dtype: Default::default(),
             weight_dtype: WeightDtype::F32,
+            device: None,
         }
     }
 }
@@ -108,6 +116,14 @@ impl TrainConfig {
             warmup_steps: 5,
             ..Self::default()
         }
+    }
+
+    /// The device this run computes on, opened.
+    ///
+    /// # Errors
+    /// As [`DeviceChoice::open`] (e.g. a CUDA choice in a build without CUDA).
+    pub fn open_device(&self) -> crate::Result<candle_core::Device> {
+        self.device.unwrap_or_default().open()
     }
 
     /// The planner's request for these settings on `device` at `throughput`.

@@ -1,7 +1,8 @@
 //! Per-layer gradient checkpointing: a block's forward keeps no graph; its backward runs the
 //! block again from the saved input and backpropagates through that copy.
 //!
-//! Implemented as a custom op on the block input whose `bwd` re-runs the block with the input
+//! Implemented as a device-generic custom op (`ops::generic`, so it runs on every backend) on
+//! the block input whose backward re-runs the block with the input
 //! as a fresh `Var`, calls `backward()` on `Σ y ⊙ dy`, returns `dx`, and hands the gradients of
 //! the trainable tensors inside the block to a [`GradSink`] that the trainer adds to the outer
 //! gradients. Memory: one block's activations at a time instead of all of them; cost: one
@@ -10,8 +11,8 @@
 
 use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::Decoder;
-use crate::ops::{cpu_to_tensor, tensor_to_cpu};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId, Var};
+use crate::ops::generic::{apply, GenericOp};
+use candle_core::{Result, Tensor, TensorId, Var};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -53,34 +54,38 @@ struct CheckpointedBlock {
     sink: GradSink,
 }
 
-impl CustomOp1 for CheckpointedBlock {
+impl GenericOp for CheckpointedBlock {
     fn name(&self) -> &'static str {
         "checkpointed-block"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = cpu_to_tensor(storage, layout)?;
-        let y = self
+    fn forward(&self, xs: &[Tensor]) -> Result<Tensor> {
+        Ok(self
             .model
-            .block_forward(self.layer, &x, 0, None, &self.ctx)
+            .block_forward(self.layer, &xs[0], 0, None, &self.ctx)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .detach();
-        Ok((tensor_to_cpu(&y)?, y.shape().clone()))
+            .detach())
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = Var::from_tensor(&arg.detach())?;
+    fn backward(
+        &self,
+        xs: &[Tensor],
+        _want: &[bool],
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let x = Var::from_tensor(&xs[0])?;
         let y = self
             .model
             .block_forward(self.layer, x.as_tensor(), 0, None, &self.ctx)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let grads = (y * grad.detach())?.sum_all()?.backward()?;
+        let grads = (y * dy)?.sum_all()?.backward()?;
         for p in &self.params {
             if let Some(g) = grads.get(p) {
                 self.sink.add(p.id(), g.detach())?;
             }
         }
-        Ok(grads.get(x.as_tensor()).map(|g| g.detach()))
+        Ok(vec![grads.get(x.as_tensor()).map(|g| g.detach())])
     }
 }
 
@@ -101,11 +106,12 @@ pub fn checkpointed_block(
     } else {
         Var::from_tensor(x)?.as_tensor().clone()
     };
-    x.apply_op1(CheckpointedBlock {
+    let op = CheckpointedBlock {
         model: model.clone(),
         layer,
         ctx: *ctx,
         params,
         sink: sink.clone(),
-    })
+    };
+    apply(op, &[&x])
 }

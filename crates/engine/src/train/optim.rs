@@ -7,9 +7,10 @@
 //! `p ← p − lr · (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + ε)`.
 
 use crate::error::Result;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -36,6 +37,11 @@ pub struct AdamW {
     pub settings: AdamWSettings,
     /// `(name, parameter, m, v)`; the moments as plain buffers, updated in place.
     slots: Vec<(String, Var, Vec<f32>, Vec<f32>)>,
+    /// The same for parameters on a GPU: the moments are device tensors and the update runs
+    /// there as tensor ops (nothing crosses to the host per step).
+    device_slots: Vec<(String, Var, Tensor, Tensor)>,
+    /// Position of each parameter: `(on a device, index in its list)`, in `new`'s order.
+    order: Vec<(bool, usize)>,
     pub t: u64,
 }
 
@@ -48,18 +54,57 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 
 impl AdamW {
     pub fn new(params: &[(String, Var)], settings: AdamWSettings) -> Result<Self> {
-        let slots = params
-            .iter()
-            .map(|(n, v)| {
+        let (mut slots, mut device_slots, mut order) = (Vec::new(), Vec::new(), Vec::new());
+        for (n, v) in params {
+            if v.device().is_cpu() {
                 let z = vec![0f32; v.elem_count()];
-                (n.clone(), v.clone(), z.clone(), z)
-            })
-            .collect();
+                order.push((false, slots.len()));
+                slots.push((n.clone(), v.clone(), z.clone(), z));
+            } else {
+                let z = Tensor::zeros(v.shape(), DType::F32, v.device())?;
+                order.push((true, device_slots.len()));
+                device_slots.push((n.clone(), v.clone(), z.clone(), z));
+            }
+        }
         Ok(Self {
             settings,
             slots,
+            device_slots,
+            order,
             t: 0,
         })
+    }
+
+    /// The update of the parameters on a GPU: the formula of [`AdamW::step`] as tensor ops.
+    fn device_step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        let s = &self.settings;
+        let bc1 = 1.0 - s.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - s.beta2.powi(self.t as i32);
+        let decay = 1.0 - lr * s.weight_decay;
+        for (i, &(on_device, j)) in self.order.iter().enumerate() {
+            if !on_device {
+                continue;
+            }
+            let (name, p, m, v) = &mut self.device_slots[j];
+            let g = grads[i].to_dtype(DType::F32)?;
+            if g.shape() != p.shape() {
+                return Err(crate::Error::invalid(
+                    "optimizer",
+                    format!(
+                        "gradient of {name} is {:?}, expected {:?}",
+                        g.dims(),
+                        p.dims()
+                    ),
+                ));
+            }
+            *m = ((&*m * s.beta1)? + (&g * (1.0 - s.beta1))?)?;
+            *v = ((&*v * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?;
+            let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + s.eps)?)?;
+            let theta = p.as_tensor().to_dtype(DType::F32)?;
+            let theta = ((theta * decay)? - (update * lr)?)?;
+            p.set(&theta.to_dtype(p.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// One update of every parameter. A single fused pass per tensor (parallel over chunks):
@@ -73,7 +118,23 @@ impl AdamW {
         let bc2 = (1.0 - s.beta2.powi(self.t as i32)) as f32;
         let (lr32, eps) = (lr as f32, s.eps as f32);
         let decay = (1.0 - lr * s.weight_decay) as f32;
-        for ((name, p, m, v), g) in self.slots.iter_mut().zip(grads) {
+        if grads.len() != self.order.len() {
+            return Err(crate::Error::invalid(
+                "optimizer",
+                format!(
+                    "{} gradients for {} parameters",
+                    grads.len(),
+                    self.order.len()
+                ),
+            ));
+        }
+        let host_grads = self
+            .order
+            .iter()
+            .zip(grads)
+            .filter(|((on_device, _), _)| !on_device)
+            .map(|(_, g)| g);
+        for ((name, p, m, v), g) in self.slots.iter_mut().zip(host_grads) {
             let gs = values(g)?;
             let mut theta = values(p.as_tensor())?;
             if gs.len() != theta.len() {
@@ -103,14 +164,35 @@ impl AdamW {
             let t = Tensor::from_vec(theta, p.shape(), p.device())?.to_dtype(p.dtype())?;
             p.set(&t)?;
         }
-        Ok(())
+        self.device_step(grads, lr)
     }
 
-    /// The moments under PyTorch's names (`exp_avg` / `exp_avg_sq`), borrowed, for checkpoints.
-    pub fn state_slices(&self) -> Vec<(String, crate::fsutil::F32Slice<'_>)> {
-        let mut out = Vec::with_capacity(self.slots.len() * 2);
-        for (n, p, m, v) in &self.slots {
-            let shape = p.dims().to_vec();
+    /// The moments under PyTorch's names (`exp_avg` / `exp_avg_sq`), for checkpoints: borrowed
+    /// on the host, copied from a GPU.
+    ///
+    /// # Errors
+    /// A failed copy from the device.
+    pub fn state_slices(&self) -> Result<Vec<(String, crate::fsutil::F32Slice<'_>)>> {
+        let mut out = Vec::with_capacity(self.order.len() * 2);
+        for &(on_device, j) in &self.order {
+            let (n, shape, m, v): (&String, Vec<usize>, Cow<'_, [f32]>, Cow<'_, [f32]>) =
+                if on_device {
+                    let (n, p, m, v) = &self.device_slots[j];
+                    (
+                        n,
+                        p.dims().to_vec(),
+                        Cow::Owned(values(m)?),
+                        Cow::Owned(values(v)?),
+                    )
+                } else {
+                    let (n, p, m, v) = &self.slots[j];
+                    (
+                        n,
+                        p.dims().to_vec(),
+                        Cow::Borrowed(m.as_slice()),
+                        Cow::Borrowed(v.as_slice()),
+                    )
+                };
             out.push((
                 format!("exp_avg.{n}"),
                 crate::fsutil::F32Slice {
@@ -123,21 +205,44 @@ impl AdamW {
                 crate::fsutil::F32Slice { data: v, shape },
             ));
         }
-        out
+        Ok(out)
     }
 
-    /// The moments as named tensors (PyTorch's `exp_avg` / `exp_avg_sq`); copies them.
+    /// The moments as named CPU tensors (PyTorch's `exp_avg` / `exp_avg_sq`); copies them.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = Vec::with_capacity(self.slots.len() * 2);
-        for (n, p, m, v) in &self.slots {
-            let t = |x: &Vec<f32>| Tensor::from_slice(x, p.shape(), &candle_core::Device::Cpu);
-            out.push((format!("exp_avg.{n}"), t(m)?));
-            out.push((format!("exp_avg_sq.{n}"), t(v)?));
+        let mut out = Vec::new();
+        for (n, s) in self.state_slices()? {
+            out.push((
+                n,
+                Tensor::from_slice(&s.data, s.shape, &candle_core::Device::Cpu)?,
+            ));
         }
         Ok(out)
     }
 
     pub fn load_state(&mut self, t: u64, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<()> {
+        for (n, p, m, v) in self.device_slots.iter_mut() {
+            for (key, slot) in [
+                (format!("exp_avg.{n}"), &mut *m),
+                (format!("exp_avg_sq.{n}"), &mut *v),
+            ] {
+                let got = get(&key)?;
+                if got.elem_count() != p.elem_count() {
+                    return Err(crate::Error::invalid(
+                        "optimizer",
+                        format!(
+                            "{key} has {} values, expected {}",
+                            got.elem_count(),
+                            p.elem_count()
+                        ),
+                    ));
+                }
+                *slot = got
+                    .to_dtype(DType::F32)?
+                    .reshape(p.shape())?
+                    .to_device(p.device())?;
+            }
+        }
         for (n, p, m, v) in self.slots.iter_mut() {
             for (key, slot) in [
                 (format!("exp_avg.{n}"), &mut *m),
@@ -165,10 +270,25 @@ impl AdamW {
 /// Scales gradients in place so their global L2 norm is at most `max_norm`; returns the
 /// norm before clipping. `max_norm <= 0` disables clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    }
+    // One copy to the host for all the squared sums (each f32, added in f64), not one per
+    // tensor: on a GPU every copy is a synchronisation.
+    let sums = grads
+        .iter()
+        .map(|g| {
+            g.to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_device(grads[0].device())
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let total: f64 = match sums.is_empty() {
+        true => 0.0,
+        false => Tensor::stack(&sums, 0)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&s| s as f64)
+            .sum(),
+    };
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

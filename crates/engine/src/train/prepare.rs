@@ -8,6 +8,7 @@ use crate::data::render::{RenderOptions, Renderer, TokenizedExample};
 use crate::error::{Error, Result};
 use crate::model::decoder::{Decoder, StorageReport};
 use crate::model::loaded::LoadedModel;
+use crate::model::placement::default_compute_dtype;
 use crate::peft::method::{apply_method, Method, Trainable};
 use crate::train::config::TrainConfig;
 use std::path::Path;
@@ -133,6 +134,11 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
         (Method::Full, _) | (_, false) => 0,
         _ => decoder.storage_report().base_bytes,
     };
+    let device = cfg.open_device()?;
+    if !device.is_cpu() {
+        // Placed before the method so trainable copies and adapters are made on the device.
+        decoder = decoder.to_device(&device, default_compute_dtype(&device))?;
+    }
     let trainable = apply_method(&mut decoder, &cfg.method, cfg.seed)?;
     let storage = decoder.storage_report();
     Ok(RunModel {

@@ -251,7 +251,7 @@ fn restore(
             tensor: name.clone(),
             message: "missing".into(),
         })?;
-        var.set(t)?;
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
     }
     let file = ck.dir.join("optimizer.safetensors").display().to_string();
     opt.load_state(ck.state.optimizer_t, &|n| {
@@ -279,7 +279,10 @@ fn best_of(evals: &[(usize, f64)]) -> Option<BestCheckpoint> {
 fn memory_plan(model: &LoadedModel, cfg: &TrainConfig, rm: &RunModel, baseline: u64) -> RunMemory {
     let est = estimate(
         &model.config,
-        &cfg.plan_request(ComputeDevice::Cpu, Throughput::default()),
+        &cfg.plan_request(
+            ComputeDevice::of(rm.decoder.device()),
+            Throughput::default(),
+        ),
     );
     let mut already = est.bytes_of(&["runtime", "tokenizer"]);
     if rm.shared_base_bytes > 0 {
@@ -436,6 +439,7 @@ impl Run<'_> {
             let ctx = ForwardCtx {
                 train: true,
                 step_seed: mix(cfg.seed, k as u64),
+                ..Default::default()
             };
             let loss = batch_loss(&self.rm.decoder, &b, &ctx, ckpt)?;
             step_loss += loss.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
@@ -515,7 +519,7 @@ impl Run<'_> {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect();
-        save_checkpoint(&self.out, state, &params, &opt.state_slices())
+        save_checkpoint(&self.out, state, &params, &opt.state_slices()?)
     }
 }
 

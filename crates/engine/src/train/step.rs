@@ -8,9 +8,9 @@ use crate::error::{Error, Result};
 use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::{masked_cross_entropy, Decoder};
 use crate::model::linear::Base;
-use crate::ops::linear_cross_entropy;
+use crate::ops::linear_cross_entropy_with;
 use crate::train::grad_ckpt::{checkpointed_block, GradSink};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
 /// Per-block checkpointing: the trainable tensors of each block and where their gradients
@@ -32,7 +32,7 @@ fn forward_hidden(
     for (n, params) in per_layer.iter().enumerate() {
         x = checkpointed_block(model, n, &x, ctx, params.clone(), sink)?;
     }
-    model.final_norm(&x)
+    model.final_norm_with(ctx.ops, &x)
 }
 
 /// The output projection's weight when it is frozen and plain (`x · Wᵀ`, nothing else), so
@@ -67,17 +67,24 @@ pub fn batch_loss(
             "no trained tokens in this batch (every target is masked)",
         ));
     }
-    let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), &Device::Cpu)?;
+    let dev = model.device();
+    let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), dev)?;
     let h = forward_hidden(model, &ids, ctx, ckpt)?;
     if let Some(w) = frozen_output_weight(model) {
         // Never materialises the [tokens, vocab] logits or their gradient.
         let h = h.reshape((n, h.dim(2)?))?;
-        return Ok(linear_cross_entropy(&h, w, &b.targets, &b.loss_mask)?);
+        return Ok(linear_cross_entropy_with(
+            ctx.ops,
+            &h,
+            w,
+            &b.targets,
+            &b.loss_mask,
+        )?);
     }
-    let logits = model.logits(&h, ctx)?;
+    let logits = model.logits(&h, ctx)?.to_dtype(DType::F32)?;
     let vocab = logits.dim(2)?;
-    let targets = Tensor::from_vec(b.targets.clone(), n, &Device::Cpu)?;
-    let weights = Tensor::from_vec(b.loss_mask.clone(), n, &Device::Cpu)?;
+    let targets = Tensor::from_vec(b.targets.clone(), n, dev)?;
+    let weights = Tensor::from_vec(b.loss_mask.clone(), n, dev)?;
     masked_cross_entropy(&logits.reshape((n, vocab))?, &targets, &weights)
 }
 
@@ -116,6 +123,7 @@ mod tests {
     use crate::model::load::{ModelSource, OpenOptions};
     use crate::model::loaded::LoadedModel;
     use crate::peft::method::{apply_method, layer_index, LoraSettings, Method, Trainable};
+    use candle_core::Device;
 
     /// Loss and every trainable tensor's gradient (checkpointing sink included).
     fn loss_and_grads(
@@ -181,6 +189,7 @@ mod tests {
         let ctx = ForwardCtx {
             train: true,
             step_seed: 3,
+            ..Default::default()
         };
         let sink = GradSink::default();
 
