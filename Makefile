@@ -11,7 +11,7 @@ APP_RELEASE := $(CARGO_TARGET_DIR)/release/peft-studio
 APP_DEBUG := $(CARGO_TARGET_DIR)/debug/peft-studio
 SCREENSHOTS ?= $(CURDIR)/target/e2e-screenshots
 
-.PHONY: run test setup fmt lint bench ui ui-test app app-debug e2e bindings cli-demo
+.PHONY: run test setup fmt lint bench ui ui-test app app-debug e2e bindings cli-demo cuda
 
 setup:
 	@./scripts/setup.sh
@@ -62,3 +62,10 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The `peft` CLI with the CUDA backend (`--device cuda`), built on a machine without a GPU or a
+# system CUDA toolkit from pinned CUDA 13.0 PyPI wheels and generated link stubs; writes
+# target/cuda/peft and peft.xz. Not part of CI (long: nvcc compiles candle's kernels). See
+# scripts/cuda-build.sh; run the result on a GPU machine with scripts/gpu-check.sh.
+cuda:
+	./scripts/cuda-build.sh

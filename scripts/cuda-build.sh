@@ -52,7 +52,7 @@ stub nvrtc libnvrtc.so.13 "$C/nvrtc/sys/mod.rs"
 # 3. The build: candle's kernels compile to PTX (JIT-loaded on first use) plus its mmq static
 #    library; ~10-20 CPU-minutes the first time.
 export PATH="$CU/bin:$PATH" CUDA_HOME="$CU"
-cargo build --release --locked -p peft-cli --features peft-engine/cuda
+cargo build --release --locked -p peft-cli --features cuda
 
 mkdir -p "$OUT"
 cp "$CARGO_TARGET_DIR/release/peft" "$OUT/peft"

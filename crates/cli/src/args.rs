@@ -1,7 +1,8 @@
 //! Flags shared by `peft train`, `peft plan` and `peft bench`: the method and the sizes that set
-//! memory. They translate into the engine's types and nothing more.
+//! memory, and the compute device (`train`, `generate`, `chat`). They translate into the engine's types and nothing more.
 
 use clap::Args;
+use peft_engine::device::DeviceChoice;
 use peft_engine::peft::method::{LoraSettings, Method, MethodKind, Selective};
 
 /// Which parameters train, and how.
@@ -78,4 +79,17 @@ pub struct SizeArgs {
     /// Recompute each block in backward: far less memory, about a third more time.
     #[arg(long)]
     pub grad_checkpointing: bool,
+}
+
+/// Where to compute.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// auto (the planner's device: a GPU this build supports, else the CPU), cpu, cuda,
+    /// cuda:N or metal. A GPU computes in bf16; adapters, gradients and optimizer state stay f32.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: peft_engine::Error| e.to_string())
 }

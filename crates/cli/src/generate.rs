@@ -1,5 +1,6 @@
 //! `peft generate` and `peft chat`.
 
+use crate::args::DeviceArgs;
 use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use peft_engine::infer::generate::{generate, GenerateOptions};
@@ -54,6 +55,7 @@ impl SamplingArgs {
 fn load_with_adapter(
     model: &ModelArgs,
     adapter: &Option<PathBuf>,
+    device: &DeviceArgs,
 ) -> peft_engine::Result<(LoadedModel, Arc<Decoder>)> {
     let m = open_model(model)?;
     let d = match adapter {
@@ -61,6 +63,11 @@ fn load_with_adapter(
         None => m.weights(&peft_engine::model::decoder::LoadOptions::dense(
             model.weight_dtype(),
         ))?,
+    };
+    let dev = device.device.open()?;
+    let d = match dev.is_cpu() {
+        true => d,
+        false => Arc::new(d.on_device(&dev)?),
     };
     Ok((m, d))
 }
@@ -72,6 +79,8 @@ pub struct GenerateArgs {
     /// Apply a trained adapter folder (PEFT LoRA or a selective/full run) on top of the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The prompt. An empty prompt ("") starts from the BOS token.
     #[arg(long, short, default_value = "")]
     prompt: String,
@@ -96,7 +105,7 @@ fn ctrl_c_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run(a: GenerateArgs) -> peft_engine::Result<()> {
-    let (m, d) = load_with_adapter(&a.model, &a.adapter)?;
+    let (m, d) = load_with_adapter(&a.model, &a.adapter, &a.device)?;
     let ids = if a.chat {
         m.chat_ids(&[Message::new("user", &a.prompt)])?
     } else {
@@ -152,6 +161,8 @@ pub struct ChatArgs {
     /// Apply a trained adapter folder on top of the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// An optional system message that sets the assistant's behaviour.
     #[arg(long)]
     system: Option<String>,
@@ -160,7 +171,7 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> peft_engine::Result<()> {
-    let (m, d) = load_with_adapter(&a.model, &a.adapter)?;
+    let (m, d) = load_with_adapter(&a.model, &a.adapter, &a.device)?;
     if m.template.is_fallback() {
         eprintln!("note: this model has no chat template; using PEFT Studio's fallback format.");
     }

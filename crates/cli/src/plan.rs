@@ -100,6 +100,10 @@ pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
 
 fn print_recommendation(r: &Recommendation) {
     println!(
+        "planned for: {} (the device `--device auto` trains on)",
+        r.device.as_str()
+    );
+    println!(
         "budget: {} free {} memory − {} safety margin = {} usable\n",
         format_bytes(r.available_bytes),
         r.device.as_str(),

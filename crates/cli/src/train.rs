@@ -2,7 +2,7 @@
 //! The method and size flags are shared with `peft plan` so a plan can be checked against
 //! the real run; `--plan auto` takes the planner's top recommendation.
 
-use crate::args::{MethodArgs, SizeArgs};
+use crate::args::{DeviceArgs, MethodArgs, SizeArgs};
 use crate::load::{open_model, ModelArgs};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,6 +38,8 @@ pub struct TrainArgs {
     pub method: MethodArgs,
     #[command(flatten)]
     pub size: SizeArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
@@ -117,6 +119,7 @@ impl TrainArgs {
             skip_bad_rows: self.skip_bad_rows,
             adapter_dtype: self.adapter_dtype,
             weight_dtype: self.model.weight_dtype(),
+            device: Some(self.device.device),
             ..d
         };
         c.adamw.weight_decay = self.weight_decay;
@@ -157,6 +160,9 @@ fn progress() -> impl FnMut(&TrainEvent, &RunRecord) {
                     "trainable parameters: {trainable_params} of {total_params} ({:.3} %)",
                     100.0 * *trainable_params as f64 / *total_params as f64
                 ));
+                if let (Some(dev), Some(dt)) = (&storage.device, &storage.compute_dtype) {
+                    say(format!("device: {dev} ({dt} compute)"));
+                }
                 say(format!(
                     "base: {} NF4 and {} dense frozen linears, {} trainable, {} adapted ({} of weights); planned peak {}",
                     storage.nf4_linears,

@@ -111,6 +111,14 @@ pub struct StorageReport {
     /// Bytes of base weights as stored (NF4 at its packed size).
     #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub base_bytes: u64,
+    /// Where the weights live (`cpu`, `cuda:0`, `metal`) and the activations' dtype (`f32`,
+    /// `bf16`); set by `model::placement` for a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub compute_dtype: Option<String>,
 }
 
 #[derive(Clone)]

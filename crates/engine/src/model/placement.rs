@@ -36,6 +36,27 @@ impl Decoder {
         self.compute
     }
 
+    /// This decoder on `device` in that device's default precision
+    /// ([`default_compute_dtype`]); a copy sharing the tensors when it is there already.
+    ///
+    /// # Errors
+    /// As [`Decoder::to_device`].
+    pub fn on_device(&self, device: &Device) -> Result<Decoder> {
+        if self.device().same_device(device) {
+            return Ok(self.clone());
+        }
+        self.to_device(device, default_compute_dtype(device))
+    }
+
+    /// [`Decoder::storage_report`] with where the weights live and the compute dtype.
+    pub fn placement_report(&self) -> crate::model::decoder::StorageReport {
+        crate::model::decoder::StorageReport {
+            device: Some(crate::device::describe(self.device())),
+            compute_dtype: Some(format!("{:?}", self.compute).to_lowercase()),
+            ..self.storage_report()
+        }
+    }
+
     /// This decoder on `device`, computing in `compute` (f32 or bf16/f16). Frozen dense tensors
     /// are cast to `compute` when it is a half type (a GPU's default), kept as stored when it
     /// is f32. Trainable (`Var`) tensors are refused: place the model first, then apply the

@@ -203,9 +203,13 @@ pub fn recommend_with(
     o: &RecommendOptions,
     k: &Calibration,
 ) -> Recommendation {
-    let gpu = hw
-        .best_gpu()
-        .filter(|g| hw.assumed || hw.gpu.backends.cuda || g.unified_memory);
+    // Only a GPU this build can train on (or an assumed machine's): the plan is for the device
+    // that will run (`device::DeviceChoice::Auto` picks the same).
+    let gpu = hw.best_gpu().filter(|g| {
+        hw.assumed
+            || (g.unified_memory && hw.gpu.backends.metal)
+            || (!g.unified_memory && hw.gpu.backends.cuda)
+    });
     let (device, available) = match gpu {
         Some(g) if g.unified_memory => (ComputeDevice::Metal, g.free_bytes),
         Some(g) => (ComputeDevice::Cuda, g.free_bytes),

@@ -33,6 +33,9 @@ impl Default for AdamWSettings {
     }
 }
 
+/// One moment's values for a checkpoint: borrowed on the host, copied from a GPU.
+type Moment<'a> = Cow<'a, [f32]>;
+
 pub struct AdamW {
     pub settings: AdamWSettings,
     /// `(name, parameter, m, v)`; the moments as plain buffers, updated in place.
@@ -175,24 +178,23 @@ impl AdamW {
     pub fn state_slices(&self) -> Result<Vec<(String, crate::fsutil::F32Slice<'_>)>> {
         let mut out = Vec::with_capacity(self.order.len() * 2);
         for &(on_device, j) in &self.order {
-            let (n, shape, m, v): (&String, Vec<usize>, Cow<'_, [f32]>, Cow<'_, [f32]>) =
-                if on_device {
-                    let (n, p, m, v) = &self.device_slots[j];
-                    (
-                        n,
-                        p.dims().to_vec(),
-                        Cow::Owned(values(m)?),
-                        Cow::Owned(values(v)?),
-                    )
-                } else {
-                    let (n, p, m, v) = &self.slots[j];
-                    (
-                        n,
-                        p.dims().to_vec(),
-                        Cow::Borrowed(m.as_slice()),
-                        Cow::Borrowed(v.as_slice()),
-                    )
-                };
+            let (n, shape, m, v): (&String, Vec<usize>, Moment<'_>, Moment<'_>) = if on_device {
+                let (n, p, m, v) = &self.device_slots[j];
+                (
+                    n,
+                    p.dims().to_vec(),
+                    Cow::Owned(values(m)?),
+                    Cow::Owned(values(v)?),
+                )
+            } else {
+                let (n, p, m, v) = &self.slots[j];
+                (
+                    n,
+                    p.dims().to_vec(),
+                    Cow::Borrowed(m.as_slice()),
+                    Cow::Borrowed(v.as_slice()),
+                )
+            };
             out.push((
                 format!("exp_avg.{n}"),
                 crate::fsutil::F32Slice {

@@ -8,7 +8,6 @@ use crate::data::render::{RenderOptions, Renderer, TokenizedExample};
 use crate::error::{Error, Result};
 use crate::model::decoder::{Decoder, StorageReport};
 use crate::model::loaded::LoadedModel;
-use crate::model::placement::default_compute_dtype;
 use crate::peft::method::{apply_method, Method, Trainable};
 use crate::train::config::TrainConfig;
 use std::path::Path;
@@ -126,7 +125,7 @@ pub struct RunModel {
 pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel> {
     let storage = cfg.method.base_storage(cfg.weight_dtype);
     let already_built = model.kept_storage() == Some(storage);
-    let mut decoder = match cfg.method {
+    let decoder = match cfg.method {
         Method::Full => model.take_weights(&storage)?,
         _ => (*model.weights(&storage)?).clone(),
     };
@@ -134,13 +133,10 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
         (Method::Full, _) | (_, false) => 0,
         _ => decoder.storage_report().base_bytes,
     };
-    let device = cfg.open_device()?;
-    if !device.is_cpu() {
-        // Placed before the method so trainable copies and adapters are made on the device.
-        decoder = decoder.to_device(&device, default_compute_dtype(&device))?;
-    }
+    // Placed before the method so trainable copies and adapters are made on the device.
+    let mut decoder = decoder.on_device(&cfg.open_device()?)?;
     let trainable = apply_method(&mut decoder, &cfg.method, cfg.seed)?;
-    let storage = decoder.storage_report();
+    let storage = decoder.placement_report();
     Ok(RunModel {
         decoder: Arc::new(decoder),
         trainable,
