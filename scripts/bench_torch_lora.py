@@ -1,12 +1,17 @@
 """Reference for `peft bench train`: PyTorch + PEFT on the SmolLM2-135M shape.
 
 Not part of the test suite. Run by hand in a virtualenv with torch, transformers and peft:
-    python scripts/bench_torch_lora.py [--steps 12] [--ckpt] [--full]
+    python scripts/bench_torch_lora.py [--steps 12] [--ckpt] [--full] [--device cuda]
 Weights are random (speed and memory do not depend on them); the shape, LoRA r8 on all seven
 projections, seq 256, batch 1, AdamW and 2 threads match our benchmark. Prints tokens/s over
-the steps after the first, the median step time and the process's peak RSS.
+the steps after the first, the median step time and the process's peak RSS (and, on a GPU,
+the peak memory PyTorch allocated there).
+
+`--save-dir DIR` also writes the random model as a Hugging Face folder (config, safetensors,
+the bundled model's tokenizer) that `peft bench train --model DIR` trains: the same shape on
+both sides (scripts/gpu-check.sh uses it on a GPU machine).
 """
-import argparse, resource, statistics, time
+import argparse, os, resource, shutil, statistics, time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -16,6 +21,9 @@ p.add_argument("--steps", type=int, default=12)
 p.add_argument("--seq-len", type=int, default=256)
 p.add_argument("--ckpt", action="store_true")
 p.add_argument("--full", action="store_true")
+p.add_argument("--device", default="cpu")
+p.add_argument("--batch", type=int, default=1)
+p.add_argument("--save-dir", default=None)
 a = p.parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -24,17 +32,28 @@ cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                   max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
                   tie_word_embeddings=True)
 model = LlamaForCausalLM(cfg)
+if a.save_dir:
+    model.save_pretrained(a.save_dir, safe_serialization=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "..", "models", "stories260K", "tokenizer.json"), a.save_dir)
+model = model.to(a.device)
+if a.device.startswith("cuda"):
+    # bf16 base and activations, f32 adapters: what `peft --device cuda` computes in.
+    model = model.to(torch.bfloat16)
 if not a.full:
     from peft import LoraConfig, get_peft_model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                              target_modules=targets))
+    for n, q in model.named_parameters():
+        if q.requires_grad:
+            q.data = q.data.float()
 if a.ckpt:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
 model.train()
 opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-ids = torch.randint(0, cfg.vocab_size, (1, a.seq_len))
+ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq_len), device=a.device)
 times = []
 for step in range(a.steps):
     t = time.perf_counter()
@@ -42,8 +61,13 @@ for step in range(a.steps):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
 timed = times[1:]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(f"tokens/s {a.seq_len * len(timed) / sum(timed):.1f}  median step {statistics.median(timed):.3f} s"
-      f"  peak RSS {peak / 2**30:.2f} GiB")
+gpu = ""
+if a.device.startswith("cuda"):
+    gpu = f"  peak GPU allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+print(f"tokens/s {a.batch * a.seq_len * len(timed) / sum(timed):.1f}  median step {statistics.median(timed):.3f} s"
+      f"  peak RSS {peak / 2**30:.2f} GiB{gpu}")
