@@ -7,6 +7,7 @@ use crate::load::{open_model, ModelArgs};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_engine::data::render::TrainOn;
+use peft_engine::device::DeviceChoice;
 use peft_engine::memory::format_bytes;
 use peft_engine::peft::adapter_io::AdapterDtype;
 use peft_engine::peft::method::MethodKind;
@@ -119,7 +120,8 @@ impl TrainArgs {
             skip_bad_rows: self.skip_bad_rows,
             adapter_dtype: self.adapter_dtype,
             weight_dtype: self.model.weight_dtype(),
-            device: Some(self.device.device),
+            // Unset for auto, so runs started before the flag existed resume with it.
+            device: (self.device.device != DeviceChoice::Auto).then_some(self.device.device),
             ..d
         };
         c.adamw.weight_decay = self.weight_decay;

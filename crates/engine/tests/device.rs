@@ -10,7 +10,8 @@ use peft_engine::device::{built_with_cuda, DeviceChoice};
 use peft_engine::hardware::{CpuFeatures, CpuInfo, GpuInfo, GpuVendor, Hardware};
 use peft_engine::plan::recommend::{recommend, DataStats, RecommendOptions};
 use peft_engine::plan::{estimate, ComputeDevice, PlanRequest};
-use peft_engine::train::{train, TrainConfig};
+use peft_engine::train::{train, TrainConfig, TrainEvent, TrainStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const GIB: u64 = 1 << 30;
 
@@ -156,4 +157,47 @@ fn a_run_records_its_device_and_a_missing_backend_fails_before_training() {
         let e = train(&model, &data, &out, &cfg, None, None, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("no CUDA support"), "{e}");
     }
+}
+
+#[test]
+fn a_run_resumes_on_another_device_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = text_dataset(dir.path(), &STORIES);
+    let model = common::bundled();
+    let cfg = TrainConfig {
+        max_steps: Some(2),
+        seq_len: 32,
+        val_fraction: 0.0,
+        ..TrainConfig::default()
+    };
+    let out = dir.path().join("run");
+    let stop = AtomicBool::new(false);
+    let mut on_event = |e: &TrainEvent, _: &_| {
+        if let TrainEvent::Step(s) = e {
+            stop.store(s.step == 1, Ordering::SeqCst);
+        }
+    };
+    let s = train(&model, &data, &out, &cfg, None, Some(&stop), &mut on_event).unwrap();
+    assert_eq!((s.status, s.steps), (TrainStatus::Cancelled, 1));
+    // Started on auto, resumed on an explicit CPU: the device is not a training setting.
+    let cpu = TrainConfig {
+        device: Some(DeviceChoice::Cpu),
+        ..cfg.clone()
+    };
+    let s = train(&model, &data, &out, &cpu, Some(&out), None, &mut |_, _| {}).unwrap();
+    assert_eq!((s.status, s.steps), (TrainStatus::Completed, 2));
+    // Another setting is still refused.
+    let other = TrainConfig { lr: 1e-3, ..cfg };
+    let out2 = dir.path().join("run");
+    let e = train(
+        &model,
+        &data,
+        &out2,
+        &other,
+        Some(&out2),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("different settings"), "{e}");
 }

@@ -225,7 +225,15 @@ fn restore(
     trainable: &Trainable,
 ) -> Result<()> {
     let ck = load_checkpoint(path)?;
-    if ck.state.config != state.config {
+    // The device is where a run computes, not what it computes: a run may resume elsewhere.
+    let settings = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("device");
+        }
+        v
+    };
+    if settings(&ck.state.config) != settings(&state.config) {
         return Err(Error::invalid(
             "resume",
             format!(
