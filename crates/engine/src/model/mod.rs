@@ -1,6 +1,8 @@
 //! Model configuration, weights sources, loading and the decoder.
 
+pub mod block;
 pub mod config;
+pub mod family;
 pub mod count;
 pub mod decoder;
 pub mod gguf;
@@ -9,4 +11,5 @@ pub mod hub;
 pub mod linear;
 pub mod load;
 pub mod loaded;
+pub mod rope_scaling;
 pub mod tensors;

@@ -15,9 +15,9 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use causal_softmax::{causal_softmax, causal_softmax_grouped};
+pub use causal_softmax::{causal_softmax, causal_softmax_grouped, causal_softmax_windowed};
 pub use frozen_linear::frozen_linear;
 pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
-pub use swiglu::swiglu;
+pub use swiglu::{geglu, swiglu};
