@@ -12,6 +12,8 @@
 mod common;
 #[path = "families/fixtures.rs"]
 mod fixtures;
+#[path = "families/gguf.rs"]
+mod gguf;
 #[path = "families/parity.rs"]
 mod parity;
 #[path = "families/templates.rs"]

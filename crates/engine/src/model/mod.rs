@@ -6,6 +6,7 @@ pub mod family;
 pub mod count;
 pub mod decoder;
 pub mod gguf;
+pub mod gguf_family;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod linear;
