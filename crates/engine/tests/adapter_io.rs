@@ -266,10 +266,20 @@ fn adapter_written_by_python_peft_gives_peft_logits() {
     let mut m = common::bundled().decoder;
     load_lora_adapter(&mut m, &fixture("peft_lora_stories"), false).unwrap();
     assert_eq!(
-        m.layers[2].linear("self_attn.q_proj").unwrap().lora.as_ref().unwrap().scale,
+        m.layers[2]
+            .linear("self_attn.q_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
         2.0
     );
-    assert!(m.layers[2].linear("self_attn.k_proj").unwrap().lora.is_none());
+    assert!(m.layers[2]
+        .linear("self_attn.k_proj")
+        .unwrap()
+        .lora
+        .is_none());
 }
 
 #[test]
@@ -278,7 +288,16 @@ fn rslora_adapter_written_by_python_peft_gives_peft_logits() {
     matches_peft_reference("peft_rslora_stories");
     let mut m = common::bundled().decoder;
     load_lora_adapter(&mut m, &fixture("peft_rslora_stories"), false).unwrap();
-    assert_eq!(m.layers[4].linear("mlp.down_proj").unwrap().lora.as_ref().unwrap().scale, 4.0);
+    assert_eq!(
+        m.layers[4]
+            .linear("mlp.down_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
+        4.0
+    );
 }
 
 /// A copy of our own saved adapter that a test may then break.

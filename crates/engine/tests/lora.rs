@@ -256,7 +256,13 @@ fn rslora_gradients_match_finite_differences() {
     let t = apply_method(&mut m, &Method::Lora(s), 7).unwrap();
     // rsLoRA r = 4: scale alpha/√r = 4, not alpha/r = 2.
     assert_eq!(
-        m.layers[0].linear("self_attn.q_proj").unwrap().lora.as_ref().unwrap().scale,
+        m.layers[0]
+            .linear("self_attn.q_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
         4.0
     );
     randomize_b(&t, 8, 0.3);
@@ -286,7 +292,11 @@ fn gradients_with_restricted_layers_and_dropout_match_finite_differences() {
         names.iter().all(|n| n.starts_with("model.layers.1.")),
         "{names:?}"
     );
-    assert!(m.layers[0].linear("self_attn.v_proj").unwrap().lora.is_none());
+    assert!(m.layers[0]
+        .linear("self_attn.v_proj")
+        .unwrap()
+        .lora
+        .is_none());
     randomize_b(&t, 10, 0.3);
     // Dropout masks are a pure function of (step_seed, stream), so the loss is a deterministic
     // function of the parameters and finite differences apply through the dropout path too.
@@ -420,7 +430,11 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
     assert!(d < 1e-5, "after unmerge the adapter output differs by {d}");
     // Unmerging an unmerged model is a no-op at the model level and refused at the layer.
     assert_eq!(unmerge_adapters(&mut m).unwrap(), 0);
-    assert!(m.layers[0].linear_mut("self_attn.q_proj").unwrap().unmerge().is_err());
+    assert!(m.layers[0]
+        .linear_mut("self_attn.q_proj")
+        .unwrap()
+        .unmerge()
+        .is_err());
 }
 
 /// The bundled model with a trained-looking LoRA adapter on all seven projections.

@@ -428,7 +428,9 @@ fn windowed_causal_softmax_matches_masked_softmax() {
 fn partial_and_scaled_rope_match_composite() {
     // Tables for 4 of 8 dims (partial rotary 0.5), cos/sin scaled by 1.3 (longrope's
     // attention factor): the first 4 dims rotate-half among themselves, the rest pass through.
-    let inv: Vec<f64> = (0..2).map(|i| 1.0 / 10000f64.powf(i as f64 / 2.0)).collect();
+    let inv: Vec<f64> = (0..2)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / 2.0))
+        .collect();
     let tables = RopeTables::from_inv_freq(&inv, 32, 1.3, &Device::Cpu).unwrap();
     assert_eq!(tables.rotary_dim(), 4);
     for offset in [0usize, 5] {

@@ -140,7 +140,10 @@ impl Block {
     pub fn norms_mut(&mut self) -> Vec<(&'static str, &mut Tensor)> {
         let mut out: Vec<(&'static str, &mut Tensor)> = vec![
             ("input_layernorm", &mut self.input_layernorm),
-            ("post_attention_layernorm", &mut self.post_attention_layernorm),
+            (
+                "post_attention_layernorm",
+                &mut self.post_attention_layernorm,
+            ),
         ];
         if let Some(t) = self.pre_feedforward_layernorm.as_mut() {
             out.push(("pre_feedforward_layernorm", t));

@@ -401,13 +401,17 @@ impl RawConfig {
         let hidden_act = self.activation(arch, file)?;
         let partial_rotary_factor = match self.partial_rotary_factor {
             None => None,
-            Some(f) if f == 1.0 => None,
+            Some(1.0) => None,
             Some(f) => {
                 let rot = (head_dim as f64 * f) as usize;
-                if !(f > 0.0 && f < 1.0) || rot == 0 || rot % 2 != 0 {
-                    return Err(config_err(file, "partial_rotary_factor", format!(
+                if !(f > 0.0 && f < 1.0) || rot == 0 || !rot.is_multiple_of(2) {
+                    return Err(config_err(
+                        file,
+                        "partial_rotary_factor",
+                        format!(
                         "{f} gives {rot} rotary dimensions of {head_dim}; need an even number > 0"
-                    )));
+                    ),
+                    ));
                 }
                 Some(f)
             }
@@ -507,9 +511,7 @@ impl RawConfig {
             rms_norm_eps,
             rope_theta,
             max_position_embeddings,
-            tie_word_embeddings: self
-                .tie_word_embeddings
-                .unwrap_or(arch == Arch::Gemma3),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(arch == Arch::Gemma3),
             qkv_bias,
             o_bias,
             mlp_bias: arch == Arch::Llama && self.mlp_bias.unwrap_or(false),
@@ -553,22 +555,30 @@ impl RawConfig {
 
     /// Gemma 3's per-layer windows from `layer_types`, else from `sliding_window_pattern`
     /// (every n-th layer full, default 6, as transformers derives them).
-    fn gemma_windows(&self, layers: usize, window: usize, file: &str) -> Result<Vec<Option<usize>>> {
+    fn gemma_windows(
+        &self,
+        layers: usize,
+        window: usize,
+        file: &str,
+    ) -> Result<Vec<Option<usize>>> {
         if let Some(types) = &self.layer_types {
             if types.len() != layers {
-                return Err(config_err(file, "layer_types", format!(
-                    "{} entries for {layers} layers",
-                    types.len()
-                )));
+                return Err(config_err(
+                    file,
+                    "layer_types",
+                    format!("{} entries for {layers} layers", types.len()),
+                ));
             }
             return types
                 .iter()
                 .map(|t| match t.as_str() {
                     "sliding_attention" => Ok(Some(window)),
                     "full_attention" => Ok(None),
-                    other => Err(config_err(file, "layer_types", format!(
-                        "`{other}`: expected sliding_attention or full_attention"
-                    ))),
+                    other => Err(config_err(
+                        file,
+                        "layer_types",
+                        format!("`{other}`: expected sliding_attention or full_attention"),
+                    )),
                 })
                 .collect();
         }

@@ -12,7 +12,12 @@ pub fn block_linears(c: &Config) -> Vec<(&'static str, usize, usize, bool)> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut v = Vec::with_capacity(7);
     if fam.fused_qkv {
-        v.push(("self_attn.qkv_proj", h, c.q_dim() + 2 * c.kv_dim(), c.qkv_bias));
+        v.push((
+            "self_attn.qkv_proj",
+            h,
+            c.q_dim() + 2 * c.kv_dim(),
+            c.qkv_bias,
+        ));
     } else {
         v.push(("self_attn.q_proj", h, c.q_dim(), c.qkv_bias));
         v.push(("self_attn.k_proj", h, c.kv_dim(), c.qkv_bias));

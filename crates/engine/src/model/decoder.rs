@@ -16,8 +16,8 @@
 //! logits with `cap·tanh(z/cap)` (candle's tanh has a backward).
 
 use crate::error::{Error, Result};
-pub use crate::model::block::{Attention, Block, GateUpProj, Mlp, QkvProj};
 use crate::model::block::{norm, projections, BlockCtx};
+pub use crate::model::block::{Attention, Block, GateUpProj, Mlp, QkvProj};
 use crate::model::config::Config;
 use crate::model::linear::{matmul_t, ForwardCtx, Linear};
 use crate::model::rope_scaling::RopeScaling;
@@ -188,7 +188,12 @@ impl Loader<'_> {
         };
         let gate_up = if fam.fused_gate_up {
             GateUpProj::Fused {
-                gate_up_proj: self.linear(&format!("{p}.mlp.gate_up_proj"), 2 * i, h, c.mlp_bias)?,
+                gate_up_proj: self.linear(
+                    &format!("{p}.mlp.gate_up_proj"),
+                    2 * i,
+                    h,
+                    c.mlp_bias,
+                )?,
             }
         } else {
             GateUpProj::Split {
@@ -205,7 +210,11 @@ impl Loader<'_> {
                 k_norm: opt_norm(fam.qk_norm, "self_attn.k_norm", d)?,
             },
             post_attention_layernorm: norm("post_attention_layernorm", h)?,
-            pre_feedforward_layernorm: opt_norm(fam.sandwich_norms, "pre_feedforward_layernorm", h)?,
+            pre_feedforward_layernorm: opt_norm(
+                fam.sandwich_norms,
+                "pre_feedforward_layernorm",
+                h,
+            )?,
             post_feedforward_layernorm: opt_norm(
                 fam.sandwich_norms,
                 "post_feedforward_layernorm",

@@ -97,8 +97,12 @@ pub fn config_from_meta(
         });
     }
     let head_count = meta.usize(&key("attention.head_count"))?;
-    let key_length = meta.opt_u64(&key("attention.key_length"))?.map(|v| v as usize);
-    let value_length = meta.opt_u64(&key("attention.value_length"))?.map(|v| v as usize);
+    let key_length = meta
+        .opt_u64(&key("attention.key_length"))?
+        .map(|v| v as usize);
+    let value_length = meta
+        .opt_u64(&key("attention.value_length"))?
+        .map(|v| v as usize);
     let hidden = meta.usize(&key("embedding_length"))?;
     let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
     if value_length.is_some_and(|v| v != head_dim) {
@@ -191,7 +195,10 @@ pub fn config_from_meta(
             false => None,
         },
         rope_local_base_freq: match gemma {
-            true => Some(meta.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
+            true => Some(
+                meta.opt_f64(&key("rope.freq_base_swa"))?
+                    .unwrap_or(10_000.0),
+            ),
             false => None,
         },
         query_pre_attn_scalar: gemma.then(|| match layers {
@@ -227,9 +234,12 @@ pub fn config_from_meta(
             config.rotary_dim(),
             file,
         )?;
-        if let (Some(RopeScaling::LongRope {
-            attention_factor, ..
-        }), Some(f)) = (
+        if let (
+            Some(RopeScaling::LongRope {
+                attention_factor, ..
+            }),
+            Some(f),
+        ) = (
             config.rope_scaling.as_mut(),
             meta.opt_f64(&key("rope.scaling.attn_factor"))?,
         ) {

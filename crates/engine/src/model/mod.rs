@@ -2,9 +2,9 @@
 
 pub mod block;
 pub mod config;
-pub mod family;
 pub mod count;
 pub mod decoder;
+pub mod family;
 pub mod gguf;
 pub mod gguf_family;
 pub mod gguf_tokenizer;

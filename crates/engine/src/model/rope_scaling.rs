@@ -106,7 +106,10 @@ pub fn parse(
         },
         "longrope" | "su" => {
             let original = orig(m)?;
-            let (short, long) = (list(m, "short_factor", file)?, list(m, "long_factor", file)?);
+            let (short, long) = (
+                list(m, "short_factor", file)?,
+                list(m, "long_factor", file)?,
+            );
             for (name, l) in [("short_factor", &short), ("long_factor", &long)] {
                 if l.len() != rotary_dim / 2 {
                     return Err(Error::Config {
@@ -138,8 +141,7 @@ pub fn parse(
             return Err(Error::Unsupported {
                 what: format!("{file}: rope scaling"),
                 found: other.into(),
-                supported: "default, linear, llama3, longrope (up to the original context)"
-                    .into(),
+                supported: "default, linear, llama3, longrope (up to the original context)".into(),
             })
         }
     }))
@@ -233,7 +235,9 @@ impl RopeScaling {
                 "long_factor": long_factor,
             }),
             RopeScaling::Frequencies { .. } => {
-                return self.as_llama3(base, dim).and_then(|l| l.to_hf_json(base, dim))
+                return self
+                    .as_llama3(base, dim)
+                    .and_then(|l| l.to_hf_json(base, dim))
             }
         })
     }

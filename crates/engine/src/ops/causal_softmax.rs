@@ -43,9 +43,7 @@ impl CustomOp1 for CausalSoftmax {
                 let end = ((row % q) + offset + 1).min(k);
                 let start = window.map_or(0, |w| end.saturating_sub(w));
                 let (yr, xr) = (&mut yr[start..end], &xr[start..end]);
-                let m = xr
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
+                let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
                 let mut z = 0f32;
                 for (o, &v) in yr.iter_mut().zip(xr) {
                     *o = (v * scale - m).exp();

@@ -79,7 +79,10 @@ fn fixture_configs_parse_into_each_familys_structure() {
     assert!(matches!(g.rope_scaling, Some(RopeScaling::Linear { factor }) if factor == 8.0));
     assert_eq!(g.final_logit_softcapping, Some(30.0));
     let p = load_fixture("phi3").config;
-    assert_eq!((p.rotary_dim(), p.layer_windows.clone()), (4, vec![Some(7); 2]));
+    assert_eq!(
+        (p.rotary_dim(), p.layer_windows.clone()),
+        (4, vec![Some(7); 2])
+    );
     match &p.rope_scaling {
         Some(RopeScaling::LongRope {
             attention_factor,
@@ -106,7 +109,11 @@ fn peft_adapters_give_peft_logits_for_every_family() {
         let f = load_fixture(name);
         let mut m = load(&f, &LoadOptions::default());
         let (cfg, _) = load_lora_adapter(&mut m, &f.dir.join("adapter"), false).unwrap();
-        let adapted = m.linears_mut().iter().filter(|(_, l)| l.lora.is_some()).count();
+        let adapted = m
+            .linears_mut()
+            .iter()
+            .filter(|(_, l)| l.lora.is_some())
+            .count();
         assert_eq!(
             adapted,
             f.config.num_hidden_layers * f.config.family().linears.len(),
@@ -122,8 +129,11 @@ fn peft_adapters_give_peft_logits_for_every_family() {
 #[test]
 fn phi3_adapter_targets_the_fused_projections_by_their_own_names() {
     let f = load_fixture("phi3");
-    let st = candle_core::safetensors::load(f.dir.join("adapter/adapter_model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let st = candle_core::safetensors::load(
+        f.dir.join("adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(st.contains_key("base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight"));
     assert!(st.contains_key("base_model.model.model.layers.1.mlp.gate_up_proj.lora_B.weight"));
     assert_eq!(
@@ -200,10 +210,20 @@ fn qlora_quantizes_every_familys_linears_including_fused_ones() {
         // the dequantized weights, and differs from the original dense weights.
         let nf4_logits = full_logits(&q, &f.tokens);
         let mut dq = q.clone();
-        assert_eq!(dq.dequantize_all().unwrap(), q.linears_mut().len(), "{name}");
+        assert_eq!(
+            dq.dequantize_all().unwrap(),
+            q.linears_mut().len(),
+            "{name}"
+        );
         let d = max_abs_diff(&nf4_logits, &full_logits(&dq, &f.tokens));
-        assert!(d < 1e-4, "{name}: NF4 op vs dequantized dense max |Δlogit| = {d}");
-        assert!(max_abs_diff(&nf4_logits, &f.base) > 1e-3, "{name}: NF4 changed nothing");
+        assert!(
+            d < 1e-4,
+            "{name}: NF4 op vs dequantized dense max |Δlogit| = {d}"
+        );
+        assert!(
+            max_abs_diff(&nf4_logits, &f.base) > 1e-3,
+            "{name}: NF4 changed nothing"
+        );
     }
 }
 
@@ -224,6 +244,8 @@ fn unknown_model_types_name_the_supported_list() {
         .to_hf_json()
         .to_string()
         .replace("\"llama3\"", "\"yarn\"");
-    let e = Config::from_json(&yarn, "cfg.json").unwrap_err().to_string();
+    let e = Config::from_json(&yarn, "cfg.json")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("yarn") && e.contains("rope scaling"), "{e}");
 }

@@ -24,7 +24,11 @@ fn gguf_tensor_names_round_trip_for_every_family() {
         for t in peft_engine::plan::params::tensors(&c) {
             let g = gguf_name(fam, &t.name)
                 .unwrap_or_else(|| panic!("{name}: {} has no GGUF name", t.name));
-            assert_eq!(hf_name(fam, &g).as_deref(), Some(t.name.as_str()), "{name}: {g}");
+            assert_eq!(
+                hf_name(fam, &g).as_deref(),
+                Some(t.name.as_str()),
+                "{name}: {g}"
+            );
         }
     }
     let phi = peft_engine::model::family::PHI3.gguf_block;
@@ -43,14 +47,29 @@ fn metadata(c: &Config) -> Vec<(String, Value)> {
     let mut md = vec![
         ("general.architecture".into(), Value::String(a.into())),
         (k("block_count"), Value::U32(c.num_hidden_layers as u32)),
-        (k("context_length"), Value::U32(c.max_position_embeddings as u32)),
+        (
+            k("context_length"),
+            Value::U32(c.max_position_embeddings as u32),
+        ),
         (k("embedding_length"), Value::U32(c.hidden_size as u32)),
-        (k("feed_forward_length"), Value::U32(c.intermediate_size as u32)),
-        (k("attention.head_count"), Value::U32(c.num_attention_heads as u32)),
-        (k("attention.head_count_kv"), Value::U32(c.num_key_value_heads as u32)),
+        (
+            k("feed_forward_length"),
+            Value::U32(c.intermediate_size as u32),
+        ),
+        (
+            k("attention.head_count"),
+            Value::U32(c.num_attention_heads as u32),
+        ),
+        (
+            k("attention.head_count_kv"),
+            Value::U32(c.num_key_value_heads as u32),
+        ),
         (k("attention.key_length"), Value::U32(c.head_dim as u32)),
         (k("attention.value_length"), Value::U32(c.head_dim as u32)),
-        (k("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
         (k("rope.freq_base"), Value::F32(c.rope_theta as f32)),
         (k("rope.dimension_count"), Value::U32(c.rotary_dim() as u32)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
@@ -81,7 +100,10 @@ fn metadata(c: &Config) -> Vec<(String, Value)> {
         Some(RopeScaling::LongRope {
             original_max_position_embeddings: o,
             ..
-        }) => md.push((k("rope.scaling.original_context_length"), Value::U32(*o as u32))),
+        }) => md.push((
+            k("rope.scaling.original_context_length"),
+            Value::U32(*o as u32),
+        )),
         _ => {}
     }
     md
@@ -108,7 +130,11 @@ fn gguf_tensors(c: &Config, src: &dyn TensorSource) -> Vec<(String, QTensor)> {
     let vector = |v: Vec<f64>| {
         let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
         let n = v.len();
-        QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+        QTensor::quantize(
+            &Tensor::from_vec(v, n, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
     };
     match &c.rope_scaling {
         Some(s @ RopeScaling::Llama3 { .. }) => {
@@ -123,8 +149,14 @@ fn gguf_tensors(c: &Config, src: &dyn TensorSource) -> Vec<(String, QTensor)> {
             long_factor,
             ..
         }) => {
-            out.push(("rope_factors_short.weight".into(), vector(short_factor.clone())));
-            out.push(("rope_factors_long.weight".into(), vector(long_factor.clone())));
+            out.push((
+                "rope_factors_short.weight".into(),
+                vector(short_factor.clone()),
+            ));
+            out.push((
+                "rope_factors_long.weight".into(),
+                vector(long_factor.clone()),
+            ));
         }
         _ => {}
     }
@@ -141,7 +173,12 @@ fn gguf_files_of_every_family_import_to_the_fixture_logits() {
         let ts = gguf_tensors(&f.config, &f.source);
         let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let t_refs: Vec<(&str, &QTensor)> = ts.iter().map(|(n, q)| (n.as_str(), q)).collect();
-        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &md_refs, &t_refs).unwrap();
+        gguf_file::write(
+            &mut std::fs::File::create(&path).unwrap(),
+            &md_refs,
+            &t_refs,
+        )
+        .unwrap();
 
         let g = open_gguf(&path).unwrap();
         assert_eq!(g.config.arch, f.config.arch, "{name}");
@@ -155,10 +192,16 @@ fn gguf_files_of_every_family_import_to_the_fixture_logits() {
             // llama.cpp stores no query_pre_attn_scalar: its gemma3 scales by head_dim^-½
             // (the released 270M–12B models have query_pre_attn_scalar = head_dim), so the
             // import equals the safetensors model under that same scale.
-            assert_eq!(g.config.query_pre_attn_scalar, Some(g.config.head_dim as f64));
+            assert_eq!(
+                g.config.query_pre_attn_scalar,
+                Some(g.config.head_dim as f64)
+            );
             let mut c = f.config.clone();
             c.query_pre_attn_scalar = Some(c.head_dim as f64);
-            full_logits(&Decoder::load(&c, &f.source, &LoadOptions::default()).unwrap(), &f.tokens)
+            full_logits(
+                &Decoder::load(&c, &f.source, &LoadOptions::default()).unwrap(),
+                &f.tokens,
+            )
         } else {
             f.base.clone()
         };

@@ -16,9 +16,18 @@ fn vb(w: &BTreeMap<String, Tensor>) -> VarBuilder<'static> {
 
 fn check(name: &str, got: &Tensor, want: &Tensor) {
     let d = max_abs_diff(got, want);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(scale > 0.5, "{name}: logits are flat ({scale})");
-    assert!(d < 1e-4, "{name}: max |Δlogit| = {d} (logits up to {scale})");
+    assert!(
+        d < 1e-4,
+        "{name}: max |Δlogit| = {d} (logits up to {scale})"
+    );
 }
 
 #[test]
@@ -54,7 +63,13 @@ fn gemma3_matches_candle_transformers_at_every_position() {
     // One token at a time: candle's rotating cache then keeps exactly the last 4 keys.
     let want = stepwise(|x, pos| reference.forward(x, pos).unwrap(), &tokens);
     check("gemma3", &got, &want);
-    let max = got.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = got
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(max < 3.0, "soft-capping keeps |logits| < 3, got {max}");
 }
 
@@ -97,8 +112,14 @@ fn llama3_rope_scaling_matches_candle_transformers_at_every_position() {
         check(&format!("llama3 tie={tie}"), &got, &want);
         // The scaling changes the result: without it the logits differ.
         let plain = json.replace("\"llama3\"", "\"default\"");
-        let p = full_logits(&decoder(&config(&plain), &w, &LoadOptions::default()), &tokens);
-        assert!(max_abs_diff(&p, &got) > 1e-3, "llama3 scaling had no effect");
+        let p = full_logits(
+            &decoder(&config(&plain), &w, &LoadOptions::default()),
+            &tokens,
+        );
+        assert!(
+            max_abs_diff(&p, &got) > 1e-3,
+            "llama3 scaling had no effect"
+        );
     }
 }
 
@@ -127,7 +148,10 @@ fn kv_cache_decoding_equals_full_forward_for_every_family() {
     kv_cache_equals_full(&config(&gemma3_json(12, "30.0")), 6);
     kv_cache_equals_full(&config(&llama3_json(false)), 7);
     // Phi-3 with its window applied in every layer (14 tokens cross a window of 5).
-    let phi = phi3_json(0.5).replace("\"tie_word_embeddings\"", "\"sliding_window\":5,\"tie_word_embeddings\"");
+    let phi = phi3_json(0.5).replace(
+        "\"tie_word_embeddings\"",
+        "\"sliding_window\":5,\"tie_word_embeddings\"",
+    );
     let c = config(&phi);
     assert_eq!(c.layer_windows, vec![Some(5); 2]);
     kv_cache_equals_full(&c, 8);

@@ -10,8 +10,12 @@ use peft_engine::infer::template::{ChatTemplate, Message};
 fn real_templates_render_exactly_as_transformers_renders_them() {
     let dir = fixtures_dir().join("templates");
     let path = dir.join("rendered.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/make_family_fixtures.py)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run scripts/make_family_fixtures.py)",
+            path.display()
+        )
+    });
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 12);
@@ -42,7 +46,10 @@ fn chat_defaults_to_no_thinking_for_qwen3_and_ends_turns_on_each_familys_marker(
     let src = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let q = ChatTemplate::new(&src("qwen3.jinja"), "", "<|im_end|>").unwrap();
     let prompt = q.render(&[Message::new("user", "Hi")], true).unwrap();
-    assert!(prompt.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"), "{prompt:?}");
+    assert!(
+        prompt.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        "{prompt:?}"
+    );
     for (file, marker) in [
         ("llama-3.2-instruct.jinja", "<|eot_id|>"),
         ("qwen3.jinja", "<|im_end|>"),

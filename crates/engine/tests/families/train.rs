@@ -83,7 +83,12 @@ fn check_fd(m: &Decoder, t: &Trainable, tokens: &[u32], names: &[String], family
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let g_max = g.iter().fold(0f32, |a, x| a.max(x.abs())) as f64;
         assert!(g_max > 1e-4, "{family}: {name}: gradient (near) zero");
         let mut order: Vec<usize> = (0..g.len()).collect();
@@ -148,7 +153,13 @@ fn adapter_grads(m: Decoder, t: &Trainable, tokens: &[u32], ckpt: bool) -> Vec<V
     } else {
         model.forward(&ids, &ctx).unwrap()
     };
-    let store = logits.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let store = logits
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut extra = sink.drain();
     t.params
         .iter()
@@ -175,10 +186,20 @@ fn checkpointing_gives_the_same_gradients_for_every_family() {
         let plain = adapter_grads(m.clone(), &t, &f.tokens, false);
         let ckpt = adapter_grads(m, &t, &f.tokens, true);
         for (((name, _), a), b) in t.params.iter().zip(&plain).zip(&ckpt) {
-            assert!(a.iter().any(|x| *x != 0.0), "{family}: {name}: zero gradient");
-            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(
+                a.iter().any(|x| *x != 0.0),
+                "{family}: {name}: zero gradient"
+            );
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
-            assert!(d <= 1e-5 * scale.max(1e-3), "{family}: {name}: differs by {d}");
+            assert!(
+                d <= 1e-5 * scale.max(1e-3),
+                "{family}: {name}: differs by {d}"
+            );
         }
     }
 }
@@ -198,7 +219,13 @@ fn qlora_reaches_every_adapter_for_every_family() {
             let g = grads
                 .get(v.as_tensor())
                 .unwrap_or_else(|| panic!("{family}: {name}: no gradient through NF4"));
-            let max = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let max = g
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(max > 0.0, "{family}: {name}: zero gradient");
         }
     }
