@@ -18,8 +18,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
+use crate::model::ctx::ForwardCtx;
 use crate::model::family::Activation;
-use crate::model::linear::{ForwardCtx, Linear};
+use crate::model::linear::Linear;
 use crate::ops::{causal_softmax_windowed, geglu, rms_norm, rope, swiglu, RopeTables};
 use candle_core::{DType, Tensor};
 

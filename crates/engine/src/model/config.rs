@@ -16,51 +16,11 @@
 //! applied (they only matter past 4096 tokens).
 
 use crate::error::{Error, Result};
-use crate::model::family::{self, Activation, Family, FAMILIES};
+pub use crate::model::family::Arch;
+use crate::model::family::{self, Activation, Family};
 use crate::model::rope_scaling::{self, RopeScaling};
 use serde::Deserialize;
 use std::path::Path;
-
-/// Architectures the decoder implements, by `model_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
-    #[serde(rename = "gemma3_text")]
-    Gemma3,
-    Phi3,
-}
-
-impl Arch {
-    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma3_text, phi3";
-
-    pub fn from_model_type(model_type: &str) -> Option<Arch> {
-        FAMILIES
-            .iter()
-            .find(|f| f.model_type == model_type)
-            .map(|f| f.arch)
-    }
-
-    /// The family's fixed structure (names, norms, fused projections, GGUF names).
-    pub fn family(&self) -> &'static Family {
-        match self {
-            Arch::Llama => &family::LLAMA,
-            Arch::Mistral => &family::MISTRAL,
-            Arch::Qwen2 => &family::QWEN2,
-            Arch::Qwen3 => &family::QWEN3,
-            Arch::Gemma3 => &family::GEMMA3,
-            Arch::Phi3 => &family::PHI3,
-        }
-    }
-
-    /// The `model_type` string.
-    pub fn as_str(&self) -> &'static str {
-        self.family().model_type
-    }
-}
 
 /// `eos_token_id` may be one id or a list (Llama 3, generation_config.json).
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +84,7 @@ pub struct RawConfig {
 
 /// Validated configuration of a decoder of one of the supported families.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Config {
     pub arch: Arch,
     pub vocab_size: usize,

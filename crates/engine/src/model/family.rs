@@ -5,12 +5,54 @@
 //! architecture in many places.
 //!
 //! Not here: numbers that come from a model's `config.json` (sizes, RoPE, windows) — those are
-//! in [`crate::model::config::Config`].
+//! in [`crate::model::config::Config`]. [`Arch`] lives here (and is re-exported by `config`) so
+//! that this table needs nothing from `config`.
 
-use crate::model::config::Arch;
+/// Architectures the decoder implements, by `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    #[serde(rename = "gemma3_text")]
+    Gemma3,
+    Phi3,
+}
+
+impl Arch {
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma3_text, phi3";
+
+    pub fn from_model_type(model_type: &str) -> Option<Arch> {
+        FAMILIES
+            .iter()
+            .find(|f| f.model_type == model_type)
+            .map(|f| f.arch)
+    }
+
+    /// The family's fixed structure (names, norms, fused projections, GGUF names).
+    pub fn family(&self) -> &'static Family {
+        match self {
+            Arch::Llama => &LLAMA,
+            Arch::Mistral => &MISTRAL,
+            Arch::Qwen2 => &QWEN2,
+            Arch::Qwen3 => &QWEN3,
+            Arch::Gemma3 => &GEMMA3,
+            Arch::Phi3 => &PHI3,
+        }
+    }
+
+    /// The `model_type` string.
+    pub fn as_str(&self) -> &'static str {
+        self.family().model_type
+    }
+}
 
 /// The MLP activation: `silu(gate)·up` (SwiGLU) or `gelu_tanh(gate)·up` (GeGLU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Silu,

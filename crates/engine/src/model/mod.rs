@@ -3,6 +3,7 @@
 pub mod block;
 pub mod config;
 pub mod count;
+pub mod ctx;
 pub mod decoder;
 pub mod family;
 pub mod gguf;
@@ -12,5 +13,6 @@ pub mod hub;
 pub mod linear;
 pub mod load;
 pub mod loaded;
+pub mod lora;
 pub mod rope_scaling;
 pub mod tensors;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// A validated RoPE scaling.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "rope_type", rename_all = "snake_case")]
 pub enum RopeScaling {
     Linear {

@@ -4,8 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use peft_engine::model::config::Config;
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::{Decoder, LoadOptions};
-use peft_engine::model::linear::ForwardCtx;
 use peft_engine::model::tensors::MemorySource;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

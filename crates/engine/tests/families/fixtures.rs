@@ -60,6 +60,25 @@ pub fn load(f: &Fixture, opts: &LoadOptions) -> Decoder {
     Decoder::load(&f.config, &f.source, opts).unwrap()
 }
 
+/// `LoadedModel::open` validates a model with `Decoder::check` (names and shapes, no weights
+/// read): every family's real layout passes, and a mis-shaped MLP is named.
+#[test]
+fn opening_checks_each_familys_tensors() {
+    for family in FAMILIES {
+        let f = load_fixture(family);
+        Decoder::check(&f.config, &f.source)
+            .unwrap_or_else(|e| panic!("{family}: check refused its own fixture: {e}"));
+        let mut wrong = f.config.clone();
+        wrong.intermediate_size += 1;
+        match Decoder::check(&wrong, &f.source) {
+            Err(peft_engine::error::Error::Tensor { tensor, .. }) => {
+                assert!(tensor.contains(".mlp."), "{family}: named {tensor}")
+            }
+            other => panic!("{family}: a mis-shaped MLP gave {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn fixture_configs_parse_into_each_familys_structure() {
     let l = load_fixture("llama3").config;

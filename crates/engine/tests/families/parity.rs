@@ -5,8 +5,8 @@ use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use peft_engine::model::config::Config;
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::{KvCache, LoadOptions};
-use peft_engine::model::linear::ForwardCtx;
 use std::collections::{BTreeMap, HashMap};
 
 fn vb(w: &BTreeMap<String, Tensor>) -> VarBuilder<'static> {

@@ -4,7 +4,7 @@
 //! for a multi-turn conversation with and without the generation prompt.
 
 use crate::common::fixtures_dir;
-use peft_engine::infer::template::{ChatTemplate, Message};
+use peft_engine::template::{ChatTemplate, Message};
 
 #[test]
 fn real_templates_render_exactly_as_transformers_renders_them() {

@@ -6,27 +6,32 @@
 use crate::common::*;
 use crate::fixtures::{load, load_fixture, FAMILIES};
 use candle_core::{Device, Tensor, Var};
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::{masked_cross_entropy, Decoder, LoadOptions, QuantizeOptions};
-use peft_engine::model::linear::ForwardCtx;
 use peft_engine::peft::method::{apply_method, LoraSettings, Method, Trainable};
 use peft_engine::train::grad_ckpt::{checkpointed_block, GradSink};
 use std::sync::Arc;
 
-fn lora_all(rank: usize) -> Method {
-    Method::Lora(LoraSettings {
+fn all_linear(rank: usize) -> LoraSettings {
+    LoraSettings {
         rank,
         alpha: 2.0 * rank as f64,
         dropout: 0.0,
         targets: vec!["all-linear".into()],
         layers: None,
         rslora: false,
-    })
+    }
 }
 
 /// LoRA on every linear with seeded non-zero B (so A's gradient is non-zero too).
 fn with_adapters(m: &mut Decoder, seed: u64) -> Trainable {
+    with_method(m, &Method::Lora(all_linear(2)), seed)
+}
+
+/// [`with_adapters`] for a given method (QLoRA on an NF4 base).
+fn with_method(m: &mut Decoder, method: &Method, seed: u64) -> Trainable {
     use rand::{Rng, SeedableRng};
-    let t = apply_method(m, &lora_all(2), seed).unwrap();
+    let t = apply_method(m, method, seed).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, v) in &t.params {
         if name.ends_with("lora_B.weight") {
@@ -213,7 +218,7 @@ fn qlora_reaches_every_adapter_for_every_family() {
             ..Default::default()
         };
         let mut m = load(&f, &opts);
-        let t = with_adapters(&mut m, 5);
+        let t = with_method(&mut m, &Method::Qlora(all_linear(2)), 5);
         let grads = loss(&m, &f.tokens).backward().unwrap();
         for (name, v) in &t.params {
             let g = grads
