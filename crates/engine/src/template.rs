@@ -5,7 +5,9 @@
 //!
 //! What HF provides and we mirror: the variables `messages`, `add_generation_prompt`,
 //! `bos_token`, `eos_token` (and `tools`/`documents` set to `none`), the function
-//! `raise_exception(msg)`, a Python-style `tojson` filter (`", "`/`": "` separators, no HTML
+//! `raise_exception(msg)`, `enable_thinking` (false unless [`ChatTemplate::set_enable_thinking`]:
+//! Qwen3's template then opens the reply with an empty `<think></think>` block, so chat and
+//! training answer directly), a Python-style `tojson` filter (`", "`/`": "` separators, no HTML
 //! escaping), Python string/dict/list methods (`.strip()`, `.items()`, …) via
 //! `minijinja_contrib::pycompat`, and `trim_blocks = lstrip_blocks = true`.
 //!
@@ -67,6 +69,8 @@ pub struct ChatTemplate {
     pub bos_token: String,
     pub eos_token: String,
     is_fallback: bool,
+    /// Passed to the template as `enable_thinking` (Qwen3); false by default.
+    enable_thinking: bool,
     env: Environment<'static>,
 }
 
@@ -99,6 +103,7 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             is_fallback: false,
+            enable_thinking: false,
             env,
         })
     }
@@ -188,6 +193,11 @@ impl ChatTemplate {
         }
     }
 
+    /// Lets templates with a thinking switch (Qwen3) open the reply for reasoning.
+    pub fn set_enable_thinking(&mut self, on: bool) {
+        self.enable_thinking = on;
+    }
+
     /// The Jinja source.
     pub fn source(&self) -> &str {
         &self.source
@@ -213,6 +223,7 @@ impl ChatTemplate {
             eos_token => &self.eos_token,
             tools => Value::from(()),
             documents => Value::from(()),
+            enable_thinking => self.enable_thinking,
         })
         .map_err(template_error)
     }

@@ -254,10 +254,20 @@ fn adapter_written_by_python_peft_gives_peft_logits() {
     let mut m = common::decoder();
     load_lora_adapter(&mut m, &fixture("peft_lora_stories"), false).unwrap();
     assert_eq!(
-        m.layers[2].self_attn.q_proj.lora.as_ref().unwrap().scale,
+        m.layers[2]
+            .linear("self_attn.q_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
         2.0
     );
-    assert!(m.layers[2].self_attn.k_proj.lora.is_none());
+    assert!(m.layers[2]
+        .linear("self_attn.k_proj")
+        .unwrap()
+        .lora
+        .is_none());
 }
 
 #[test]
@@ -266,7 +276,16 @@ fn rslora_adapter_written_by_python_peft_gives_peft_logits() {
     matches_peft_reference("peft_rslora_stories");
     let mut m = common::decoder();
     load_lora_adapter(&mut m, &fixture("peft_rslora_stories"), false).unwrap();
-    assert_eq!(m.layers[4].mlp.down_proj.lora.as_ref().unwrap().scale, 4.0);
+    assert_eq!(
+        m.layers[4]
+            .linear("mlp.down_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
+        4.0
+    );
 }
 
 /// A copy of our own saved adapter that a test may then break.
@@ -427,9 +446,8 @@ fn loading_onto_a_merged_model_is_refused() {
     let mut m = common::decoder();
     load_lora_adapter(&mut m, &dir, false).unwrap();
     peft_engine::export::merge::merge_adapters(&mut m).unwrap();
-    let Err(err) = load_lora_adapter(&mut m, &dir, false) else {
-        panic!("loading onto a merged model must fail");
-    };
-    let err = err.to_string();
+    let err = load_lora_adapter(&mut m, &dir, false)
+        .expect_err("loading onto a merged model must fail")
+        .to_string();
     assert!(err.contains("merged"), "{err}");
 }

@@ -262,8 +262,8 @@ fn bf16_storage_stays_close_to_f32() {
     let bf16m = Decoder::load(&c, &src, &opts).unwrap();
     assert_eq!(
         bf16m.layers[0]
-            .self_attn
-            .q_proj
+            .linear("self_attn.q_proj")
+            .unwrap()
             .dense_weight()
             .unwrap()
             .dims(),

@@ -5,9 +5,9 @@
 
 use candle_core::{DType, Tensor, Var};
 use peft_engine::ops::{
-    causal_softmax_grouped_with, frozen_linear_with, linear_cross_entropy,
-    linear_cross_entropy_generic, lora_delta_with, lora_linear_with, rms_norm_with, rope_with,
-    swiglu_with, DropoutMask, OpPath, RopeTables,
+    causal_softmax_grouped_with, causal_softmax_windowed_with, frozen_linear_with, geglu_with,
+    linear_cross_entropy, linear_cross_entropy_generic, lora_delta_with, lora_linear_with,
+    rms_norm_with, rope_with, swiglu_with, DropoutMask, OpPath, RopeTables,
 };
 use peft_engine::quant::nf4::Nf4Tensor;
 use peft_engine::quant::nf4_op::Nf4Linear;
@@ -118,6 +118,40 @@ fn swiglu_generic_equals_fused() {
     let u = uniform(&[3, 7, 24], 4);
     let op = |p: OpPath, xs: &[Tensor]| swiglu_with(p, &xs[0], &xs[1]);
     compare("swiglu", &op, &[(g, true), (u, true)]);
+}
+
+#[test]
+fn geglu_generic_equals_fused() {
+    let g = (uniform(&[3, 7, 24], 13) * 3.0).unwrap();
+    let u = uniform(&[3, 7, 24], 14);
+    let op = |p: OpPath, xs: &[Tensor]| geglu_with(p, &xs[0], &xs[1]);
+    compare("geglu", &op, &[(g, true), (u, true)]);
+}
+
+#[test]
+fn partial_rope_generic_equals_fused() {
+    // Tables for 4 of the head's 8 dimensions (Phi-3's partial rotary).
+    let tables = RopeTables::new(4, 10_000.0, 32, &candle_core::Device::Cpu).unwrap();
+    let x = uniform(&[2, 3, 5, 8], 15);
+    let op = |p: OpPath, xs: &[Tensor]| rope_with(p, &xs[0], &tables, 3);
+    compare("partial rope", &op, &[(x, true)]);
+}
+
+#[test]
+fn windowed_causal_softmax_generic_equals_fused() {
+    // Gemma 3's local layers: a window of 3 keys, with and without a KV cache offset.
+    for (q, offset) in [(6, 0), (3, 4)] {
+        let k = offset + q;
+        let s = (uniform(&[2, 2, 2 * q, k], 16) * 4.0).unwrap();
+        let op = |p: OpPath, xs: &[Tensor]| {
+            causal_softmax_windowed_with(p, &xs[0], 0.35, offset, q, Some(3))
+        };
+        compare(
+            &format!("windowed causal_softmax q={q} offset={offset}"),
+            &op,
+            &[(s, true)],
+        );
+    }
 }
 
 #[test]

@@ -244,7 +244,13 @@ fn rslora_gradients_match_finite_differences() {
     let t = apply_method(&mut m, &Method::Lora(s), 7).unwrap();
     // rsLoRA r = 4: scale alpha/√r = 4, not alpha/r = 2.
     assert_eq!(
-        m.layers[0].self_attn.q_proj.lora.as_ref().unwrap().scale,
+        m.layers[0]
+            .linear("self_attn.q_proj")
+            .unwrap()
+            .lora
+            .as_ref()
+            .unwrap()
+            .scale,
         4.0
     );
     randomize_b(&t, 8, 0.3);
@@ -274,7 +280,11 @@ fn gradients_with_restricted_layers_and_dropout_match_finite_differences() {
         names.iter().all(|n| n.starts_with("model.layers.1.")),
         "{names:?}"
     );
-    assert!(m.layers[0].self_attn.v_proj.lora.is_none());
+    assert!(m.layers[0]
+        .linear("self_attn.v_proj")
+        .unwrap()
+        .lora
+        .is_none());
     randomize_b(&t, 10, 0.3);
     // Dropout masks are a pure function of (step_seed, stream), so the loss is a deterministic
     // function of the parameters and finite differences apply through the dropout path too.
@@ -304,7 +314,7 @@ fn rslora_scales_the_output_delta_by_alpha_over_sqrt_r() {
         // Same seed ⇒ same A; same B values below ⇒ only the scale differs.
         let t = apply_method(&mut m, &Method::Lora(s), 3).unwrap();
         randomize_b(&t, 5, 0.3);
-        let lin = &m.layers[0].self_attn.q_proj;
+        let lin = m.layers[0].linear("self_attn.q_proj").unwrap();
         let with = lin.forward(&x, &ctx).unwrap();
         let mut base = lin.clone();
         base.lora = None;
@@ -387,8 +397,8 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
     let err = merge_adapters(&mut m).unwrap_err().to_string();
     assert!(err.contains("already merged"), "{err}");
     let err = m.layers[0]
-        .self_attn
-        .q_proj
+        .linear_mut("self_attn.q_proj")
+        .unwrap()
         .merge()
         .unwrap_err()
         .to_string();
@@ -409,7 +419,11 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
     assert!(d < 1e-5, "after unmerge the adapter output differs by {d}");
     // Unmerging an unmerged model is a no-op at the model level and refused at the layer.
     assert_eq!(unmerge_adapters(&mut m).unwrap(), 0);
-    assert!(m.layers[0].self_attn.q_proj.unmerge().is_err());
+    assert!(m.layers[0]
+        .linear_mut("self_attn.q_proj")
+        .unwrap()
+        .unmerge()
+        .is_err());
 }
 
 /// The bundled model and its decoder with a trained-looking LoRA adapter on all seven

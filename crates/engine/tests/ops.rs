@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use peft_engine::ops::{
-    causal_softmax, causal_softmax_grouped, frozen_linear, rms_norm, rope, swiglu, RopeTables,
+    causal_softmax, causal_softmax_grouped, causal_softmax_windowed, frozen_linear, geglu,
+    rms_norm, rope, swiglu, RopeTables,
 };
 use peft_engine::test_support::{max_diff, uniform};
 
@@ -337,4 +338,96 @@ fn grouped_causal_softmax_equals_per_group() {
     let diff = (da - db).unwrap().abs().unwrap().max_all().unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
     assert!(causal_softmax_grouped(x.as_tensor(), 0.5, 0, 5).is_err());
+}
+
+fn geglu_composite(g: &Tensor, u: &Tensor) -> Tensor {
+    // candle's `gelu` is the tanh approximation (`gelu_pytorch_tanh`) and has a backward.
+    (g.gelu().unwrap() * u).unwrap()
+}
+
+#[test]
+fn geglu_matches_composite_and_finite_differences() {
+    let (g0, u0) = (
+        (uniform(&[2, 5, 40], 31) * 4.0).unwrap(),
+        uniform(&[2, 5, 40], 32),
+    );
+    let (y, dg, du) = grads2(&g0, &u0, |g, u| geglu(g, u).unwrap());
+    let (ye, dge, due) = grads2(&g0, &u0, geglu_composite);
+    assert!(max_diff(&y, &ye) < 1e-5, "y {}", max_diff(&y, &ye));
+    assert!(max_diff(&dg, &dge) < 1e-5, "dg {}", max_diff(&dg, &dge));
+    assert!(max_diff(&du, &due) < 1e-5, "du {}", max_diff(&du, &due));
+    check(
+        &[2, 5, 40],
+        |g| geglu(g, &u0).unwrap(),
+        |g| geglu_composite(g, &u0),
+        1e-5,
+    );
+    let (gs, us) = ((uniform(&[3, 8], 33) * 3.0).unwrap(), uniform(&[3, 8], 34));
+    finite_difference(&[3, 8], |g| geglu(&(g * 3.0).unwrap(), &us).unwrap());
+    finite_difference(&[3, 8], |u| geglu(&gs, u).unwrap());
+    // Not SwiGLU: the activation differs.
+    assert!(max_diff(&geglu(&g0, &u0).unwrap(), &swiglu(&g0, &u0).unwrap()) > 1e-2);
+}
+
+#[test]
+fn windowed_causal_softmax_matches_masked_softmax() {
+    let scale = 0.35;
+    // Query at position p sees keys p-w+1 ..= p (transformers' sliding_window_overlay).
+    for (q, k, w) in [(7usize, 7usize, 3usize), (3, 9, 4), (5, 5, 1)] {
+        let offset = k - q;
+        let mask: Vec<f32> = (0..q * k)
+            .map(|i| {
+                let (row, key) = (i / k + offset, i % k);
+                if key <= row && key + w > row {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (q, k), &Device::Cpu).unwrap();
+        check(
+            &[2, 3, q, k],
+            |x| causal_softmax_windowed(x, scale, offset, q, Some(w)).unwrap(),
+            |x| {
+                candle_nn::ops::softmax(
+                    &(x * scale).unwrap().broadcast_add(&mask).unwrap(),
+                    D::Minus1,
+                )
+                .unwrap()
+            },
+            1e-5,
+        );
+    }
+    finite_difference(&[1, 2, 6, 6], |x| {
+        causal_softmax_windowed(x, scale, 0, 6, Some(2)).unwrap()
+    });
+    let x = uniform(&[1, 1, 4, 4], 1);
+    assert!(causal_softmax_windowed(&x, scale, 0, 4, Some(0)).is_err());
+}
+
+#[test]
+fn partial_and_scaled_rope_match_composite() {
+    // Tables for 4 of 8 dims (partial rotary 0.5), cos/sin scaled by 1.3 (longrope's
+    // attention factor): the first 4 dims rotate-half among themselves, the rest pass through.
+    let inv: Vec<f64> = (0..2)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / 2.0))
+        .collect();
+    let tables = RopeTables::from_inv_freq(&inv, 32, 1.3, &Device::Cpu).unwrap();
+    assert_eq!(tables.rotary_dim(), 4);
+    for offset in [0usize, 5] {
+        let cos = tables.cos.narrow(0, offset, 6).unwrap();
+        let sin = tables.sin.narrow(0, offset, 6).unwrap();
+        check(
+            &[2, 3, 6, 8],
+            |x| rope(x, &tables, offset).unwrap(),
+            |x| {
+                let rot = candle_nn::rotary_emb::rope_slow(&x.narrow(3, 0, 4).unwrap(), &cos, &sin)
+                    .unwrap();
+                Tensor::cat(&[&rot, &x.narrow(3, 4, 4).unwrap()], 3).unwrap()
+            },
+            1e-5,
+        );
+    }
+    finite_difference(&[1, 2, 6, 8], |x| rope(x, &tables, 3).unwrap());
 }

@@ -39,6 +39,8 @@ export const model: OpenedModel = {
       num_attention_heads: 8, num_key_value_heads: 4, head_dim: 8, rms_norm_eps: 1e-5, rope_theta: 10000,
       max_position_embeddings: 512, tie_word_embeddings: true, qkv_bias: false, o_bias: false, mlp_bias: false,
       bos_token_id: 1, eos_token_ids: [2], sliding_window: null, torch_dtype: "float32",
+      hidden_act: "silu", partial_rotary_factor: null, rope_scaling: null, rope_local_theta: null, layer_windows: [],
+      query_pre_attn_scalar: null, final_logit_softcapping: null,
     },
   },
 };

@@ -1,45 +1,26 @@
 //! Model configuration: a raw serde mirror of Hugging Face `config.json` ([`RawConfig`]) and the
 //! validated [`Config`] the decoder is built from.
 //!
-//! Supported: the Llama family (`llama`: Llama 2/3, TinyLlama, SmolLM/SmolLM2; `mistral`;
-//! `qwen2`, which adds biases to q/k/v). Not supported: rope scaling other than none/`default`,
-//! sliding-window attention beyond the sequence (Mistral's window is recorded, not applied:
-//! it only matters past 4096 tokens), MoE variants.
+//! Supported (`model_type`): `llama` (Llama 2/3.x, TinyLlama, SmolLM/SmolLM2; Llama 3's
+//! `llama3` RoPE scaling), `mistral`, `qwen2` (biases on q/k/v), `qwen3` (per-head q/k norms,
+//! explicit `head_dim`), `gemma3_text` (Gemma 3 text models: `(1 + w)` norms, √hidden embedding
+//! scale, GeGLU, q/k norms, `query_pre_attn_scalar`, sandwich norms, interleaved sliding-window
+//! and full layers with their own RoPE bases, optional final logit soft-capping), `phi3`
+//! (Phi-3/3.5/4-mini: fused `qkv_proj`/`gate_up_proj`, partial rotary, sliding window,
+//! longrope up to the original context). What each family fixes is data in
+//! [`crate::model::family`]; RoPE scaling in [`crate::model::rope_scaling`].
+//!
+//! Not supported, refused with an error naming the field: other `model_type`s, MoE variants,
+//! attention-logit soft-capping (Gemma 2), Qwen's `use_sliding_window`, RoPE types other than
+//! those [`crate::model::rope_scaling`] lists. Mistral's and Qwen2's windows are recorded, not
+//! applied (they only matter past 4096 tokens).
 
 use crate::error::{Error, Result};
+pub use crate::model::family::Arch;
+use crate::model::family::{self, Activation, Family};
+use crate::model::rope_scaling::{self, RopeScaling};
 use serde::Deserialize;
 use std::path::Path;
-
-/// Architectures the decoder implements, by `model_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
-}
-
-impl Arch {
-    pub const SUPPORTED: &'static str = "llama, mistral, qwen2";
-
-    pub fn from_model_type(model_type: &str) -> Option<Arch> {
-        match model_type {
-            "llama" => Some(Arch::Llama),
-            "mistral" => Some(Arch::Mistral),
-            "qwen2" => Some(Arch::Qwen2),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-}
 
 /// `eos_token_id` may be one id or a list (Llama 3, generation_config.json).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,13 +39,6 @@ impl OneOrMany {
     }
 }
 
-/// The newer `rope_parameters: {rope_theta, rope_type}` block (transformers ≥ 4.56).
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawRopeParameters {
-    pub rope_theta: Option<f64>,
-    pub rope_type: Option<String>,
-}
-
 /// `config.json` exactly as Hugging Face writes it; every field optional so that a missing
 /// one is reported by name during validation, not as a serde error.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -79,20 +53,36 @@ pub struct RawConfig {
     pub head_dim: Option<usize>,
     pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
-    pub rope_parameters: Option<RawRopeParameters>,
+    /// transformers ≥ 4.56: `{rope_theta, rope_type, …}`, or per layer type
+    /// (`{"full_attention": {…}, "sliding_attention": {…}}`, Gemma 3).
+    pub rope_parameters: Option<serde_json::Value>,
     pub rope_scaling: Option<serde_json::Value>,
     pub max_position_embeddings: Option<usize>,
+    pub original_max_position_embeddings: Option<usize>,
+    pub partial_rotary_factor: Option<f64>,
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
     pub mlp_bias: Option<bool>,
     pub hidden_act: Option<String>,
+    /// Gemma's name for the activation.
+    pub hidden_activation: Option<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<OneOrMany>,
     pub sliding_window: Option<usize>,
+    pub use_sliding_window: Option<bool>,
+    /// Gemma 3: `sliding_attention` / `full_attention` per layer (newer configs).
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3 (older configs): every n-th layer is full attention.
+    pub sliding_window_pattern: Option<usize>,
+    pub rope_local_base_freq: Option<f64>,
+    pub query_pre_attn_scalar: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub use_bidirectional_attention: Option<bool>,
     pub torch_dtype: Option<String>,
 }
 
-/// Validated configuration of a Llama-family decoder.
+/// Validated configuration of a decoder of one of the supported families.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Config {
@@ -108,8 +98,8 @@ pub struct Config {
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Biases on q/k/v (Qwen2 always; Llama with `attention_bias`). o_proj has one only
-    /// for Llama with `attention_bias`.
+    /// Biases on q/k/v (Qwen2 always; Llama, Qwen3 and Gemma 3 with `attention_bias`). o_proj
+    /// has one only with `attention_bias`.
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
@@ -118,6 +108,32 @@ pub struct Config {
     pub sliding_window: Option<usize>,
     /// Storage dtype named by the file (`float32`, `bfloat16`, …), informational.
     pub torch_dtype: Option<String>,
+    /// The MLP's gate activation (SwiGLU or Gemma's GeGLU).
+    #[serde(default = "silu")]
+    pub hidden_act: Activation,
+    /// Fraction of each head that is rotated (Phi-3/4: `partial_rotary_factor`); `None` = all.
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// Scaling of the (global) RoPE frequencies.
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Gemma 3: RoPE base of the sliding-window layers (`rope_local_base_freq`, unscaled).
+    #[serde(default)]
+    pub rope_local_theta: Option<f64>,
+    /// Per layer: `Some(window)` where attention sees only the last `window` positions
+    /// (the query's own included), `None` for full causal attention. Empty = all full.
+    #[serde(default)]
+    pub layer_windows: Vec<Option<usize>>,
+    /// Gemma 3: attention scores are scaled by `query_pre_attn_scalar^-½` (else `head_dim^-½`).
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `cap · tanh(logits / cap)` on the output logits when set.
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+}
+
+fn silu() -> Activation {
+    Activation::Silu
 }
 
 impl Config {
@@ -145,6 +161,11 @@ impl Config {
         raw.validate(file)
     }
 
+    /// The family's fixed structure.
+    pub fn family(&self) -> &'static Family {
+        self.arch.family()
+    }
+
     pub fn num_kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
@@ -157,17 +178,35 @@ impl Config {
         self.num_key_value_heads * self.head_dim
     }
 
-    /// The `config.json` a Hugging Face loader expects for this configuration (used when
-    /// writing merged models and bundling GGUF imports as folders).
+    /// Rotated dimensions per head (all of them unless `partial_rotary_factor` < 1).
+    pub fn rotary_dim(&self) -> usize {
+        match self.partial_rotary_factor {
+            Some(f) => (self.head_dim as f64 * f) as usize,
+            None => self.head_dim,
+        }
+    }
+
+    /// Layer `n`'s attention window (`None`: full causal attention).
+    pub fn layer_window(&self, n: usize) -> Option<usize> {
+        self.layer_windows.get(n).copied().flatten()
+    }
+
+    /// The factor attention scores are multiplied by before the softmax.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
+    }
+
+    /// The `config.json` a Hugging Face loader expects for this configuration, in the family's
+    /// own layout (used when writing merged models and bundling GGUF imports as folders).
     pub fn to_hf_json(&self) -> serde_json::Value {
-        let arch_class = match self.arch {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Mistral => "MistralForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-        };
-        let mut v = serde_json::json!({
-            "architectures": [arch_class],
-            "model_type": self.arch.as_str(),
+        use serde_json::json;
+        let fam = self.family();
+        let mut v = json!({
+            "architectures": [fam.hf_class],
+            "model_type": fam.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -183,16 +222,58 @@ impl Config {
             "torch_dtype": "float32",
             "bos_token_id": self.bos_token_id,
             "eos_token_id": match self.eos_token_ids.as_slice() {
-                [one] => serde_json::json!(one),
-                many => serde_json::json!(many),
+                [one] => json!(one),
+                many => json!(many),
             },
         });
-        if self.arch == Arch::Llama {
-            v["attention_bias"] = serde_json::json!(self.qkv_bias);
-            v["mlp_bias"] = serde_json::json!(self.mlp_bias);
+        if let Some(s) = &self.rope_scaling {
+            v["rope_scaling"] = s
+                .to_hf_json(self.rope_theta, self.rotary_dim())
+                .unwrap_or(serde_json::Value::Null);
+        }
+        match self.arch {
+            Arch::Llama => {
+                v["attention_bias"] = json!(self.qkv_bias);
+                v["mlp_bias"] = json!(self.mlp_bias);
+            }
+            Arch::Qwen3 => {
+                v["attention_bias"] = json!(self.qkv_bias);
+                v["use_sliding_window"] = json!(false);
+                v["max_window_layers"] = json!(self.num_hidden_layers);
+            }
+            Arch::Gemma3 => {
+                let obj = v.as_object_mut().expect("object");
+                obj.remove("hidden_act");
+                v["hidden_activation"] = json!("gelu_pytorch_tanh");
+                v["attention_bias"] = json!(self.qkv_bias);
+                v["query_pre_attn_scalar"] = json!(self.query_pre_attn_scalar);
+                v["rope_local_base_freq"] = json!(self.rope_local_theta);
+                v["final_logit_softcapping"] = json!(self.final_logit_softcapping);
+                v["attn_logit_softcapping"] = serde_json::Value::Null;
+                let types: Vec<&str> = (0..self.num_hidden_layers)
+                    .map(|n| match self.layer_window(n) {
+                        Some(_) => "sliding_attention",
+                        None => "full_attention",
+                    })
+                    .collect();
+                v["layer_types"] = json!(types);
+            }
+            Arch::Phi3 => {
+                if let Some(f) = self.partial_rotary_factor {
+                    v["partial_rotary_factor"] = json!(f);
+                }
+                if let Some(RopeScaling::LongRope {
+                    original_max_position_embeddings: o,
+                    ..
+                }) = &self.rope_scaling
+                {
+                    v["original_max_position_embeddings"] = json!(o);
+                }
+            }
+            Arch::Mistral | Arch::Qwen2 => {}
         }
         if let Some(w) = self.sliding_window {
-            v["sliding_window"] = serde_json::json!(w);
+            v["sliding_window"] = json!(w);
         }
         v
     }
@@ -206,6 +287,25 @@ fn missing(file: &str, field: &str) -> Error {
     }
 }
 
+fn config_err(file: &str, field: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        file: file.into(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Theta and scaling from `rope_parameters` (flat, or the block for `layer_type`) or the
+/// older top-level `rope_theta` + `rope_scaling`.
+fn rope_block<'a>(raw: &'a RawConfig, layer_type: &str) -> Option<&'a serde_json::Value> {
+    let p = raw.rope_parameters.as_ref()?;
+    match p.get(layer_type) {
+        Some(inner) if inner.is_object() => Some(inner),
+        _ if p.get("full_attention").is_some() => None,
+        _ => Some(p),
+    }
+}
+
 impl RawConfig {
     /// Checks every field the decoder needs and fills documented defaults.
     pub fn validate(self, file: &str) -> Result<Config> {
@@ -216,16 +316,12 @@ impl RawConfig {
         let arch = Arch::from_model_type(&model_type).ok_or_else(|| Error::Unsupported {
             what: format!("{file}: model_type"),
             found: model_type.clone(),
-            supported: Arch::SUPPORTED.into(),
+            supported: family::supported_model_types(),
         })?;
         let need = |v: Option<usize>, field: &str| -> Result<usize> {
             match v {
                 None => Err(missing(file, field)),
-                Some(0) => Err(Error::Config {
-                    file: file.into(),
-                    field: field.into(),
-                    message: "must be greater than 0".into(),
-                }),
+                Some(0) => Err(config_err(file, field, "must be greater than 0")),
                 Some(x) => Ok(x),
             }
         };
@@ -235,96 +331,148 @@ impl RawConfig {
             self.num_key_value_heads.or(Some(num_attention_heads)),
             "num_key_value_heads",
         )?;
+        let num_hidden_layers = need(self.num_hidden_layers, "num_hidden_layers")?;
         if num_attention_heads % num_key_value_heads != 0 {
-            return Err(Error::Config {
-                file: file.into(),
-                field: "num_key_value_heads".into(),
-                message: format!(
+            return Err(config_err(
+                file,
+                "num_key_value_heads",
+                format!(
                     "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
                 ),
-            });
+            ));
         }
         let head_dim = match self.head_dim {
             Some(d) => need(Some(d), "head_dim")?,
             None => {
                 if hidden_size % num_attention_heads != 0 {
-                    return Err(Error::Config {
-                        file: file.into(),
-                        field: "hidden_size".into(),
-                        message: format!(
-                            "{hidden_size} is not divisible by num_attention_heads {num_attention_heads} and no head_dim is given"
-                        ),
-                    });
+                    return Err(config_err(file, "hidden_size", format!(
+                        "{hidden_size} is not divisible by num_attention_heads {num_attention_heads} and no head_dim is given"
+                    )));
                 }
                 hidden_size / num_attention_heads
             }
         };
         if head_dim % 2 != 0 {
-            return Err(Error::Config {
-                file: file.into(),
-                field: "head_dim".into(),
-                message: format!("{head_dim} must be even for rotary embeddings"),
-            });
+            return Err(config_err(
+                file,
+                "head_dim",
+                format!("{head_dim} must be even for rotary embeddings"),
+            ));
         }
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" && act != "swish" {
-                return Err(Error::Unsupported {
-                    what: format!("{file}: hidden_act"),
-                    found: act.clone(),
-                    supported: "silu".into(),
-                });
+        let hidden_act = self.activation(arch, file)?;
+        let partial_rotary_factor = match self.partial_rotary_factor {
+            None => None,
+            Some(1.0) => None,
+            Some(f) => {
+                let rot = (head_dim as f64 * f) as usize;
+                if !(f > 0.0 && f < 1.0) || rot == 0 || !rot.is_multiple_of(2) {
+                    return Err(config_err(
+                        file,
+                        "partial_rotary_factor",
+                        format!(
+                        "{f} gives {rot} rotary dimensions of {head_dim}; need an even number > 0"
+                    ),
+                    ));
+                }
+                Some(f)
             }
-        }
-        let rope_type = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_type.clone())
-            .or_else(|| match &self.rope_scaling {
-                Some(serde_json::Value::Object(m)) => m
-                    .get("rope_type")
-                    .or_else(|| m.get("type"))
-                    .and_then(|t| t.as_str())
-                    .map(String::from)
-                    .or(Some("unknown".into())),
-                _ => None,
-            });
-        if let Some(rt) = rope_type {
-            if rt != "default" {
-                return Err(Error::Unsupported {
-                    what: format!("{file}: rope scaling"),
-                    found: rt,
-                    supported: "none (rope_type \"default\")".into(),
-                });
-            }
-        }
-        let rope_theta = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
+        };
+        let rotary_dim = partial_rotary_factor.map_or(head_dim, |f| (head_dim as f64 * f) as usize);
+        let max_position_embeddings = self.max_position_embeddings.unwrap_or(4096);
+        let global = rope_block(&self, "full_attention");
+        let rope_theta = global
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|t| t.as_f64())
             .or(self.rope_theta)
             .unwrap_or(10_000.0);
-        let rms_norm_eps = self.rms_norm_eps.unwrap_or(match arch {
-            Arch::Llama => 1e-6,
-            Arch::Mistral | Arch::Qwen2 => 1e-6,
-        });
-        let qkv_bias = match arch {
-            Arch::Qwen2 => true,
-            _ => self.attention_bias.unwrap_or(false),
+        let scaling_json = match (&self.rope_scaling, global) {
+            (Some(s), _) if s.is_object() => Some(s),
+            (_, Some(p)) => Some(p),
+            _ => None,
         };
-        let o_bias = arch == Arch::Llama && self.attention_bias.unwrap_or(false);
+        let rope_scaling = match scaling_json {
+            Some(v) => rope_scaling::parse(
+                v,
+                self.original_max_position_embeddings,
+                max_position_embeddings,
+                rotary_dim,
+                file,
+            )?,
+            None => None,
+        };
+        if let Some(RopeScaling::LongRope { .. }) = rope_scaling {
+            if arch != Arch::Phi3 {
+                return Err(Error::Unsupported {
+                    what: format!("{file}: rope scaling"),
+                    found: format!("longrope on {model_type}"),
+                    supported: "longrope on phi3 only".into(),
+                });
+            }
+        }
+        let rms_norm_eps = self.rms_norm_eps.unwrap_or(match arch {
+            Arch::Phi3 => 1e-5,
+            _ => 1e-6,
+        });
+        let attention_bias = self.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias) = match arch {
+            Arch::Qwen2 => (true, false),
+            Arch::Llama | Arch::Qwen3 | Arch::Gemma3 => (attention_bias, attention_bias),
+            Arch::Mistral => (attention_bias, false),
+            Arch::Phi3 => (false, false),
+        };
+        if arch == Arch::Qwen3 && self.use_sliding_window == Some(true) {
+            return Err(Error::Unsupported {
+                what: format!("{file}: use_sliding_window"),
+                found: "true".into(),
+                supported: "false (Qwen3's released models do not use it)".into(),
+            });
+        }
+        if let Some(cap) = self.attn_logit_softcapping {
+            return Err(Error::Unsupported {
+                what: format!("{file}: attn_logit_softcapping"),
+                found: cap.to_string(),
+                supported: "null (Gemma 3 does not soft-cap attention)".into(),
+            });
+        }
+        if self.use_bidirectional_attention == Some(true) {
+            return Err(Error::Unsupported {
+                what: format!("{file}: use_bidirectional_attention"),
+                found: "true (an embedding model)".into(),
+                supported: "causal decoders".into(),
+            });
+        }
+        let (layer_windows, rope_local_theta, query_pre_attn_scalar) = match arch {
+            Arch::Gemma3 => {
+                let window = self.sliding_window.unwrap_or(4096);
+                let local = rope_block(&self, "sliding_attention")
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|t| t.as_f64())
+                    .or(self.rope_local_base_freq)
+                    .unwrap_or(10_000.0);
+                let windows = self.gemma_windows(num_hidden_layers, window, file)?;
+                let qpas = self.query_pre_attn_scalar.unwrap_or(256.0);
+                (windows, Some(local), Some(qpas))
+            }
+            // Phi-3 applies its window in every layer (2047 for Phi-3-mini).
+            Arch::Phi3 => match self.sliding_window {
+                Some(w) => (vec![Some(w); num_hidden_layers], None, None),
+                None => (vec![], None, None),
+            },
+            _ => (vec![], None, None),
+        };
         Ok(Config {
             arch,
             vocab_size: need(self.vocab_size, "vocab_size")?,
             hidden_size,
             intermediate_size: need(self.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: need(self.num_hidden_layers, "num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             rms_norm_eps,
             rope_theta,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(4096),
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(arch == Arch::Gemma3),
             qkv_bias,
             o_bias,
             mlp_bias: arch == Arch::Llama && self.mlp_bias.unwrap_or(false),
@@ -332,6 +480,72 @@ impl RawConfig {
             eos_token_ids: self.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
             sliding_window: self.sliding_window,
             torch_dtype: self.torch_dtype,
+            hidden_act,
+            partial_rotary_factor,
+            rope_scaling,
+            rope_local_theta,
+            layer_windows,
+            query_pre_attn_scalar,
+            final_logit_softcapping: self.final_logit_softcapping.filter(|c| *c > 0.0),
         })
+    }
+
+    fn activation(&self, arch: Arch, file: &str) -> Result<Activation> {
+        let (field, act) = match (&self.hidden_activation, &self.hidden_act) {
+            (Some(a), _) if arch == Arch::Gemma3 => ("hidden_activation", a.as_str()),
+            (_, Some(a)) => ("hidden_act", a.as_str()),
+            (Some(a), None) => ("hidden_activation", a.as_str()),
+            (None, None) if arch == Arch::Gemma3 => return Ok(Activation::GeluTanh),
+            (None, None) => return Ok(Activation::Silu),
+        };
+        match (arch, act) {
+            (Arch::Gemma3, "gelu_pytorch_tanh") => Ok(Activation::GeluTanh),
+            (Arch::Gemma3, _) => Err(Error::Unsupported {
+                what: format!("{file}: {field}"),
+                found: act.into(),
+                supported: "gelu_pytorch_tanh".into(),
+            }),
+            (_, "silu" | "swish") => Ok(Activation::Silu),
+            _ => Err(Error::Unsupported {
+                what: format!("{file}: {field}"),
+                found: act.into(),
+                supported: "silu".into(),
+            }),
+        }
+    }
+
+    /// Gemma 3's per-layer windows from `layer_types`, else from `sliding_window_pattern`
+    /// (every n-th layer full, default 6, as transformers derives them).
+    fn gemma_windows(
+        &self,
+        layers: usize,
+        window: usize,
+        file: &str,
+    ) -> Result<Vec<Option<usize>>> {
+        if let Some(types) = &self.layer_types {
+            if types.len() != layers {
+                return Err(config_err(
+                    file,
+                    "layer_types",
+                    format!("{} entries for {layers} layers", types.len()),
+                ));
+            }
+            return types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(Some(window)),
+                    "full_attention" => Ok(None),
+                    other => Err(config_err(
+                        file,
+                        "layer_types",
+                        format!("`{other}`: expected sliding_attention or full_attention"),
+                    )),
+                })
+                .collect();
+        }
+        let pattern = self.sliding_window_pattern.unwrap_or(6).max(1);
+        Ok((0..layers)
+            .map(|n| ((n + 1) % pattern != 0).then_some(window))
+            .collect())
     }
 }

@@ -1,4 +1,6 @@
-//! Our Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2), built for training.
+//! Our decoder for every supported family (Llama 2/3.x, SmolLM, Mistral, Qwen2, Qwen3, Gemma 3
+//! text, Phi-3/4-mini), built for training. The block itself is in [`crate::model::block`];
+//! what differs per family is data in [`crate::model::family`].
 //!
 //! Differences from `candle_transformers::models::llama`, and why:
 //! - it returns logits for every position (training needs them all);
@@ -8,17 +10,20 @@
 //!   Hugging Face names so adapters and exports interoperate.
 //!
 //! Shapes: ids `[b, s]` → hidden `[b, s, h]` → logits `[b, s, vocab]`. Attention:
-//! q `[b, heads, s, d]`, k/v `[b, kv_heads, t, d]` with `t = cached + s`, GQA by repeating
-//! k/v heads. Compute is f32; base weights may be stored bf16 (widened per matmul) or NF4.
+//! q `[b, heads, s, d]`, k/v `[b, kv_heads, t, d]` with `t = cached + s`, grouped-query heads
+//! stacked per key head. Compute is f32; base weights may be stored bf16 (widened per matmul)
+//! or NF4. Gemma scales embeddings by √hidden; a config's `final_logit_softcapping` caps the
+//! logits with `cap·tanh(z/cap)` (candle's tanh has a backward).
 
 use crate::error::{Error, Result};
+use crate::model::block::{norm, projections, BlockCtx};
+pub use crate::model::block::{Attention, Block, GateUpProj, Mlp, QkvProj};
 use crate::model::config::Config;
 use crate::model::ctx::ForwardCtx;
 use crate::model::linear::{matmul_t_with, Linear};
+use crate::model::rope_scaling::RopeScaling;
 use crate::model::tensors::TensorSource;
-use crate::ops::{
-    causal_softmax_grouped_with, rms_norm_with, rope_with, swiglu_with, OpPath, RopeTables,
-};
+use crate::ops::{OpPath, RopeTables};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
@@ -121,50 +126,6 @@ pub struct StorageReport {
     pub compute_dtype: Option<String>,
 }
 
-#[derive(Clone)]
-pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
-}
-
-#[derive(Clone)]
-pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
-}
-
-#[derive(Clone)]
-pub struct Block {
-    pub input_layernorm: Tensor,
-    pub self_attn: Attention,
-    pub post_attention_layernorm: Tensor,
-    pub mlp: Mlp,
-}
-
-impl Block {
-    /// The block's seven projections with their paths inside the block, in HF order.
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
-        projections(&mut self.self_attn, &mut self.mlp)
-    }
-}
-
-fn projections<'a>(a: &'a mut Attention, m: &'a mut Mlp) -> [(&'static str, &'a mut Linear); 7] {
-    {
-        [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ]
-    }
-}
-
 /// Per-layer key/value cache for incremental decoding.
 #[derive(Clone, Default)]
 pub struct KvCache {
@@ -201,6 +162,8 @@ pub struct Decoder {
     /// `None` when the output projection is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub(crate) rope: RopeTables,
+    /// Gemma 3's sliding-window layers use their own (unscaled) RoPE base.
+    pub(crate) rope_local: Option<RopeTables>,
     /// The activations' dtype: f32 on the CPU, bf16 by default on a GPU (`model::placement`).
     pub(crate) compute: DType,
 }
@@ -267,6 +230,70 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// One block `p` (`model.layers.N`) with the parts the family has.
+    fn block(&self, c: &Config, p: &str) -> Result<Block> {
+        let fam = c.family();
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let norm = |name: &str, n: usize| self.get(&format!("{p}.{name}.weight"), &[n]);
+        let opt_norm = |on: bool, name: &str, n: usize| on.then(|| norm(name, n)).transpose();
+        let qkv = if fam.fused_qkv {
+            let out = c.q_dim() + 2 * c.kv_dim();
+            QkvProj::Fused {
+                qkv_proj: self.linear(&format!("{p}.self_attn.qkv_proj"), out, h, c.qkv_bias)?,
+            }
+        } else {
+            let lin = |name: &str, out: usize| {
+                self.linear(&format!("{p}.self_attn.{name}"), out, h, c.qkv_bias)
+            };
+            QkvProj::Split {
+                q_proj: lin("q_proj", c.q_dim())?,
+                k_proj: lin("k_proj", c.kv_dim())?,
+                v_proj: lin("v_proj", c.kv_dim())?,
+            }
+        };
+        let gate_up = if fam.fused_gate_up {
+            GateUpProj::Fused {
+                gate_up_proj: self.linear(
+                    &format!("{p}.mlp.gate_up_proj"),
+                    2 * i,
+                    h,
+                    c.mlp_bias,
+                )?,
+            }
+        } else {
+            GateUpProj::Split {
+                gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
+                up_proj: self.linear(&format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
+            }
+        };
+        Ok(Block {
+            input_layernorm: norm("input_layernorm", h)?,
+            self_attn: Attention {
+                qkv,
+                o_proj: self.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), c.o_bias)?,
+                q_norm: opt_norm(fam.qk_norm, "self_attn.q_norm", d)?,
+                k_norm: opt_norm(fam.qk_norm, "self_attn.k_norm", d)?,
+            },
+            post_attention_layernorm: norm("post_attention_layernorm", h)?,
+            pre_feedforward_layernorm: opt_norm(
+                fam.sandwich_norms,
+                "pre_feedforward_layernorm",
+                h,
+            )?,
+            post_feedforward_layernorm: opt_norm(
+                fam.sandwich_norms,
+                "post_feedforward_layernorm",
+                h,
+            )?,
+            mlp: Mlp {
+                gate_up,
+                down_proj: self.linear(&format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
+            },
+        })
+    }
+}
+
 impl Decoder {
     /// Builds the decoder from Hugging Face-named tensors, one tensor at a time.
     ///
@@ -279,37 +306,11 @@ impl Decoder {
             dtype: opts.dtype,
             quantize: opts.quantize,
         };
-        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let h = c.hidden_size;
         let embed_tokens = l.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for n in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{n}");
-            layers.push(Block {
-                input_layernorm: l.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                self_attn: Attention {
-                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h, c.qkv_bias)?,
-                    k_proj: l.linear(
-                        &format!("{p}.self_attn.k_proj"),
-                        c.kv_dim(),
-                        h,
-                        c.qkv_bias,
-                    )?,
-                    v_proj: l.linear(
-                        &format!("{p}.self_attn.v_proj"),
-                        c.kv_dim(),
-                        h,
-                        c.qkv_bias,
-                    )?,
-                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), c.o_bias)?,
-                },
-                post_attention_layernorm: l
-                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                mlp: Mlp {
-                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
-                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
-                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
-                },
-            });
+            layers.push(l.block(c, &format!("model.layers.{n}"))?);
         }
         let norm = l.get("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings {
@@ -327,12 +328,20 @@ impl Decoder {
         norm: Tensor,
         lm_head: Option<Linear>,
     ) -> Result<Self> {
-        let rope = RopeTables::new(
-            config.head_dim,
-            config.rope_theta,
-            config.max_position_embeddings,
+        let c = &config;
+        let scaling = c.rope_scaling.as_ref();
+        let rot = c.rotary_dim();
+        let positions = RopeScaling::position_limit(scaling, c.max_position_embeddings);
+        let rope = RopeTables::from_inv_freq(
+            &RopeScaling::inv_freq(scaling, c.rope_theta, rot),
+            positions,
+            RopeScaling::attention_factor(scaling),
             embed_tokens.device(),
         )?;
+        let rope_local = match c.rope_local_theta {
+            Some(base) => Some(RopeTables::new(rot, base, positions, embed_tokens.device())?),
+            None => None,
+        };
         Ok(Self {
             config,
             embed_tokens,
@@ -340,6 +349,7 @@ impl Decoder {
             norm,
             lm_head,
             rope,
+            rope_local,
             compute: DType::F32,
         })
     }
@@ -352,7 +362,11 @@ impl Decoder {
             .embed_tokens
             .index_select(&flat, 0)?
             .to_dtype(self.compute)?;
-        Ok(e.reshape((b, s, self.config.hidden_size))?)
+        let e = e.reshape((b, s, self.config.hidden_size))?;
+        if self.config.family().scale_embeddings {
+            return Ok((e * (self.config.hidden_size as f64).sqrt())?);
+        }
+        Ok(e)
     }
 
     /// Runs one decoder block on `x: [b, s, h]` at absolute positions `offset..offset+s`.
@@ -364,69 +378,19 @@ impl Decoder {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        let block = &self.layers[n];
-        let eps = self.config.rms_norm_eps;
-        let h = rms_norm_with(ctx.ops, x, &block.input_layernorm, eps)?;
-        let a = self.attention(&block.self_attn, &h, offset, cache, ctx)?;
-        let x = (x + a)?;
-        let h = rms_norm_with(ctx.ops, &x, &block.post_attention_layernorm, eps)?;
-        let m = &block.mlp;
-        let gate = m.gate_proj.forward(&h, ctx)?;
-        let up = m.up_proj.forward(&h, ctx)?;
-        let y = m
-            .down_proj
-            .forward(&swiglu_with(ctx.ops, &gate, &up)?, ctx)?;
-        Ok((x + y)?)
-    }
-
-    fn attention(
-        &self,
-        attn: &Attention,
-        x: &Tensor,
-        offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        ctx: &ForwardCtx,
-    ) -> Result<Tensor> {
         let c = &self.config;
-        let (b, s, _) = x.dims3()?;
-        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        if offset + s > self.rope.max_positions() {
-            return Err(Error::invalid(
-                "sequence length",
-                format!(
-                    "{} positions exceed the model's context of {} (max_position_embeddings)",
-                    offset + s,
-                    self.rope.max_positions()
-                ),
-            ));
-        }
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()
+        let rope = match (&self.rope_local, c.layer_window(n)) {
+            (Some(local), Some(_)) => local,
+            _ => &self.rope,
         };
-        let q = heads(attn.q_proj.forward(x, ctx)?, nh)?;
-        let k = heads(attn.k_proj.forward(x, ctx)?, nkv)?;
-        let v = heads(attn.v_proj.forward(x, ctx)?, nkv)?;
-        let q = rope_with(ctx.ops, &q, &self.rope, offset)?;
-        let mut k = rope_with(ctx.ops, &k, &self.rope, offset)?;
-        let mut v = v;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        // Grouped-query attention without repeating k and v: the query heads that share a key
-        // head (adjacent, as in `repeat_kv`) are stacked as rows of one [groups·s, d] matrix per
-        // key head, which saves two [b, heads, kv_len, d] copies and their gradients per layer.
-        let groups = nh / nkv;
-        let q = q.reshape((b, nkv, groups * s, d))?;
-        let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
-        let scale = 1.0 / (d as f64).sqrt();
-        let probs = causal_softmax_grouped_with(ctx.ops, &scores, scale, offset, s)?;
-        let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;
-        let out = out.transpose(1, 2)?.reshape((b, s, nh * d))?;
-        Ok(attn.o_proj.forward(&out, ctx)?)
+        let bc = BlockCtx {
+            config: c,
+            layer: n,
+            rope,
+            offset,
+            ctx,
+        };
+        self.layers[n].forward(x, &bc, cache)
     }
 
     /// Final hidden states after the last norm, `[b, s, h]`. With a cache, `ids` are the new
@@ -457,14 +421,18 @@ impl Decoder {
 
     /// [`Decoder::final_norm`] through the kernels `ops` picks.
     pub fn final_norm_with(&self, ops: OpPath, x: &Tensor) -> Result<Tensor> {
-        Ok(rms_norm_with(ops, x, &self.norm, self.config.rms_norm_eps)?)
+        norm(&self.config, ops, x, &self.norm)
     }
 
-    /// Projects hidden states to vocabulary logits.
+    /// Projects hidden states to vocabulary logits (soft-capped when the config says so).
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        match &self.lm_head {
-            Some(head) => Ok(head.forward(hidden, ctx)?),
-            None => Ok(matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?),
+        let z = match &self.lm_head {
+            Some(head) => head.forward(hidden, ctx)?,
+            None => matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?,
+        };
+        match self.config.final_logit_softcapping {
+            Some(cap) => Ok(((z / cap)?.tanh()? * cap)?),
+            None => Ok(z),
         }
     }
 
@@ -491,15 +459,39 @@ impl Decoder {
         out.push(("model.embed_tokens.weight".into(), &mut self.embed_tokens));
         for (n, b) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{n}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                &mut b.input_layernorm,
-            ));
+            let Block {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
+                mlp,
+            } = b;
+            out.push((format!("{p}.input_layernorm.weight"), input_layernorm));
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),
-                &mut b.post_attention_layernorm,
+                post_attention_layernorm,
             ));
-            for (name, lin) in projections(&mut b.self_attn, &mut b.mlp) {
+            if let Some(t) = pre_feedforward_layernorm.as_mut() {
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), t));
+            }
+            if let Some(t) = post_feedforward_layernorm.as_mut() {
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), t));
+            }
+            let Attention {
+                qkv,
+                o_proj,
+                q_norm,
+                k_norm,
+            } = self_attn;
+            if let Some(t) = q_norm.as_mut() {
+                out.push((format!("{p}.self_attn.q_norm.weight"), t));
+            }
+            if let Some(t) = k_norm.as_mut() {
+                out.push((format!("{p}.self_attn.k_norm.weight"), t));
+            }
+            let Mlp { gate_up, down_proj } = mlp;
+            for (name, lin) in projections(qkv, o_proj, gate_up, down_proj) {
                 push_linear(&mut out, &format!("{p}.{name}"), lin);
             }
         }

@@ -1,4 +1,5 @@
-//! GGUF import for the `llama` architecture: metadata → [`Config`], tensors → f32 tensors under
+//! GGUF import (`llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`; per-family names and metadata in
+//! [`crate::model::gguf_family`]): metadata → [`Config`], tensors → f32 tensors under
 //! Hugging Face names ([`GgufSource`]), tokenizer metadata → [`crate::Tokenizer`]
 //! (`model::gguf_tokenizer`). [`open_gguf`] does all three.
 //!
@@ -15,15 +16,19 @@
 //! (`n_head` heads) and `attn_k` (`n_head_kv` heads). Shapes: candle reverses GGUF's
 //! fastest-first dims on read, so a tensor arrives as `[out, in]`, like `nn.Linear.weight`.
 //!
-//! Not supported: other architectures (qwen2, gemma, phi, …; Mistral GGUFs say `llama`), MoE
-//! llamas, rope scaling (`rope_freqs.weight`, `llama.rope.scaling.type`), partial rotary,
-//! tensor types candle 0.11 cannot dequantize (Q8_1, Q8_K, the IQ* and TQ* families).
+//! Other families: no row permutation (llama.cpp runs them with NEOX-style RoPE, which is
+//! rotate-half), and for `gemma3` every norm weight was stored as `1 + w`, so 1 is subtracted.
+//!
+//! Not supported: other architectures, MoE, tensor types candle 0.11 cannot dequantize (Q8_1,
+//! Q8_K, the IQ* and TQ* families).
 //! Writing GGUF files is not this module (see [`permute_rope_rows`] for the q/k row order).
 
 mod types;
 
 use crate::error::{Error, Result};
-use crate::model::config::{Config, RawConfig};
+use crate::model::config::Config;
+use crate::model::family::{self, Family};
+use crate::model::gguf_family::{config_from_meta, family_of, ROPE_TENSORS};
 use crate::model::gguf_tokenizer::{gguf_tokenizer, Meta};
 use crate::model::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
@@ -37,7 +42,7 @@ use types::{dtype_supported, file_type_name, find_unknown_type, type_id_name};
 pub use types::{type_name, SUPPORTED_TYPES};
 
 /// Architectures [`open_gguf`] imports (`general.architecture`).
-pub const SUPPORTED_ARCHS: &str = "llama";
+pub use crate::model::gguf_family::SUPPORTED_ARCHS;
 
 /// A GGUF model ready to build our decoder from.
 pub struct GgufModel {
@@ -64,17 +69,17 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
     let file = path.display().to_string();
     let content = read_content(path)?;
     let meta = Meta::new(&content.metadata, &file);
-    let arch = meta.string("general.architecture")?;
-    if arch != "llama" {
-        return Err(Error::Unsupported {
-            what: format!("{file}: general.architecture"),
-            found: arch.to_string(),
-            supported: SUPPORTED_ARCHS.into(),
-        });
-    }
+    let fam = arch_family(&meta)?;
     let source = GgufSource::from_content(path, &content)?;
     let tokenizer = gguf_tokenizer(&meta)?;
-    let config = llama_config(&meta, &source, &tokenizer)?;
+    let rope_tensor = |name: &str| -> Result<Option<Vec<f64>>> {
+        if !source.tensors.contains_key(name) {
+            return Ok(None);
+        }
+        let v = source.load(name)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(v.into_iter().map(f64::from).collect()))
+    };
+    let config = config_from_meta(fam, &meta, &source, &rope_tensor, &tokenizer)?;
     let file_type = match meta.opt_u64("general.file_type")? {
         Some(ft) => file_type_name(ft),
         None => source.dominant_type(),
@@ -94,120 +99,20 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
     })
 }
 
-/// `llama.*` metadata → the same [`RawConfig`] a `config.json` gives, validated the same way.
-fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Config> {
-    let file = meta.file;
-    if meta.opt_u64("llama.expert_count")?.unwrap_or(0) > 0 {
-        return Err(Error::Unsupported {
-            what: format!("{file}: llama.expert_count"),
-            found: "mixture of experts".into(),
-            supported: "dense llama models".into(),
-        });
-    }
-    if source.by_gguf_name("rope_freqs.weight") {
-        return Err(Error::Unsupported {
-            what: format!("{file}: tensor `rope_freqs.weight`"),
-            found: "rope scaling (Llama 3.1 style)".into(),
-            supported: "none".into(),
-        });
-    }
-    let head_count = meta.usize("llama.attention.head_count")?;
-    let key_length = meta
-        .opt_u64("llama.attention.key_length")?
-        .map(|v| v as usize);
-    let value_length = meta
-        .opt_u64("llama.attention.value_length")?
-        .map(|v| v as usize);
-    let hidden = meta.usize("llama.embedding_length")?;
-    // Without key_length, validation derives head_dim (and checks divisibility); this copy is
-    // only for the rotary check.
-    let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
-    if value_length.is_some_and(|v| v != head_dim) {
-        return Err(Error::Unsupported {
-            what: format!("{file}: llama.attention.value_length"),
-            found: format!("value length {value_length:?} differs from key length {head_dim}"),
-            supported: "equal key and value head sizes".into(),
-        });
-    }
-    if let Some(rot) = meta.opt_u64("llama.rope.dimension_count")? {
-        if rot as usize != head_dim {
-            return Err(Error::Unsupported {
-                what: format!("{file}: llama.rope.dimension_count"),
-                found: format!("partial rotary ({rot} of {head_dim} dims)"),
-                supported: "rotary over the whole head".into(),
-            });
-        }
-    }
-    // Hand scaling to the shared validation, which refuses anything but none.
-    let rope_scaling = match meta.opt_string("llama.rope.scaling.type")? {
-        Some(t) if t != "none" => Some(serde_json::json!({ "rope_type": t })),
-        _ => None,
-    };
-    let vocab = tok.vocab_size();
-    if let Some(rows) = source.shape("model.embed_tokens.weight").map(|s| s[0]) {
-        if rows != vocab {
-            return Err(Error::Gguf {
-                file: file.into(),
-                message: format!(
-                    "tokenizer.ggml.tokens has {vocab} tokens but token_embd.weight has {rows} rows"
-                ),
-            });
-        }
-    }
-    let raw = RawConfig {
-        model_type: Some("llama".into()),
-        vocab_size: Some(vocab),
-        hidden_size: Some(hidden),
-        intermediate_size: Some(meta.usize("llama.feed_forward_length")?),
-        num_hidden_layers: Some(meta.usize("llama.block_count")?),
-        num_attention_heads: Some(head_count),
-        num_key_value_heads: meta
-            .opt_u64("llama.attention.head_count_kv")?
-            .map(|v| v as usize),
-        head_dim: key_length,
-        rms_norm_eps: Some(meta.f64("llama.attention.layer_norm_rms_epsilon")?),
-        rope_theta: meta.opt_f64("llama.rope.freq_base")?,
-        rope_scaling,
-        max_position_embeddings: meta.opt_u64("llama.context_length")?.map(|v| v as usize),
-        tie_word_embeddings: Some(!source.contains("lm_head.weight")),
-        attention_bias: Some(source.contains("model.layers.0.self_attn.q_proj.bias")),
-        hidden_act: Some("silu".into()),
-        bos_token_id: tok.bos_id,
-        eos_token_id: Some(crate::model::config::OneOrMany::Many(tok.eos_ids.clone())),
-        torch_dtype: Some(source.dtype_summary()),
-        ..RawConfig::default()
-    };
-    raw.validate(file)
+/// The family `general.architecture` names.
+fn arch_family(meta: &Meta) -> Result<&'static Family> {
+    let arch = meta.string("general.architecture")?;
+    family_of(arch).ok_or_else(|| Error::Unsupported {
+        what: format!("{}: general.architecture", meta.file),
+        found: arch.to_string(),
+        supported: SUPPORTED_ARCHS.into(),
+    })
 }
 
-/// Maps a llama.cpp tensor name to its Hugging Face name; `None` for names we do not import.
+/// Maps a llama.cpp tensor name of the `llama` architecture to its Hugging Face name; `None`
+/// for names we do not import (other families: [`crate::model::gguf_family::hf_name`]).
 pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    match gguf_name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, suffix) = rest.split_once('.')?;
-    let hf_part = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" if suffix == "weight" => "input_layernorm",
-        "ffn_norm" if suffix == "weight" => "post_attention_layernorm",
-        _ => return None,
-    };
-    match suffix {
-        "weight" | "bias" => Some(format!("model.layers.{layer}.{hf_part}.{suffix}")),
-        _ => None,
-    }
+    crate::model::gguf_family::hf_name(&family::LLAMA, gguf_name)
 }
 
 /// Reorders rows HF → GGUF, as llama.cpp's converter does for q/k:
@@ -259,6 +164,8 @@ struct Entry {
     offset: u64,
     /// Heads to unpermute rows over (q: n_head, k: n_head_kv), `None` for other tensors.
     rope_heads: Option<usize>,
+    /// Stored as `1 + w` (Gemma's norms): subtract 1 on load.
+    minus_one: bool,
 }
 
 /// The tensors of one GGUF file, under Hugging Face names. Holds only the index: each
@@ -283,9 +190,11 @@ impl GgufSource {
     pub fn from_content(path: &Path, content: &Content) -> Result<Self> {
         let file = path.display().to_string();
         let meta = Meta::new(&content.metadata, &file);
-        let n_head = meta.usize("llama.attention.head_count")?;
+        let fam = arch_family(&meta)?;
+        let arch = fam.gguf_arch;
+        let n_head = meta.usize(&format!("{arch}.attention.head_count"))?;
         let n_head_kv = meta
-            .opt_u64("llama.attention.head_count_kv")?
+            .opt_u64(&format!("{arch}.attention.head_count_kv"))?
             .map_or(n_head, |v| v as usize);
         let file_len = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
@@ -324,28 +233,29 @@ impl GgufSource {
                     ),
                 });
             }
-            if gguf_name == "rope_freqs.weight" {
-                // Not a weight of the decoder; kept so `llama_config` can refuse rope scaling.
-                tensors.insert(gguf_name.clone(), entry(gguf_name, info, None));
+            if ROPE_TENSORS.contains(&gguf_name.as_str()) {
+                // Not decoder weights: RoPE scaling, read by `config_from_meta`.
+                tensors.insert(gguf_name.clone(), entry(gguf_name, info, None, false));
                 continue;
             }
-            let Some(hf) = hf_tensor_name(gguf_name) else {
+            let Some(hf) = crate::model::gguf_family::hf_name(fam, gguf_name) else {
+                let known: Vec<&str> = fam.gguf_block.iter().map(|(g, _)| *g).collect();
                 return Err(Error::Unsupported {
                     what: format!("{file}: tensor `{gguf_name}`"),
-                    found: "a tensor name the llama importer does not know".into(),
-                    supported: "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,\
-                                attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}"
-                        .into(),
+                    found: format!("a tensor name the {arch} importer does not know"),
+                    supported: format!(
+                        "token_embd, output_norm, output, blk.N.{{{}}}",
+                        known.join(",")
+                    ),
                 });
             };
-            let rope_heads = if gguf_name.contains(".attn_q.") {
-                Some(n_head)
-            } else if gguf_name.contains(".attn_k.") {
-                Some(n_head_kv)
-            } else {
-                None
+            let rope_heads = match fam.gguf_permuted_qk {
+                true if gguf_name.contains(".attn_q.") => Some(n_head),
+                true if gguf_name.contains(".attn_k.") => Some(n_head_kv),
+                _ => None,
             };
-            tensors.insert(hf, entry(gguf_name, info, rope_heads));
+            let minus_one = fam.gguf_norm_plus_one && hf.ends_with("norm.weight");
+            tensors.insert(hf, entry(gguf_name, info, rope_heads, minus_one));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -364,10 +274,6 @@ impl GgufSource {
         self.tensors.get(name).map(|e| e.gguf_name.as_str())
     }
 
-    fn by_gguf_name(&self, gguf_name: &str) -> bool {
-        self.tensors.values().any(|e| e.gguf_name == gguf_name)
-    }
-
     /// The type holding the most weights, for files without `general.file_type`.
     fn dominant_type(&self) -> String {
         let mut count: BTreeMap<&str, usize> = BTreeMap::new();
@@ -379,13 +285,14 @@ impl GgufSource {
     }
 }
 
-fn entry(gguf_name: &str, info: &TensorInfo, rope_heads: Option<usize>) -> Entry {
+fn entry(gguf_name: &str, info: &TensorInfo, rope_heads: Option<usize>, minus_one: bool) -> Entry {
     Entry {
         gguf_name: gguf_name.to_string(),
         dtype: info.ggml_dtype,
         shape: info.shape.dims().to_vec(),
         offset: info.offset,
         rope_heads,
+        minus_one,
     }
 }
 
@@ -423,6 +330,9 @@ impl TensorSource for GgufSource {
             .dequantize(&Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|c| err(format!("dequantizing {what}: {c}")))?;
+        if e.minus_one {
+            return Ok((t - 1.0)?);
+        }
         match e.rope_heads {
             Some(heads) => unpermute_rope_rows(&t, heads).map_err(|x| err(x.to_string())),
             None => Ok(t),

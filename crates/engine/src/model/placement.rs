@@ -107,10 +107,14 @@ impl Decoder {
         if let Some(h) = d.lm_head.as_mut() {
             move_linear(h)?;
         }
-        d.rope = crate::ops::RopeTables {
-            cos: d.rope.cos.to_device(device)?,
-            sin: d.rope.sin.to_device(device)?,
+        let move_tables = |t: &crate::ops::RopeTables| -> Result<crate::ops::RopeTables> {
+            Ok(crate::ops::RopeTables {
+                cos: t.cos.to_device(device)?,
+                sin: t.sin.to_device(device)?,
+            })
         };
+        d.rope = move_tables(&d.rope)?;
+        d.rope_local = d.rope_local.as_ref().map(move_tables).transpose()?;
         d.compute = compute;
         Ok(d)
     }

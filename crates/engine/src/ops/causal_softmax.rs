@@ -7,6 +7,10 @@
 //! Folding the mask in here means no additive mask tensor collects a gradient per layer;
 //! the backward is `dx = scale · y ⊙ (g − Σ_j g ⊙ y)`. Right-padded batches need no extra
 //! mask: padding sits after every real token, so causality already hides it.
+//!
+//! Sliding-window attention (Gemma 3's local layers, Phi-3): with a window `w`, a query at
+//! position `p` sees keys `p − w + 1 ..= p` (its own included, `w` in all), as transformers'
+//! `sliding_window_overlay` defines it; the rest of the row is 0 and gets no gradient.
 
 use super::bridge::{logical_f32, tensor_f32};
 use super::generic::OpPath;
@@ -18,6 +22,8 @@ struct CausalSoftmax {
     offset: usize,
     /// Queries per group of rows (the sequence length of this call).
     q: usize,
+    /// Keys visible to each query, its own included (`None`: all earlier keys).
+    window: Option<usize>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -30,22 +36,22 @@ impl CustomOp1 for CausalSoftmax {
         let k = dims[dims.len() - 1];
         let x = logical_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
-        let (scale, offset, q) = (self.scale, self.offset, self.q.max(1));
+        let (scale, offset, q, window) = (self.scale, self.offset, self.q.max(1), self.window);
         y.par_chunks_mut(k)
             .zip(x.par_chunks(k))
             .enumerate()
             .for_each(|(row, (yr, xr))| {
-                let visible = ((row % q) + offset + 1).min(k);
-                let m = xr[..visible]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
+                let end = ((row % q) + offset + 1).min(k);
+                let start = window.map_or(0, |w| end.saturating_sub(w));
+                let (yr, xr) = (&mut yr[start..end], &xr[start..end]);
+                let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
                 let mut z = 0f32;
-                for (o, &v) in yr[..visible].iter_mut().zip(&xr[..visible]) {
+                for (o, &v) in yr.iter_mut().zip(xr) {
                     *o = (v * scale - m).exp();
                     z += *o;
                 }
                 let inv = 1.0 / z;
-                for o in yr[..visible].iter_mut() {
+                for o in yr.iter_mut() {
                     *o *= inv;
                 }
             });
@@ -85,11 +91,10 @@ pub fn causal_softmax_grouped(
     offset: usize,
     q: usize,
 ) -> Result<Tensor> {
-    causal_softmax_grouped_with(OpPath::Auto, scores, scale, offset, q)
+    causal_softmax_windowed_with(OpPath::Auto, scores, scale, offset, q, None)
 }
 
-/// [`causal_softmax_grouped`] through the kernel `path` picks for the device (the generic op
-/// off the CPU or for non-f32 scores).
+/// [`causal_softmax_grouped`] through the kernel `path` picks for the device.
 pub fn causal_softmax_grouped_with(
     path: OpPath,
     scores: &Tensor,
@@ -97,16 +102,45 @@ pub fn causal_softmax_grouped_with(
     offset: usize,
     q: usize,
 ) -> Result<Tensor> {
+    causal_softmax_windowed_with(path, scores, scale, offset, q, None)
+}
+
+/// [`causal_softmax_grouped`] where each query sees at most the last `window` keys (its own
+/// included) when `window` is set.
+pub fn causal_softmax_windowed(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    causal_softmax_windowed_with(OpPath::Auto, scores, scale, offset, q, window)
+}
+
+/// [`causal_softmax_windowed`] through the kernel `path` picks for the device (the generic op
+/// off the CPU or for non-f32 scores).
+pub fn causal_softmax_windowed_with(
+    path: OpPath,
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let rows = scores.dim(candle_core::D::Minus2)?;
     if q == 0 || rows % q != 0 {
         candle_core::bail!("causal softmax: {rows} score rows are not groups of {q} queries");
     }
+    if window == Some(0) {
+        candle_core::bail!("causal softmax: a window of 0 keys");
+    }
     if !path.fused_on(scores.device()) || scores.dtype() != candle_core::DType::F32 {
-        return super::generic_rowwise::causal_softmax_grouped(scores, scale, offset, q);
+        return super::generic_rowwise::causal_softmax_grouped(scores, scale, offset, q, window);
     }
     scores.apply_op1(CausalSoftmax {
         scale: scale as f32,
         offset,
         q,
+        window,
     })
 }

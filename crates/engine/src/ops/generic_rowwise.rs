@@ -124,6 +124,72 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     apply(SwiGlu, &[gate, up])
 }
 
+struct GeGlu;
+
+impl GeGlu {
+    /// `tanh(c·(g + κ·g³))`, the inner term of `gelu_pytorch_tanh`.
+    fn t(g: &Tensor) -> Result<Tensor> {
+        const C: f64 = 0.797_884_560_802_865_4; // √(2/π)
+        const K: f64 = 0.044_715;
+        let g3 = g.sqr()?.mul(g)?;
+        ((g + (g3 * K)?)? * C)?.tanh()
+    }
+}
+
+impl GenericOp for GeGlu {
+    fn name(&self) -> &'static str {
+        "geglu-generic"
+    }
+
+    fn forward(&self, xs: &[Tensor]) -> Result<Tensor> {
+        let (g, u) = (f32(&xs[0])?, f32(&xs[1])?);
+        // gelu_tanh(g) = ½·g·(1 + t)
+        let a = ((&g * 0.5)? * (Self::t(&g)? + 1.0)?)?;
+        (a * u)?.to_dtype(xs[0].dtype())
+    }
+
+    fn backward(
+        &self,
+        xs: &[Tensor],
+        want: &[bool],
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        const C: f64 = 0.797_884_560_802_865_4;
+        const K: f64 = 0.044_715;
+        let (g, u, d) = (f32(&xs[0])?, f32(&xs[1])?, f32(dy)?);
+        let t = Self::t(&g)?;
+        let dg = if want[0] {
+            // gelu_tanh'(g) = ½(1 + t) + ½·g·(1 − t²)·c·(1 + 3κg²)
+            let one_minus_t2 = t.sqr()?.affine(-1.0, 1.0)?;
+            let inner = (g.sqr()?.affine(3.0 * K, 1.0)? * C)?;
+            let slope = ((&t + 1.0)? * 0.5)?.add(&((&g * 0.5)?.mul(&one_minus_t2)?.mul(&inner)?))?;
+            Some((&d * &u)?.mul(&slope)?.to_dtype(xs[0].dtype())?)
+        } else {
+            None
+        };
+        let du = if want[1] {
+            let a = ((&g * 0.5)? * (&t + 1.0)?)?;
+            Some((d * a)?.to_dtype(xs[1].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dg, du])
+    }
+}
+
+/// `gelu_tanh(gate) · up` (GeGLU) for two tensors of the same shape; any device.
+pub fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        candle_core::bail!(
+            "geglu: gate {:?} and up {:?} differ",
+            gate.shape(),
+            up.shape()
+        );
+    }
+    apply(GeGlu, &[gate, up])
+}
+
 struct Rope {
     /// `[seq, head_dim/2]`, f32.
     cos: Tensor,
@@ -175,6 +241,8 @@ struct CausalSoftmax {
     scale: f64,
     offset: usize,
     q: usize,
+    /// Sliding window: a query sees at most this many keys, its own included.
+    window: Option<usize>,
 }
 
 impl GenericOp for CausalSoftmax {
@@ -193,7 +261,12 @@ impl GenericOp for CausalSoftmax {
         let first = self.offset as f32;
         let pos = Tensor::arange(first, first + self.q as f32, dev)?.reshape((self.q, 1))?;
         let keys = Tensor::arange(0f32, k as f32, dev)?.reshape((1, k))?;
-        let visible = keys.broadcast_le(&pos)?;
+        let mut visible = keys.broadcast_le(&pos)?;
+        if let Some(w) = self.window {
+            // and j > position − w
+            let first_seen = (&pos - (w as f64 - 1.0))?;
+            visible = visible.mul(&keys.broadcast_ge(&first_seen)?)?;
+        }
         let shape = (lead * rows / self.q, self.q, k);
         let scaled = (f32(s)?.reshape(shape)? * self.scale)?;
         let hidden = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as(shape)?;
@@ -218,12 +291,22 @@ impl GenericOp for CausalSoftmax {
     }
 }
 
-/// The causal softmax of `causal_softmax_grouped` (scores `[.., groups·q, k]`); any device.
+/// The causal softmax of `causal_softmax_windowed` (scores `[.., groups·q, k]`, an optional
+/// sliding window); any device.
 pub fn causal_softmax_grouped(
     scores: &Tensor,
     scale: f64,
     offset: usize,
     q: usize,
+    window: Option<usize>,
 ) -> Result<Tensor> {
-    apply(CausalSoftmax { scale, offset, q }, &[scores])
+    apply(
+        CausalSoftmax {
+            scale,
+            offset,
+            q,
+            window,
+        },
+        &[scores],
+    )
 }

@@ -28,7 +28,10 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use causal_softmax::{causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with};
+pub use causal_softmax::{
+    causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with, causal_softmax_windowed,
+    causal_softmax_windowed_with,
+};
 pub use dropout::DropoutMask;
 pub use frozen_linear::{frozen_linear, frozen_linear_with};
 pub use generic::OpPath;
@@ -40,4 +43,4 @@ pub use lora_delta::{lora_delta, lora_delta_with};
 pub use lora_linear::{lora_linear, lora_linear_with};
 pub use rms_norm::{rms_norm, rms_norm_with};
 pub use rope::{rope, rope_with, RopeTables};
-pub use swiglu::{swiglu, swiglu_with};
+pub use swiglu::{geglu, geglu_with, swiglu, swiglu_with};

@@ -1,8 +1,13 @@
 //! Rotary position embeddings, Hugging Face "rotate half" layout, with a backward pass.
 //!
 //! `y = x·cos + rotate_half(x)·sin`. The map is a rotation per (i, i+d/2) pair, so its
-//! transpose is the rotation by the opposite angle: `dx = rope(g, cos, −sin)`. candle's fused
-//! `rope` kernel is used both ways; it has no backward of its own.
+//! transpose is the rotation by the opposite angle: `dx = rope(g, cos, −sin)` (also when cos
+//! and sin carry longrope's attention factor `a`: the map is then `a·R` and its transpose
+//! `a·Rᵀ`). candle's fused `rope` kernel is used both ways; it has no backward of its own.
+//!
+//! Partial rotary (Phi-3/4's `partial_rotary_factor`): when the tables cover fewer dimensions
+//! than the head, only the first `2·table_width` dimensions are rotated (rotate-half within
+//! them) and the rest pass through, as transformers' Phi-3 does.
 
 use super::bridge::{cpu_to_tensor, tensor_to_cpu};
 use super::generic::OpPath;
@@ -18,19 +23,40 @@ pub struct RopeTables {
 impl RopeTables {
     /// `θ_i = base^(−2i/d)`, angles `p·θ_i` for positions `0..max_positions`.
     pub fn new(head_dim: usize, base: f64, max_positions: usize, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| (1.0 / base.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+        let inv: Vec<f64> = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64))
             .collect();
+        Self::from_inv_freq(&inv, max_positions, 1.0, device)
+    }
+
+    /// Tables from given inverse frequencies (after any scaling), cos and sin multiplied by
+    /// `attention_factor` (longrope; 1 otherwise).
+    pub fn from_inv_freq(
+        inv_freq: &[f64],
+        max_positions: usize,
+        attention_factor: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
+        let inv: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
         let inv = Tensor::from_vec(inv, (1, half), device)?;
         let pos = Tensor::arange(0u32, max_positions as u32, device)?
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
         let freqs = pos.broadcast_mul(&inv)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        if attention_factor == 1.0 {
+            return Ok(Self { cos, sin });
+        }
         Ok(Self {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos: (cos * attention_factor)?,
+            sin: (sin * attention_factor)?,
         })
+    }
+
+    /// Rotated dimensions per head.
+    pub fn rotary_dim(&self) -> usize {
+        2 * self.cos.dims()[1]
     }
 
     pub fn max_positions(&self) -> usize {
@@ -64,13 +90,20 @@ impl CustomOp1 for Rope {
     }
 }
 
-/// Applies RoPE to `x: [b, heads, seq, head_dim]` for positions `offset..offset+seq`.
+/// Applies RoPE to `x: [b, heads, seq, head_dim]` for positions `offset..offset+seq`; with
+/// tables narrower than the head, to its first `tables.rotary_dim()` dimensions only.
 pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     rope_with(OpPath::Auto, x, tables, offset)
 }
 
 /// [`rope`] through the kernel `path` picks for `x`'s device (the generic op off the CPU).
 pub fn rope_with(path: OpPath, x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
+    let (d, rot) = (x.dim(3)?, tables.rotary_dim());
+    if rot < d {
+        // narrow and cat carry their own backward.
+        let rotated = rope_with(path, &x.narrow(3, 0, rot)?, tables, offset)?;
+        return Tensor::cat(&[&rotated, &x.narrow(3, rot, d - rot)?], 3);
+    }
     let seq = x.dim(2)?;
     let cos = tables.cos.narrow(0, offset, seq)?.contiguous()?;
     let sin = tables.sin.narrow(0, offset, seq)?.contiguous()?;

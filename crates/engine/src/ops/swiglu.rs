@@ -1,9 +1,12 @@
-//! The SwiGLU gate `y = silu(g) · u` as one op.
+//! The gated MLP activations as one op: SwiGLU `y = silu(g) · u` (Llama, Qwen, Phi) and
+//! GeGLU `y = gelu_tanh(g) · u` (Gemma's `gelu_pytorch_tanh`).
 //!
-//! As two candle ops it allocates `silu(g)` and keeps it for backward, and the backward of
-//! the product and of silu each take their own passes and buffers. Here the forward is one
-//! pass and the backward one pass producing both gradients:
-//! `dg = grad · u · σ(g) · (1 + g·(1 − σ(g)))`, `du = grad · silu(g)`.
+//! As two candle ops it allocates `act(g)` and keeps it for backward, and the backward of
+//! the product and of the activation each take their own passes and buffers. Here the forward
+//! is one pass and the backward one pass producing both gradients:
+//! `dg = grad · u · act'(g)`, `du = grad · act(g)`, with
+//! `silu'(g) = σ(g) · (1 + g·(1 − σ(g)))` and, for `gelu_tanh(g) = ½g(1 + tanh(c(g + κg³)))`
+//! (`c = √(2/π)`, `κ = 0.044715`), `gelu_tanh'(g) = ½(1 + t) + ½g(1 − t²)·c(1 + 3κg²)`.
 
 use super::bridge::{logical_f32, tensor_f32};
 use super::generic::OpPath;
@@ -13,20 +16,54 @@ use rayon::prelude::*;
 /// Elements per parallel task: large enough that scheduling is negligible.
 const CHUNK: usize = 1 << 14;
 
-struct SwiGlu;
+#[derive(Clone, Copy)]
+enum Gate {
+    Silu,
+    GeluTanh,
+}
+
+struct GatedAct(Gate);
 
 fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-/// d(silu(g)·u)/dg times the incoming gradient `d`, given `s = σ(g)`.
-fn d_gate(g: f32, u: f32, d: f32, s: f32) -> f32 {
-    d * u * s * (1.0 + g * (1.0 - s))
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_K: f32 = 0.044_715;
+
+impl Gate {
+    /// `(act(g), act'(g))`.
+    #[inline]
+    fn eval(self, g: f32) -> (f32, f32) {
+        match self {
+            Gate::Silu => {
+                let s = sigmoid(g);
+                (g * s, s * (1.0 + g * (1.0 - s)))
+            }
+            Gate::GeluTanh => {
+                let t = (SQRT_2_OVER_PI * (g + GELU_K * g * g * g)).tanh();
+                let d = 0.5 * (1.0 + t)
+                    + 0.5 * g * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * g * g);
+                (0.5 * g * (1.0 + t), d)
+            }
+        }
+    }
+
+    #[inline]
+    fn value(self, g: f32) -> f32 {
+        match self {
+            Gate::Silu => g * sigmoid(g),
+            Gate::GeluTanh => 0.5 * g * (1.0 + (SQRT_2_OVER_PI * (g + GELU_K * g * g * g)).tanh()),
+        }
+    }
 }
 
-impl CustomOp2 for SwiGlu {
+impl CustomOp2 for GatedAct {
     fn name(&self) -> &'static str {
-        "swiglu"
+        match self.0 {
+            Gate::Silu => "swiglu",
+            Gate::GeluTanh => "geglu",
+        }
     }
 
     fn cpu_fwd(
@@ -44,12 +81,13 @@ impl CustomOp2 for SwiGlu {
             );
         }
         let (g, u) = (logical_f32(gs, gl)?, logical_f32(us, ul)?);
+        let gate = self.0;
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(yc, (gc, uc))| {
                 for ((o, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
-                    *o = g * sigmoid(g) * u;
+                    *o = gate.value(g) * u;
                 }
             });
         Ok((CpuStorage::F32(y), gl.shape().clone()))
@@ -72,6 +110,7 @@ impl CustomOp2 for SwiGlu {
             tensor_f32(&ds, dl)?,
         );
         let n = g.len();
+        let kind = self.0;
         let mut dg = vec![0f32; if want_dg { n } else { 0 }];
         let mut du = vec![0f32; if want_du { n } else { 0 }];
         let inputs = g
@@ -86,9 +125,9 @@ impl CustomOp2 for SwiGlu {
                 .for_each(|((dgc, duc), ((gc, uc), dc))| {
                     let outs = dgc.iter_mut().zip(duc.iter_mut());
                     for ((og, ou), ((&g, &u), &d)) in outs.zip(gc.iter().zip(uc).zip(dc)) {
-                        let s = sigmoid(g);
-                        *og = d_gate(g, u, d, s);
-                        *ou = d * g * s;
+                        let (a, da) = kind.eval(g);
+                        *og = d * u * da;
+                        *ou = d * a;
                     }
                 }),
             (true, false) => {
@@ -96,7 +135,7 @@ impl CustomOp2 for SwiGlu {
                     .zip(inputs)
                     .for_each(|(o, ((gc, uc), dc))| {
                         for (o, ((&g, &u), &d)) in o.iter_mut().zip(gc.iter().zip(uc).zip(dc)) {
-                            *o = d_gate(g, u, d, sigmoid(g));
+                            *o = d * u * kind.eval(g).1;
                         }
                     })
             }
@@ -105,7 +144,7 @@ impl CustomOp2 for SwiGlu {
                 .zip(inputs)
                 .for_each(|(o, ((gc, _), dc))| {
                     for (o, (&g, &d)) in o.iter_mut().zip(gc.iter().zip(dc)) {
-                        *o = d * g * sigmoid(g);
+                        *o = d * kind.value(g);
                     }
                 }),
             (false, false) => {}
@@ -128,8 +167,25 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// [`swiglu`] through the kernel `path` picks for the device (the generic op, which also
 /// takes bf16, off the CPU).
 pub fn swiglu_with(path: OpPath, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gated(path, gate, up, Gate::Silu)
+}
+
+/// `gelu_tanh(gate) · up` (GeGLU with `gelu_pytorch_tanh`) for two f32 tensors of one shape.
+pub fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    geglu_with(OpPath::Auto, gate, up)
+}
+
+/// [`geglu`] through the kernel `path` picks for the device.
+pub fn geglu_with(path: OpPath, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gated(path, gate, up, Gate::GeluTanh)
+}
+
+fn gated(path: OpPath, gate: &Tensor, up: &Tensor, kind: Gate) -> Result<Tensor> {
     if !path.fused_on(gate.device()) || gate.dtype() != DType::F32 {
-        return super::generic_rowwise::swiglu(gate, up);
+        return match kind {
+            Gate::Silu => super::generic_rowwise::swiglu(gate, up),
+            Gate::GeluTanh => super::generic_rowwise::geglu(gate, up),
+        };
     }
     if gate.shape() != up.shape() {
         bail!(
@@ -145,5 +201,5 @@ pub fn swiglu_with(path: OpPath, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             up.dtype()
         );
     }
-    gate.apply_op2(up, SwiGlu)
+    gate.apply_op2(up, GatedAct(kind))
 }

@@ -121,6 +121,24 @@ pub enum AdapterDtype {
     Bf16,
 }
 
+/// The module names the adapter covers (`q_proj`, …; Phi-3's `qkv_proj`, …), as PEFT writes
+/// them in `target_modules`: read off the trained tensors, so every family's own names appear.
+fn adapted_modules(trainable: &Trainable, settings: &LoraSettings) -> Result<Vec<String>> {
+    let mut names: Vec<String> = trainable
+        .params
+        .iter()
+        .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight"))
+        .filter_map(|p| p.rsplit('.').next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return settings.resolved_targets();
+    }
+    Ok(names)
+}
+
 /// Writes a LoRA adapter in PEFT format.
 pub fn save_lora_adapter(
     dir: &Path,
@@ -145,7 +163,7 @@ pub fn save_lora_adapter(
         r: settings.rank,
         lora_alpha: settings.alpha,
         lora_dropout: settings.dropout,
-        target_modules: serde_json::json!(settings.resolved_targets()?),
+        target_modules: serde_json::json!(adapted_modules(trainable, settings)?),
         bias: "none".into(),
         use_rslora: settings.rslora,
         use_dora: false,

@@ -19,7 +19,9 @@ use crate::peft::lora::{fresh_adapter, lora_scale};
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
-/// The seven projections of a Llama-family block, in PEFT's naming.
+/// The seven projections of a Llama-family block, in PEFT's naming. Other families name
+/// theirs in [`crate::model::family::Family::module_names`] (Phi-3: `qkv_proj`, `o_proj`,
+/// `gate_up_proj`, `down_proj`).
 pub const ALL_LINEAR: [&str; 7] = [
     "q_proj",
     "k_proj",
@@ -41,7 +43,8 @@ pub struct LoraSettings {
     pub alpha: f64,
     /// `lora_dropout` on the adapter's input, training only.
     pub dropout: f32,
-    /// `target_modules`: projection names (`q_proj`…) — `all-linear` means all seven.
+    /// `target_modules`: projection names (`q_proj`…) — `all-linear` means every linear
+    /// layer of the blocks (seven; four fused ones for Phi-3).
     pub targets: Vec<String>,
     /// `layers_to_transform`: only these block indices (all when `None`).
     pub layers: Option<Vec<usize>>,
@@ -65,21 +68,28 @@ impl Default for LoraSettings {
 }
 
 impl LoraSettings {
-    /// Expands `all-linear` and checks every target is a known projection.
+    /// Expands `all-linear` and checks every target is a known projection of a Llama-family
+    /// block ([`LoraSettings::resolved_targets_for`] for another family's names).
     pub fn resolved_targets(&self) -> Result<Vec<String>> {
+        self.resolved_targets_for(&ALL_LINEAR)
+    }
+
+    /// Expands `all-linear` into `modules` (a family's PEFT module names) and checks every
+    /// target is one of them.
+    pub fn resolved_targets_for(&self, modules: &[&str]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for t in &self.targets {
             let t = t.trim();
             if t == "all-linear" {
-                out.extend(ALL_LINEAR.iter().map(|s| s.to_string()));
-            } else if ALL_LINEAR.contains(&t) {
+                out.extend(modules.iter().map(|s| s.to_string()));
+            } else if modules.contains(&t) {
                 out.push(t.to_string());
             } else {
                 return Err(Error::invalid(
                     "targets",
                     format!(
-                        "unknown module `{t}`; choose from {} or all-linear",
-                        ALL_LINEAR.join(", ")
+                        "unknown module `{t}` for this model; choose from {} or all-linear",
+                        modules.join(", ")
                     ),
                 ));
             }
@@ -137,7 +147,8 @@ impl Selective {
     pub(crate) fn selects(&self, name: &str, num_layers: usize) -> bool {
         match self {
             Selective::Bias => name.ends_with(".bias"),
-            Selective::Norm => name.ends_with("layernorm.weight") || name == "model.norm.weight",
+            // Block norms (`…layernorm`, Qwen3/Gemma's `q_norm`/`k_norm`) and the final norm.
+            Selective::Norm => name.ends_with("norm.weight"),
             Selective::LastBlocks(n) => layer_index(name).is_some_and(|i| i + n >= num_layers),
             Selective::Modules(p) => p.split(',').any(|pat| glob_match(pat.trim(), name)),
         }
@@ -328,7 +339,7 @@ pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<T
             }
         }
         Method::Lora(s) | Method::Qlora(s) => {
-            let targets = s.resolved_targets()?;
+            let targets = s.resolved_targets_for(&model.config.family().module_names())?;
             if s.rank == 0 {
                 return Err(Error::invalid("rank", "must be at least 1"));
             }

@@ -1,11 +1,13 @@
-//! Parameter accounting by tensor: every tensor of a Llama-family model by Hugging Face name
+//! Parameter accounting by tensor: every tensor of a model of any supported family by Hugging
+//! Face name
 //! and element count, which of them a method trains, and how many bytes each is stored in.
 //! Pure functions of the config; the sum of [`tensors`] is exactly
 //! [`crate::model::count::parameter_count`].
 
 use crate::model::config::Config;
+use crate::model::count::{block_linears, block_norms};
 use crate::model::decoder::WeightDtype;
-use crate::peft::method::{layer_index, Method, ALL_LINEAR};
+use crate::peft::method::{layer_index, Method};
 use crate::quant::nf4::{DQ_BLOCK, NF4_BLOCK};
 
 /// One tensor of the model.
@@ -20,18 +22,13 @@ pub struct TensorSpec {
     pub dims: Option<(usize, usize)>,
 }
 
-/// The seven projections of a block as `(name, in, out)`.
-pub fn projections(c: &Config) -> [(&'static str, usize, usize); 7] {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    [
-        ("q_proj", h, c.q_dim()),
-        ("k_proj", h, c.kv_dim()),
-        ("v_proj", h, c.kv_dim()),
-        ("o_proj", c.q_dim(), h),
-        ("gate_proj", h, i),
-        ("up_proj", h, i),
-        ("down_proj", i, h),
-    ]
+/// The projections of a block as `(PEFT module name, in, out)`: seven, or Phi-3's four fused
+/// ones (see [`crate::model::count::block_linears`]).
+pub fn projections(c: &Config) -> Vec<(&'static str, usize, usize)> {
+    block_linears(c)
+        .into_iter()
+        .map(|(path, i, o, _)| (path.rsplit('.').next().unwrap_or(path), i, o))
+        .collect()
 }
 
 /// Every tensor, in load order.
@@ -49,26 +46,17 @@ pub fn tensors(c: &Config) -> Vec<TensorSpec> {
     }];
     for n in 0..c.num_hidden_layers {
         let p = format!("model.layers.{n}");
-        out.push(plain(format!("{p}.input_layernorm.weight"), h));
-        out.push(plain(format!("{p}.post_attention_layernorm.weight"), h));
-        for (name, inp, o) in projections(c) {
-            let module = if name.ends_with("_proj") && name.starts_with(['g', 'u', 'd']) {
-                "mlp"
-            } else {
-                "self_attn"
-            };
-            let path = format!("{p}.{module}.{name}");
+        for (norm, size) in block_norms(c) {
+            out.push(plain(format!("{p}.{norm}.weight"), size));
+        }
+        for (name, inp, o, bias) in block_linears(c) {
+            let path = format!("{p}.{name}");
             out.push(TensorSpec {
                 name: format!("{path}.weight"),
                 numel: inp * o,
                 block_linear: true,
                 dims: Some((inp, o)),
             });
-            let bias = match name {
-                "q_proj" | "k_proj" | "v_proj" => c.qkv_bias,
-                "o_proj" => c.o_bias,
-                _ => c.mlp_bias,
-            };
             if bias {
                 out.push(plain(format!("{path}.bias"), o));
             }
@@ -100,9 +88,10 @@ pub fn adapted_linears(c: &Config, method: &Method) -> Vec<(usize, usize)> {
     let Some(s) = method.lora() else {
         return vec![];
     };
+    let modules = c.family().module_names();
     let targets = s
-        .resolved_targets()
-        .unwrap_or_else(|_| ALL_LINEAR.iter().map(|t| t.to_string()).collect());
+        .resolved_targets_for(&modules)
+        .unwrap_or_else(|_| modules.iter().map(|t| t.to_string()).collect());
     let mut out = Vec::new();
     for n in 0..c.num_hidden_layers {
         if s.layers.as_ref().is_some_and(|l| !l.contains(&n)) {

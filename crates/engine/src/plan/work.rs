@@ -57,6 +57,19 @@ pub fn block_activations(
         attention: 2 * (c.num_attention_heads * seq) as u64,
         ..Default::default()
     };
+    // Family extras (`model::block`): the q/k norm outputs (Qwen3, Gemma 3), the two extra
+    // norm outputs of Gemma's sandwich norms, and partial rotary's concatenated q and k
+    // (Phi-3/4). GeGLU keeps what SwiGLU keeps; fused projections are split by views.
+    let fam = c.family();
+    if fam.qk_norm {
+        a.dense += q + kv;
+    }
+    if fam.sandwich_norms {
+        a.dense += 2 * h;
+    }
+    if c.rotary_dim() < c.head_dim {
+        a.dense += q + kv;
+    }
     // A dense frozen base and its adapter run as one op (`ops::lora_linear`) that keeps
     // only its inputs; an NF4 base keeps its output and the delta's, both inputs of their sum.
     if matches!(method, Method::Qlora(_)) {

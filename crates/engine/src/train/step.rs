@@ -39,6 +39,10 @@ fn forward_hidden(
 /// the loss can be fused with it. `None` when it trains (full fine-tuning trains the tied
 /// embedding; selective tuning may train `lm_head`), is NF4, has a bias or carries LoRA.
 pub(crate) fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
+    // Soft-capped logits (`final_logit_softcapping`) go through `Decoder::logits`.
+    if model.config.final_logit_softcapping.is_some() {
+        return None;
+    }
     match &model.lm_head {
         None => (!model.embed_tokens.is_variable()).then_some(&model.embed_tokens),
         Some(head) => match &head.base {

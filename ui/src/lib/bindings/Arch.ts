@@ -3,4 +3,4 @@
 /**
  * Architectures the decoder implements, by `model_type`.
  */
-export type Arch = "llama" | "mistral" | "qwen2";
+export type Arch = "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "phi3";

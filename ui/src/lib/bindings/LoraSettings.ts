@@ -18,7 +18,8 @@ alpha: number,
  */
 dropout: number, 
 /**
- * `target_modules`: projection names (`q_proj`…) — `all-linear` means all seven.
+ * `target_modules`: projection names (`q_proj`…) — `all-linear` means every linear
+ * layer of the blocks (seven; four fused ones for Phi-3).
  */
 targets: Array<string>, 
 /**
