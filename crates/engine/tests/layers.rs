@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "error",
         "fsutil",
+        "limits",
         "memory",
         "runtime",
         "seed",

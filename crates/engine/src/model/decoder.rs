@@ -315,10 +315,13 @@ impl Decoder {
         norm: Tensor,
         lm_head: Option<Linear>,
     ) -> Result<Self> {
+        // Bounded: a header declaring 16M positions must not build gigabytes of tables.
         let rope = RopeTables::new(
             config.head_dim,
             config.rope_theta,
-            config.max_position_embeddings,
+            config
+                .max_position_embeddings
+                .min(crate::limits::MAX_ROPE_POSITIONS),
             &Device::Cpu,
         )?;
         Ok(Self {
@@ -383,9 +386,14 @@ impl Decoder {
             return Err(Error::invalid(
                 "sequence length",
                 format!(
-                    "{} positions exceed the model's context of {} (max_position_embeddings)",
+                    "{} positions exceed the model's context of {} (max_position_embeddings{})",
                     offset + s,
-                    self.rope.max_positions()
+                    self.rope.max_positions(),
+                    if self.rope.max_positions() < c.max_position_embeddings {
+                        ", capped by this engine"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -41,6 +41,55 @@ pub(super) fn find_unknown_type(path: &Path) -> std::io::Result<Option<(String, 
     Ok(None)
 }
 
+/// The integer value of `general.alignment` in a GGUF v2/v3 header, if it has one. candle
+/// divides by it, so a file declaring 0 must be refused before candle reads the header.
+pub(super) fn declared_alignment(path: &Path) -> std::io::Result<Option<i64>> {
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    let version = read_u32(&mut r)?;
+    if &magic != b"GGUF" || !(2..=3).contains(&version) {
+        return Ok(None);
+    }
+    let _n_tensors = read_u64(&mut r)?;
+    let n_kv = read_u64(&mut r)?;
+    const KEY: &[u8] = b"general.alignment";
+    for _ in 0..n_kv {
+        let len = read_u64(&mut r)?;
+        let is_key = if len == KEY.len() as u64 {
+            let mut k = [0u8; KEY.len()];
+            r.read_exact(&mut k)?;
+            k == KEY
+        } else {
+            r.seek(SeekFrom::Current(i64::try_from(len).map_err(std::io::Error::other)?))?;
+            false
+        };
+        let ty = read_u32(&mut r)?;
+        if is_key {
+            let mut b = [0u8; 8];
+            let v = match ty {
+                0 | 1 => {
+                    r.read_exact(&mut b[..1])?;
+                    if ty == 0 { i64::from(b[0]) } else { i64::from(b[0] as i8) }
+                }
+                2 | 3 => {
+                    r.read_exact(&mut b[..2])?;
+                    let u = u16::from_le_bytes([b[0], b[1]]);
+                    if ty == 2 { i64::from(u) } else { i64::from(u as i16) }
+                }
+                4 | 5 => {
+                    let u = read_u32(&mut r)?;
+                    if ty == 4 { i64::from(u) } else { i64::from(u as i32) }
+                }
+                _ => return Ok(None),
+            };
+            return Ok(Some(v));
+        }
+        skip_value(&mut r, ty, 0)?;
+    }
+    Ok(None)
+}
+
 fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
