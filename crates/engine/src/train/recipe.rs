@@ -143,7 +143,7 @@ fn run(
         data: data.display().to_string(),
         train_examples: prep.train.len(),
     };
-    if let Some(path) = resume {
+    if let Some(path) = resume.filter(|p| !stopped_before_saving(p)) {
         restore(path, &mut state, &mut opt, &rm.trainable)?;
     }
     // The record shows exactly what the checkpoint holds: a resumed run recomputes the steps
@@ -214,6 +214,18 @@ fn run(
         eval_losses: state.eval_losses,
         output: record.dir.clone(),
     })
+}
+
+/// True when `path` is a run folder whose run stopped (was killed) before its first complete
+/// checkpoint and wrote no adapter: there is nothing to continue from and nothing to lose, so
+/// a resume starts at step 0 (a half-written `checkpoints/step-*.partial` is removed by the
+/// next checkpoint).
+fn stopped_before_saving(path: &Path) -> bool {
+    path.join(RECORD_FILE).is_file()
+        && !path.join("state.json").exists()
+        && !checkpoints_dir(path).join("latest").exists()
+        && !path.join(ADAPTER_CONFIG).exists()
+        && !path.join(DELTA_WEIGHTS).exists()
 }
 
 /// Loads the checkpoint at `path` into the parameters, the optimizer and `state`, refusing one
