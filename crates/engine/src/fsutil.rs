@@ -15,6 +15,19 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary files a killed process left in `dir` (`.<name>.tmp-<pid>` of
+/// another process than this one); a missing folder is fine.
+pub fn remove_stale_tmp(dir: &Path) {
+    let mine = format!(".tmp-{}", std::process::id());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&mine);
+        if stale && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes `tmp` with `write`, syncs it and renames it to `path`; on any failure (a full disk)
 /// the temporary file is removed, so nothing half-written is left behind.
 fn via_tmp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

@@ -7,8 +7,8 @@
 mod guard;
 
 use crate::error::{Error, Result};
-use guard::guarded;
 pub use guard::contained_panics;
+use guard::guarded;
 use std::path::Path;
 
 /// A tokenizer and the ids that matter for generation.
@@ -33,8 +33,10 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         guard::sanitize(&mut json, &label)?;
-        let inner = guarded(&label, || tokenizers::Tokenizer::from_bytes(json.to_string()))?
-            .map_err(|e| Error::Tokenizer(format!("{label}: {e}")))?;
+        let inner = guarded(&label, || {
+            tokenizers::Tokenizer::from_bytes(json.to_string())
+        })?
+        .map_err(|e| Error::Tokenizer(format!("{label}: {e}")))?;
         check_usable(&inner, &label)?;
         Ok(Self::new(inner))
     }
@@ -116,7 +118,9 @@ pub fn check_usable(inner: &tokenizers::Tokenizer, label: &str) -> Result<()> {
             }
         }
         let n = inner.get_vocab_size(true) as u32;
-        let ids: Vec<u32> = (0..n).filter(|&id| inner.id_to_token(id).is_some()).collect();
+        let ids: Vec<u32> = (0..n)
+            .filter(|&id| inner.id_to_token(id).is_some())
+            .collect();
         for chunk in ids.chunks(4096) {
             let _ = inner.decode(chunk, false);
         }

@@ -19,7 +19,12 @@ fn stories() -> PathBuf {
 fn copy_model(dir: &Path) -> PathBuf {
     let out = dir.join("model");
     std::fs::create_dir_all(&out).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(stories().join(f), out.join(f)).unwrap();
     }
     out
@@ -48,7 +53,9 @@ fn a_16m_token_context_loads_without_building_gigabytes_of_tables() {
     set_config(&dir, "max_position_embeddings", serde_json::json!(1 << 24));
     let before = peft_engine::memory::rss_bytes().unwrap();
     let m = open(&dir).unwrap();
-    let grown = peft_engine::memory::rss_bytes().unwrap().saturating_sub(before);
+    let grown = peft_engine::memory::rss_bytes()
+        .unwrap()
+        .saturating_sub(before);
     // Uncapped, the tables for 2^24 positions would take 2^24 x 8 x 4 B = 512 MiB, plus
     // the intermediates that build them.
     assert!(grown < 400 << 20, "loading grew RSS by {grown} bytes");
@@ -59,7 +66,10 @@ fn a_16m_token_context_loads_without_building_gigabytes_of_tables() {
 #[test]
 fn sizes_no_real_model_has_are_refused_by_name() {
     for (key, value) in [
-        ("max_position_embeddings", serde_json::json!((1u64 << 24) + 1)),
+        (
+            "max_position_embeddings",
+            serde_json::json!((1u64 << 24) + 1),
+        ),
         ("num_hidden_layers", serde_json::json!(1u64 << 40)),
         ("hidden_size", serde_json::json!(1u64 << 40)),
         ("vocab_size", serde_json::json!(u64::MAX)),
@@ -79,21 +89,37 @@ fn sizes_no_real_model_has_are_refused_by_name() {
 
 #[test]
 fn a_gguf_with_alignment_0_is_refused_not_a_panic() {
-    // Minimal GGUF v3: no tensors, one metadata key `general.alignment` = 0 (u32).
-    let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend(0u64.to_le_bytes());
-    b.extend(1u64.to_le_bytes());
-    let key = b"general.alignment";
-    b.extend((key.len() as u64).to_le_bytes());
-    b.extend(key);
-    b.extend(4u32.to_le_bytes());
-    b.extend(0u32.to_le_bytes());
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("align0.gguf");
-    std::fs::write(&path, b).unwrap();
-    let e = peft_engine::model::gguf::open_gguf(&path).err().unwrap().to_string();
-    assert!(e.contains("align0.gguf") && e.contains("general.alignment"), "{e}");
+    // Minimal GGUF (v1: u32 lengths, v3: u64): no tensors, one metadata key
+    // `general.alignment` = 0 (u32), which candle would divide by.
+    for version in [1u32, 3] {
+        let len = |n: u64, b: &mut Vec<u8>| {
+            if version == 1 {
+                b.extend((n as u32).to_le_bytes())
+            } else {
+                b.extend(n.to_le_bytes())
+            }
+        };
+        let mut b = b"GGUF".to_vec();
+        b.extend(version.to_le_bytes());
+        len(0, &mut b);
+        len(1, &mut b);
+        let key = b"general.alignment";
+        len(key.len() as u64, &mut b);
+        b.extend(key);
+        b.extend(4u32.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("align0.gguf");
+        std::fs::write(&path, b).unwrap();
+        let e = peft_engine::model::gguf::open_gguf(&path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("align0.gguf") && e.contains("general.alignment"),
+            "v{version}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -102,12 +128,18 @@ fn shard_indexes_that_list_nothing_or_point_outside_are_refused() {
     let index = tmp.path().join("model.safetensors.index.json");
     for (map, field) in [
         (serde_json::json!({}), "weight_map"),
-        (serde_json::json!({"a": "../../etc/passwd"}), "weight_map[\"a\"]"),
+        (
+            serde_json::json!({"a": "../../etc/passwd"}),
+            "weight_map[\"a\"]",
+        ),
         (serde_json::json!({"a": "/etc/passwd"}), "weight_map[\"a\"]"),
         (serde_json::json!({"a": 3}), "weight_map[\"a\"]"),
     ] {
         std::fs::write(&index, serde_json::json!({ "weight_map": map }).to_string()).unwrap();
-        let e = SafetensorsSource::open_dir(tmp.path()).err().unwrap().to_string();
+        let e = SafetensorsSource::open_dir(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("index.json") && e.contains(field), "{e}");
     }
 }
@@ -135,7 +167,10 @@ fn huge_rows_and_endless_conversations_are_refused_with_file_and_line() {
     let p = write(tmp.path(), "long.jsonl", body.as_bytes());
     let t = Instant::now();
     let e = load(&p, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("long.jsonl:1") && e.contains("20000 turns"), "{e}");
+    assert!(
+        e.contains("long.jsonl:1") && e.contains("20000 turns"),
+        "{e}"
+    );
     assert!(t.elapsed().as_secs() < 30);
 }
 

@@ -679,7 +679,10 @@ fn a_download_that_does_not_match_the_hubs_sha256_is_removed() {
     let snapshot = repo_dir.join("snapshots").join(SHA);
     assert!(!snapshot.join("model.safetensors").exists());
     let tag = etag(&original("model.safetensors"));
-    assert!(!repo_dir.join("blobs").join(tag).exists(), "the bad blob stayed");
+    assert!(
+        !repo_dir.join("blobs").join(tag).exists(),
+        "the bad blob stayed"
+    );
 }
 
 #[test]

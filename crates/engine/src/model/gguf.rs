@@ -33,9 +33,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use types::{
-    declared_alignment, dtype_supported, file_type_name, find_unknown_type, type_id_name,
-};
+use types::{declared_alignment, dtype_supported, file_type_name, find_unknown_type, type_id_name};
 pub use types::{type_name, SUPPORTED_TYPES};
 
 /// Architectures [`open_gguf`] imports (`general.architecture`).

@@ -75,7 +75,10 @@ pub(super) fn sanitize(json: &mut Value, file: &str) -> Result<()> {
     }
     let model = &json["model"];
     if model["type"] == "BPE" {
-        let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("").len();
+        let prefix = model["continuing_subword_prefix"]
+            .as_str()
+            .unwrap_or("")
+            .len();
         if let Some(merges) = model["merges"].as_array() {
             for (i, m) in merges.iter().enumerate() {
                 let second = match m {

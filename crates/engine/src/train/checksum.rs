@@ -37,7 +37,11 @@ pub fn verify_sums(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let text = std::fs::read_to_string(&sums).map_err(|e| Error::io(&sums, e))?;
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let (want, name) = line
             .split_once("  ")
             .filter(|(h, n)| h.len() == 64 && !n.contains('/') && !n.contains(".."))

@@ -84,6 +84,11 @@ fn begin_record(
     resuming: bool,
 ) -> Result<RunRecord> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Temporary files of a run that was killed mid-write: the complete files beside them
+    // are what counts.
+    for dir in [out.to_path_buf(), checkpoints_dir(out), out.join(BEST_DIR)] {
+        crate::fsutil::remove_stale_tmp(&dir);
+    }
     let existing = [RECORD_FILE, ADAPTER_CONFIG, DELTA_WEIGHTS]
         .iter()
         .map(|f| out.join(f))

@@ -9,7 +9,11 @@ use peft_engine::data::render::{RenderOptions, Renderer, TrainOn};
 use serde_json::{json, Value};
 
 fn turns(rng: &mut Rng, n: usize, share: bool) -> Value {
-    let (rk, tk) = if share { ("from", "value") } else { ("role", "content") };
+    let (rk, tk) = if share {
+        ("from", "value")
+    } else {
+        ("role", "content")
+    };
     let roles: &[&str] = if share {
         &["human", "gpt", "system", "robot", ""]
     } else {
@@ -43,7 +47,11 @@ fn row(rng: &mut Rng, format: usize) -> Value {
     let mut r = match format {
         0 => json!({"instruction": text(rng), "input": rng.text(5), "output": rng.text(10)}),
         1 => {
-            let n = if rng.one_in(30) { *rng.pick(&[2000, 3000]) } else { rng.below(7) };
+            let n = if rng.one_in(30) {
+                *rng.pick(&[2000, 3000])
+            } else {
+                rng.below(7)
+            };
             json!({"messages": turns(rng, n, false)})
         }
         2 => {
@@ -57,7 +65,9 @@ fn row(rng: &mut Rng, format: usize) -> Value {
     if rng.one_in(12) {
         let keys: Vec<String> = r.as_object().unwrap().keys().cloned().collect();
         let k = rng.pick(&keys).clone();
-        r[&k] = rng.pick(&[json!(null), json!(1), json!([]), json!({})]).clone();
+        r[&k] = rng
+            .pick(&[json!(null), json!(1), json!([]), json!({})])
+            .clone();
     }
     if rng.one_in(20) {
         r = rng.pick(&[json!([1]), json!("row"), json!(null)]).clone();
@@ -133,7 +143,11 @@ fn datasets() {
         let r = load(&path, &opts).and_then(|ds| {
             let ro = RenderOptions {
                 max_len: 64,
-                train_on: if rng.one_in(3) { TrainOn::All } else { TrainOn::Assistant },
+                train_on: if rng.one_in(3) {
+                    TrainOn::All
+                } else {
+                    TrainOn::Assistant
+                },
             };
             let r = Renderer::new(&model.tokenizer, &model.template, ro)?;
             for ex in &ds.examples {

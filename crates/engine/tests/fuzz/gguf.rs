@@ -102,7 +102,11 @@ fn tokens() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    t.extend("a b c d e f g h i j k l m n o p q r s t u v w x y z Ġ ab Ġa".split(' ').map(String::from));
+    t.extend(
+        "a b c d e f g h i j k l m n o p q r s t u v w x y z Ġ ab Ġa"
+            .split(' ')
+            .map(String::from),
+    );
     t
 }
 
@@ -210,7 +214,14 @@ fn serialize(g: &G) -> Vec<u8> {
 fn wild(rng: &mut Rng) -> V {
     let n = rng.size();
     match rng.below(10) {
-        0 => rng.pick(&[V::U8(n as u8), V::I8(n as i8), V::U16(n as u16), V::I16(n as i16)]).clone(),
+        0 => rng
+            .pick(&[
+                V::U8(n as u8),
+                V::I8(n as i8),
+                V::U16(n as u16),
+                V::I16(n as i16),
+            ])
+            .clone(),
         1 => V::I32(-(rng.below(5) as i32)),
         2 => V::U64(n),
         3 => V::I64(n as i64),
@@ -220,7 +231,12 @@ fn wild(rng: &mut Rng) -> V {
             let n = rng.below(20);
             V::Str(rng.bytes(n))
         }
-        7 => V::Arr(4, (0..rng.below(4)).map(|_| V::U32(rng.next() as u32)).collect()),
+        7 => V::Arr(
+            4,
+            (0..rng.below(4))
+                .map(|_| V::U32(rng.next() as u32))
+                .collect(),
+        ),
         8 => V::Bool(rng.below(3) as u8),
         _ => V::U32(n as u32),
     }
@@ -252,7 +268,9 @@ fn mutate(g: &mut G, rng: &mut Rng) {
             let v = *rng.pick(&[0, 1, 3, 7, 64, a]);
             let alignment = g.kvs.iter_mut().find(|(k, _)| k == "general.alignment");
             if let Some(kv) = alignment {
-                kv.1 = rng.pick(&[V::U32(v as u32), V::I32(v as i32), V::U8(v as u8)]).clone();
+                kv.1 = rng
+                    .pick(&[V::U32(v as u32), V::I32(v as i32), V::U8(v as u8)])
+                    .clone();
             }
         }
         7 => {
@@ -315,14 +333,32 @@ fn mutate(g: &mut G, rng: &mut Rng) {
                 0 => {
                     g.tensors.remove(i);
                 }
-                1 => g.tensors[i].name = rng.pick(&["blk.0.attn_q.weight", "blk.9.ffn_up.weight", "rope_freqs.weight", "x", ""]).to_string(),
+                1 => {
+                    g.tensors[i].name = rng
+                        .pick(&[
+                            "blk.0.attn_q.weight",
+                            "blk.9.ffn_up.weight",
+                            "rope_freqs.weight",
+                            "x",
+                            "",
+                        ])
+                        .to_string()
+                }
                 _ => g.data.truncate(rng.below(g.data.len())),
             }
         }
         12 => g.n_tensors = Some(rng.size()),
         13 => g.n_kv = Some(rng.size()),
         14 => {
-            let k = format!("llama.{}", rng.pick(&["expert_count", "rope.scaling.type", "attention.key_length", "attention.value_length"]));
+            let k = format!(
+                "llama.{}",
+                rng.pick(&[
+                    "expert_count",
+                    "rope.scaling.type",
+                    "attention.key_length",
+                    "attention.value_length"
+                ])
+            );
             g.kvs.push((k, wild(rng)));
         }
         _ => {
@@ -352,7 +388,15 @@ fn use_model(path: &Path) -> peft_engine::Result<()> {
         ..Default::default()
     };
     if !ids.is_empty() {
-        generate(&d, &m.tokenizer, &ids, &opts, &m.stop_ids(), None, &mut |_| {})?;
+        generate(
+            &d,
+            &m.tokenizer,
+            &ids,
+            &opts,
+            &m.stop_ids(),
+            None,
+            &mut |_| {},
+        )?;
     }
     Ok(())
 }
@@ -380,7 +424,12 @@ fn gguf_headers_and_metadata() {
         std::fs::write(&path, &bytes).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         // Use-time errors (a prompt longer than a declared context of 1) name the setting.
-        let needles = [name.as_str(), "chat template", "tokenizer", "invalid setting"];
+        let needles = [
+            name.as_str(),
+            "chat template",
+            "tokenizer",
+            "invalid setting",
+        ];
         let v = Verdict::of(use_model(&path), &needles);
         let _ = std::fs::remove_file(&path);
         v

@@ -58,8 +58,30 @@ impl Rng {
     /// Text with ASCII, accents, CJK, emoji, control characters and quotes.
     pub fn text(&mut self, max: usize) -> String {
         const PIECES: &[&str] = &[
-            "a", "b", " ", "Hello", "\n", "\t", "\"", "\\", "{", "}", "é", "中", "😀", "\u{0}",
-            "\u{202e}", "<|im_end|>", "<s>", "</s>", "{{", "{%", "'", ",", "\r\n", "\u{feff}",
+            "a",
+            "b",
+            " ",
+            "Hello",
+            "\n",
+            "\t",
+            "\"",
+            "\\",
+            "{",
+            "}",
+            "é",
+            "中",
+            "😀",
+            "\u{0}",
+            "\u{202e}",
+            "<|im_end|>",
+            "<s>",
+            "</s>",
+            "{{",
+            "{%",
+            "'",
+            ",",
+            "\r\n",
+            "\u{feff}",
         ];
         let n = self.below(max + 1);
         (0..n).map(|_| *self.pick(PIECES)).collect()
@@ -89,7 +111,10 @@ fn install_hook() {
 pub enum Verdict {
     Ok,
     /// An error; `named` says whether it names the file (and field/line where there is one).
-    Err { message: String, named: bool },
+    Err {
+        message: String,
+        named: bool,
+    },
 }
 
 impl Verdict {
@@ -120,8 +145,9 @@ pub fn seed(name: &str) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5EED_F00D);
-    name.bytes()
-        .fold(base, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+    name.bytes().fold(base, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    })
 }
 
 /// Runs `n` cases of family `name`; `case(rng, i)` builds one input, uses it and says how
@@ -184,6 +210,11 @@ pub fn run(name: &str, default_cases: usize, mut case: impl FnMut(&mut Rng, usiz
     assert!(
         panics == 0 && unclear == 0,
         "{line}\n{}",
-        examples.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+        examples
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

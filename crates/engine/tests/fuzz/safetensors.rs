@@ -23,7 +23,8 @@ fn header(rng: &mut Rng) -> (Value, usize) {
         }
         match rng.below(9) {
             0 => {
-                h[t]["dtype"] = json!(rng.pick(&["F32", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", "", "f32"]))
+                h[t]["dtype"] = json!(rng
+                    .pick(&["F32", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", "", "f32"]))
             }
             1 => {
                 let dims: Vec<u64> = (0..rng.below(5)).map(|_| rng.size()).collect();
@@ -113,7 +114,11 @@ fn shard_indexes() {
             1 => json!({}),
             _ => json!({"metadata": {}, "weight_map": map}),
         };
-        std::fs::write(model.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            model.join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
         let r = SafetensorsSource::open_dir(&model).and_then(|s| read_all(&s));
         let _ = std::fs::remove_dir_all(&model);
         Verdict::of(r, &[&format!("m{i}")])

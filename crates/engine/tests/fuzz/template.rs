@@ -25,9 +25,20 @@ fn expr(rng: &mut Rng, depth: usize) -> String {
     if depth == 0 {
         return rng
             .pick(&[
-                "'x'", "message.content", "message['role']", "messages|length", "bos_token",
-                "eos_token", "loop.index", "undefined_name", "none", "[1, 2]", "{'a': 1}",
-                "add_generation_prompt", "ns.v", "42",
+                "'x'",
+                "message.content",
+                "message['role']",
+                "messages|length",
+                "bos_token",
+                "eos_token",
+                "loop.index",
+                "undefined_name",
+                "none",
+                "[1, 2]",
+                "{'a': 1}",
+                "add_generation_prompt",
+                "ns.v",
+                "42",
             ])
             .to_string();
     }
@@ -161,8 +172,17 @@ fn hostile_templates_end_with_a_clear_error() {
         ("{{ ('x' * 1000).replace('x', 'y' * 1000000) }}", "limited"),
         ("{{ messages|tojson(indent=1099511627776) }}", "indent"),
         // Output: 100 x 1 MB.
-        ("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}", "exceeds"),
-        ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "recursion"),
-        ("{% set ns = namespace(a=1) %}{% set ns.b = ns %}{{ ns|tojson }}", "nested"),
+        (
+            "{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}",
+            "exceeds",
+        ),
+        (
+            "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
+            "recursion",
+        ),
+        (
+            "{% set ns = namespace(a=1) %}{% set ns.b = ns %}{{ ns|tojson }}",
+            "nested",
+        ),
     ]);
 }

@@ -76,7 +76,11 @@ fn mutate(t: &mut Value, rng: &mut Rng) {
     match rng.below(12) {
         0..=3 => {
             let kind = *rng.pick(&["normalizer", "pre_tokenizer", "decoder", "post_processor"]);
-            t[kind] = if rng.one_in(5) { json!(null) } else { component(rng, kind) };
+            t[kind] = if rng.one_in(5) {
+                json!(null)
+            } else {
+                component(rng, kind)
+            };
         }
         4 => {
             // Vocabulary ids: huge, duplicated, or a hole.
@@ -97,12 +101,21 @@ fn mutate(t: &mut Value, rng: &mut Rng) {
             }
         }
         5 => {
-            let Some(merges) = t["model"]["merges"].as_array_mut().filter(|m| !m.is_empty()) else {
+            let Some(merges) = t["model"]["merges"]
+                .as_array_mut()
+                .filter(|m| !m.is_empty())
+            else {
                 return;
             };
             let i = rng.below(merges.len());
             merges[i] = rng
-                .pick(&[json!("a"), json!("zz qq"), json!(["x", "y"]), json!("▁ ▁ ▁"), json!("")])
+                .pick(&[
+                    json!("a"),
+                    json!("zz qq"),
+                    json!(["x", "y"]),
+                    json!("▁ ▁ ▁"),
+                    json!(""),
+                ])
                 .clone();
         }
         6 => {
@@ -157,7 +170,10 @@ fn mutate(t: &mut Value, rng: &mut Rng) {
 
 #[test]
 fn tokenizer_json() {
-    let base: Value = serde_json::from_str(include_str!("../../../../models/stories260K/tokenizer.json")).unwrap();
+    let base: Value = serde_json::from_str(include_str!(
+        "../../../../models/stories260K/tokenizer.json"
+    ))
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     run("tokenizer.json", 250, |rng, i| {
         let mut t = base.clone();
