@@ -99,6 +99,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", py_tojson);
         guard::harden(&mut env);
+        guard::refuse_namespace_cycles(source).map_err(Error::Template)?;
         env.add_template_owned("chat", source.to_string())
             .map_err(template_error)?;
         Ok(Self {

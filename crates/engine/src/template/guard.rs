@@ -177,3 +177,94 @@ impl std::io::Write for Limited {
         Ok(())
     }
 }
+
+/// Refuses a template that stores a namespace inside a namespace (`{% set ns.me = ns %}`,
+/// also through an alias or a loop variable): minijinja lets namespaces form a cycle, and
+/// printing one recurses until the stack overflows, which aborts the process. A textual check
+/// of `{% set %}` and `{% for %}` statements: namespaces are the variables set from
+/// `namespace(...)`, and everything set or looped from an expression that names one bare (not
+/// as `ns.attr` or `ns[...]`). Not caught: a namespace passed through a macro argument.
+pub(super) fn refuse_namespace_cycles(source: &str) -> Result<(), String> {
+    let stmts: Vec<&str> = source
+        .split("{%")
+        .skip(1)
+        .filter_map(|s| s.split_once("%}").map(|(body, _)| body))
+        .map(|s| s.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace()))
+        .collect();
+    let mut spaces: Vec<String> = Vec::new();
+    loop {
+        let before = spaces.len();
+        for s in &stmts {
+            if let Some((target, rhs)) = s.strip_prefix("set ").and_then(|r| r.split_once('=')) {
+                let (target, rhs) = (target.trim(), rhs.trim());
+                let names_space =
+                    rhs.starts_with("namespace(") || bare_names(rhs).any(|n| spaces.contains(&n));
+                if is_ident(target) && names_space && !spaces.iter().any(|n| n == target) {
+                    spaces.push(target.to_string());
+                }
+            } else if let Some((targets, iter)) =
+                s.strip_prefix("for ").and_then(|r| r.split_once(" in "))
+            {
+                if bare_names(iter).any(|n| spaces.contains(&n)) {
+                    for t in targets.split(',').map(str::trim).filter(|t| is_ident(t)) {
+                        if !spaces.iter().any(|n| n == t) {
+                            spaces.push(t.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        if spaces.len() == before {
+            break;
+        }
+    }
+    for s in &stmts {
+        if let Some((target, rhs)) = s.strip_prefix("set ").and_then(|r| r.split_once('=')) {
+            if target.trim().contains('.') && bare_names(rhs).any(|n| spaces.contains(&n)) {
+                return Err(format!(
+                    "`{{% {s} %}}` stores a namespace inside a namespace, a cycle that cannot be \
+                     printed; templates may not do that"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// Identifiers in an expression used as values themselves: not inside string literals, not
+/// attribute names (`.x`), and not followed by `.` or `[` (an attribute or item of them).
+fn bare_names(expr: &str) -> impl Iterator<Item = String> + '_ {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            let prev = expr[..start].trim_end().chars().last();
+            let next = expr[i..].trim_start().chars().next();
+            if prev != Some('.') && !matches!(next, Some('.' | '[')) {
+                out.push(expr[start..i].to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out.into_iter()
+}

@@ -159,6 +159,7 @@ pub fn run(name: &str, default_cases: usize, mut case: impl FnMut(&mut Rng, usiz
     let mut rng = Rng::new(seed(name));
     let (mut ok, mut err, mut panics, mut unclear, mut contained) = (0, 0, 0, 0, 0);
     let mut examples: Vec<String> = Vec::new();
+    let mut contained_examples: Vec<String> = Vec::new();
     let mut slowest = (0u128, 0usize);
     for i in 0..n {
         let before = PANICKED.with(Cell::get);
@@ -184,7 +185,15 @@ pub fn run(name: &str, default_cases: usize, mut case: impl FnMut(&mut Rng, usiz
                 examples.push(format!("case {i}: panicked"));
             }
             Ok(Verdict::Ok) => ok += 1,
-            Ok(Verdict::Err { named: true, .. }) => err += 1,
+            Ok(Verdict::Err {
+                named: true,
+                message,
+            }) => {
+                err += 1;
+                if caught > 0 && contained_examples.len() < 5 {
+                    contained_examples.push(format!("case {i}: {message}"));
+                }
+            }
             Ok(Verdict::Err { message, .. }) => {
                 unclear += 1;
                 examples.push(format!("case {i}: error without file/field: {message}"));
@@ -197,6 +206,9 @@ pub fn run(name: &str, default_cases: usize, mut case: impl FnMut(&mut Rng, usiz
         slowest.1, slowest.0
     );
     eprintln!("{line}");
+    for e in &contained_examples {
+        eprintln!("  contained: {e}");
+    }
     if let Ok(path) = std::env::var("PEFT_FUZZ_REPORT") {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new()

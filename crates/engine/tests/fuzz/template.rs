@@ -180,9 +180,22 @@ fn hostile_templates_end_with_a_clear_error() {
             "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
             "recursion",
         ),
+        // A namespace holding itself: printing it would recurse until the stack overflows.
         (
             "{% set ns = namespace(a=1) %}{% set ns.b = ns %}{{ ns|tojson }}",
-            "nested",
+            "namespace",
+        ),
+        (
+            "{% set ns = namespace(a=1) %}{% set ns.b = ns %}{{ ns }}",
+            "namespace",
+        ),
+        (
+            "{% set ns = namespace() %}{% set x = ns %}{% set ns.b = [x] %}{{ ns }}",
+            "namespace",
+        ),
+        (
+            "{% set ns = namespace() %}{% for x in [ns] %}{% set ns.b = x %}{% endfor %}",
+            "namespace",
         ),
     ]);
 }
