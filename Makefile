@@ -11,7 +11,7 @@ APP_RELEASE := $(CARGO_TARGET_DIR)/release/peft-studio
 APP_DEBUG := $(CARGO_TARGET_DIR)/debug/peft-studio
 SCREENSHOTS ?= $(CURDIR)/target/e2e-screenshots
 
-.PHONY: run test setup fmt lint bench ui ui-test app app-debug e2e bindings cli-demo cuda
+.PHONY: run test setup fmt lint bench ui ui-test app app-debug e2e bindings cli-demo cuda fuzz
 
 setup:
 	@./scripts/setup.sh
@@ -55,6 +55,16 @@ e2e: app-debug
 # Regenerates ui/src/lib/bindings from the Rust DTOs (the test fails when they are stale).
 bindings:
 	UPDATE_BINDINGS=1 $(CARGO) test -p peft-studio --lib bindings
+
+# The fuzz suite with many more cases than `make test` runs (FUZZ_CASES per family; the seed
+# with FUZZ_SEED). One line per family is appended to target/fuzz-report.txt.
+FUZZ_CASES ?= 5000
+FUZZ_SEED ?= 1
+fuzz:
+	mkdir -p target
+	PEFT_FUZZ_CASES=$(FUZZ_CASES) PEFT_FUZZ_SEED=$(FUZZ_SEED) \
+	  PEFT_FUZZ_REPORT=$(CURDIR)/target/fuzz-report.txt \
+	  $(CARGO) test -p peft-engine --test fuzz -- --nocapture --test-threads 2
 
 fmt:
 	$(CARGO) fmt --all

@@ -15,14 +15,43 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary files a killed process left in `dir` (`.<name>.tmp-<pid>` of
+/// another process than this one); a missing folder is fine.
+pub fn remove_stale_tmp(dir: &Path) {
+    let mine = format!(".tmp-{}", std::process::id());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&mine);
+        if stale && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes `tmp` with `write`, syncs it and renames it to `path`; on any failure (a full disk)
+/// the temporary file is removed, so nothing half-written is left behind.
+fn via_tmp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let done = write(&tmp)
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
 /// Atomically writes `bytes` to `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    via_tmp(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(tmp, e))
+    })
 }
 
 /// Atomically writes pretty JSON.
@@ -36,16 +65,13 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 
 /// Atomically writes tensors as safetensors (f32 or whatever dtype they have).
 pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::Tensor {
-        file: path.display().to_string(),
-        tensor: "(write)".into(),
-        message: e.to_string(),
-    })?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    via_tmp(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp).map_err(|e| Error::Tensor {
+            file: path.display().to_string(),
+            tensor: "(write)".into(),
+            message: e.to_string(),
+        })
+    })
 }
 
 /// An f32 buffer written to safetensors one tensor at a time (the optimizer's moments: for full
@@ -74,17 +100,14 @@ impl safetensors::View for &F32Slice<'_> {
 
 /// Atomically writes borrowed f32 buffers as safetensors, one tensor in memory at a time.
 pub fn save_f32_atomic(path: &Path, tensors: &[(String, F32Slice<'_>)]) -> Result<()> {
-    let tmp = tmp_path(path);
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &tmp)
-        .map_err(|e| Error::Tensor {
-            file: path.display().to_string(),
-            tensor: "(write)".into(),
-            message: e.to_string(),
-        })?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    via_tmp(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, tmp)
+            .map_err(|e| Error::Tensor {
+                file: path.display().to_string(),
+                tensor: "(write)".into(),
+                message: e.to_string(),
+            })
+    })
 }
 
 /// Loads a safetensors file into f32 CPU tensors, naming the file on error.
@@ -105,6 +128,26 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     map.into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?)))
         .collect()
+}
+
+/// Hex sha256 of a file, read in 1 MiB pieces.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Reads and parses a JSON file, naming it on error.
@@ -129,6 +172,11 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
         .unwrap_or_default();
     let partial = dir.with_file_name(format!("{name}.partial"));
     let old = dir.with_file_name(format!("{name}.old"));
+    if old.exists() && !dir.exists() {
+        // An earlier replacement was killed between its two renames: the old folder is the
+        // last complete one, so it goes back before anything is deleted.
+        std::fs::rename(&old, dir).map_err(|e| Error::io(&old, e))?;
+    }
     for stale in [&partial, &old] {
         if stale.exists() {
             std::fs::remove_dir_all(stale).map_err(|e| Error::io(stale, e))?;
@@ -155,7 +203,9 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
 /// # Errors
 /// I/O failures naming the file.
 pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
-    let tmp = tmp_path(to);
-    std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
+    via_tmp(to, |tmp| {
+        std::fs::copy(from, tmp)
+            .map(|_| ())
+            .map_err(|e| Error::io(from, e))
+    })
 }

@@ -4,8 +4,8 @@
 //! the desktop app) are thin layers over these calls.
 //!
 //! Layers, each depending only on those before it (`tests/layers.rs` checks this):
-//! 1. `error`, `fsutil`, `memory`, `runtime`, `seed`, `device` (choosing and opening the
-//!    compute device) — utilities;
+//! 1. `error`, `fsutil`, `limits`, `memory`, `runtime`, `seed`, `device` (choosing and opening
+//!    the compute device) — utilities;
 //! 2. `ops` (fused CPU kernels with their own backward), `tokenizer`, `template` (chat templates);
 //! 3. `quant` (NF4), `hardware` (detection only);
 //! 4. `model` (configs, weights sources, the decoder and its layers, loading);
@@ -21,6 +21,7 @@ pub mod export;
 pub mod fsutil;
 pub mod hardware;
 pub mod infer;
+pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod ops;

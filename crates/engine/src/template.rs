@@ -15,6 +15,8 @@
 //! is encoded with `add_special = false`), and it does not provide `strftime_now` (templates
 //! that use it test `is defined` and fall back to a fixed date) or tool-call message fields.
 
+mod guard;
+
 use crate::error::{Error, Result};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
@@ -59,6 +61,10 @@ pub const FALLBACK_TEMPLATE: &str = concat!(
     "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}",
 );
 
+/// Largest `tojson` indent and nesting a template may ask for (each level repeats the indent).
+const MAX_JSON_INDENT: usize = 64;
+const MAX_JSON_DEPTH: usize = 128;
+
 /// Prefix that marks a minijinja error as coming from the template's own `raise_exception`.
 const RAISED: &str = "raise_exception: ";
 
@@ -96,6 +102,8 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", py_tojson);
+        guard::harden(&mut env);
+        guard::refuse_namespace_cycles(source).map_err(Error::Template)?;
         env.add_template_owned("chat", source.to_string())
             .map_err(template_error)?;
         Ok(Self {
@@ -216,16 +224,31 @@ impl ChatTemplate {
     /// minijinja error (kind, detail, line).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(template_error)?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            tools => Value::from(()),
-            documents => Value::from(()),
-            enable_thinking => self.enable_thinking,
-        })
-        .map_err(template_error)
+        // Rendered into a bounded writer: a template's output is limited like its run time.
+        let mut out = guard::Limited(Vec::new());
+        let (rendered, late) = guard::with_deadline(|| {
+            tmpl.render_captured_to(
+                minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                    tools => Value::from(()),
+                    documents => Value::from(()),
+                    enable_thinking => self.enable_thinking,
+                },
+                &mut out,
+            )
+            .map(|_| ())
+        });
+        if late {
+            return Err(Error::Template(format!(
+                "rendering ran longer than {} s and was stopped; the template loops too much",
+                crate::limits::TEMPLATE_SECONDS
+            )));
+        }
+        rendered.map_err(template_error)?;
+        String::from_utf8(out.0).map_err(|e| Error::Template(e.to_string()))
     }
 
     /// Guesses the string that ends an assistant turn, so generation can stop on it and
@@ -287,6 +310,12 @@ fn py_tojson(
         Some(v) => Some(usize::try_from(v)?),
         None => None,
     };
+    if indent.is_some_and(|n| n > MAX_JSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson indent over {MAX_JSON_INDENT} is not allowed in templates"),
+        ));
+    }
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     // Accepted for HF compatibility; output is always non-ASCII-preserving, default separators.
     let _ = kwargs.get::<Option<Value>>("ensure_ascii")?;
@@ -304,6 +333,13 @@ fn write_json(
     sort_keys: bool,
     depth: usize,
 ) -> std::result::Result<(), minijinja::Error> {
+    // A namespace can hold itself: bound the depth instead of overflowing the stack.
+    if depth > MAX_JSON_DEPTH {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: value nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     // Python's separators: ", " and ": " without indent, "," plus newline with indent.
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {

@@ -34,6 +34,8 @@ struct FakeRepo {
     files: BTreeMap<String, Vec<u8>>,
     /// Listed in the repo info but answered with 404.
     listed_only: Vec<String>,
+    /// Served with one byte changed, under the original's sha256 (a corrupted transfer).
+    corrupt: Option<String>,
 }
 
 /// Every top-level file of stories260K, as repo `id`.
@@ -51,6 +53,7 @@ fn stories(id: &str) -> FakeRepo {
         sha: SHA.to_string(),
         files,
         listed_only: Vec::new(),
+        corrupt: None,
     }
 }
 
@@ -120,13 +123,10 @@ impl Drop for FakeHub {
     }
 }
 
-/// FNV-1a: a stable per-content etag, as the hub's sha256/git-oid would be.
+/// The content's sha256, as the hub gives for LFS files (which the download verifies).
 fn etag(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 fn serve(
@@ -219,6 +219,15 @@ fn serve(
     };
     let total = content.len();
     let tag = etag(content);
+    let flipped;
+    let content: &[u8] = if repo.corrupt.as_deref() == Some(file) {
+        let mut c = content.clone();
+        c[0] ^= 1;
+        flipped = c;
+        &flipped
+    } else {
+        content
+    };
     let mut headers = vec![("x-repo-commit", repo.sha.clone())];
     if file.ends_with(".safetensors") {
         // Like an LFS file: the content hash is the linked etag, the plain etag is the pointer's.
@@ -648,6 +657,32 @@ fn interrupted_transfer_errors_cleanly_then_resumes() {
     // The files finished before the interruption were not fetched again.
     assert!(resolve_requests(&good, "config.json").is_empty());
     assert!(!part.exists());
+}
+
+#[test]
+fn a_download_that_does_not_match_the_hubs_sha256_is_removed() {
+    let mut repo = stories("org/tiny");
+    repo.corrupt = Some("model.safetensors".into());
+    let server = FakeHub::start(vec![repo], None);
+    let cache = tempfile::tempdir().unwrap();
+    let (r, _) = run(
+        &hub_ref("org/tiny"),
+        &opts(&server.endpoint(), cache.path()),
+        None,
+    );
+    let msg = hub_message(r);
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("sha256"),
+        "{msg}"
+    );
+    let repo_dir = cache.path().join("models--org--tiny");
+    let snapshot = repo_dir.join("snapshots").join(SHA);
+    assert!(!snapshot.join("model.safetensors").exists());
+    let tag = etag(&original("model.safetensors"));
+    assert!(
+        !repo_dir.join("blobs").join(tag).exists(),
+        "the bad blob stayed"
+    );
 }
 
 #[test]

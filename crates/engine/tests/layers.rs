@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
         "device",
         "error",
         "fsutil",
+        "limits",
         "memory",
         "runtime",
         "seed",

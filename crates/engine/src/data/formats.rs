@@ -20,6 +20,7 @@
 //! This module only reads and validates; rendering and tokenising are in `render`.
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_ROW_BYTES, MAX_TURNS};
 use crate::template::Message;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -91,8 +92,6 @@ pub struct Dataset {
 /// empty file, an undetectable format, a missing CSV column, or (unless
 /// [`LoadOptions::skip_bad_rows`]) the first malformed row; also when no row is usable.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let file = path.display().to_string();
     let bad = |line: usize, field: &str, message: String| Error::Data {
         file: file.clone(),
@@ -100,6 +99,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         field: field.to_string(),
         message,
     };
+    let text = read_utf8(path, &bad)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if text.trim().is_empty() {
         return Err(bad(1, "(file)", "the file is empty".into()));
     }
@@ -131,7 +132,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
                 Some(f) => f,
                 None => *format.insert(detect(obj.keys().map(String::as_str), line, &bad)?),
             };
-            parse_row(f, &obj, line, &bad)
+            parse_row(f, &obj, line, &bad).and_then(|ex| check_row_size(ex, line, &bad))
         });
         match parsed {
             Ok(ex) => {
@@ -175,11 +176,53 @@ fn as_object(v: Value, line: usize, bad: &Bad) -> Result<Map<String, Value>> {
     }
 }
 
+/// Reads a text file, naming the line of the first byte that is not UTF-8.
+fn read_utf8(path: &Path, bad: &Bad) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        bad(
+            line,
+            "(encoding)",
+            format!("byte {at} is not valid UTF-8; save the file as UTF-8"),
+        )
+    })
+}
+
+/// Refuses a row whose text is longer than [`MAX_ROW_BYTES`] or that has more than
+/// [`MAX_TURNS`] turns (rendering and tokenising such a row would take gigabytes or minutes).
+fn check_row_size(ex: Example, line: usize, bad: &Bad) -> Result<Example> {
+    let (bytes, turns) = match &ex {
+        Example::Chat(m) => (m.iter().map(|m| m.content.len()).sum(), m.len()),
+        Example::Completion { prompt, completion } => (prompt.len() + completion.len(), 1),
+        Example::Text(t) => (t.len(), 1),
+    };
+    if bytes > MAX_ROW_BYTES {
+        let msg = format!(
+            "the row holds {bytes} bytes of text, more than {} MiB; split it into smaller rows",
+            MAX_ROW_BYTES >> 20
+        );
+        return Err(bad(line, "(row)", msg));
+    }
+    if turns > MAX_TURNS {
+        let msg = format!("{turns} turns, more than {MAX_TURNS}; split the conversation");
+        return Err(bad(line, "(row)", msg));
+    }
+    Ok(ex)
+}
+
 fn read_jsonl(text: &str, bad: &Bad) -> Rows {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
+            if l.len() > MAX_ROW_BYTES.saturating_mul(2) {
+                // Not parsed at all: serde_json would hold it several times over.
+                let msg = format!("the line is {} bytes long; rows are limited", l.len());
+                return (i + 1, Err(bad(i + 1, "(row)", msg)));
+            }
             let row = serde_json::from_str::<Value>(l)
                 .map_err(|e| bad(i + 1, "(json)", format!("invalid JSON: {e}")))
                 .and_then(|v| as_object(v, i + 1, bad));

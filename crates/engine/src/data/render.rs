@@ -172,12 +172,7 @@ impl<'a> Renderer<'a> {
             }
             Example::Text(t) => (t.clone(), vec![(0, t.len(), false)], self.eos.clone()),
         };
-        let enc = self
-            .tokenizer
-            .inner
-            .encode(text.as_str(), false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let (ids, offsets) = (enc.get_ids(), enc.get_offsets());
+        let (ids, offsets) = self.tokenizer.encode_with_offsets(text.as_str(), false)?;
         let mut input_ids = Vec::with_capacity(ids.len() + spans.len() + self.bos_prefix.len());
         let mut loss_mask = Vec::with_capacity(input_ids.capacity());
         if !ids.starts_with(&self.bos_prefix) {
@@ -236,6 +231,7 @@ impl<'a> Renderer<'a> {
             return Ok((full.clone(), vec![(0, full.len(), closed)]));
         }
         let marker = self.eot.as_ref().map(|(m, _)| m.as_str());
+        let cut = self.kept_bytes(&full, msgs)?;
         let mut spans = Vec::new();
         for (i, msg) in msgs
             .iter()
@@ -247,6 +243,10 @@ impl<'a> Renderer<'a> {
             if start.is_none() {
                 // Templates that ignore add_generation_prompt (Mistral) still work from here.
                 start = prefix_of_full(self.template.render(&msgs[..i], false)?);
+            }
+            if start.is_some_and(|s| s >= cut) {
+                // This turn and every later one lie past the truncation point.
+                break;
             }
             let end = prefix_of_full(self.template.render(&msgs[..=i], false)?);
             let (Some(start), Some(end)) = (start, end) else {
@@ -280,6 +280,25 @@ impl<'a> Renderer<'a> {
             spans.push(span);
         }
         Ok((full, spans))
+    }
+}
+
+impl Renderer<'_> {
+    /// Bytes of `full` whose tokens survive truncation to `max_len` (an upper bound: inserted
+    /// BOS and end-of-turn ids only push tokens further out). Locating an assistant turn costs
+    /// rendering every turn before it, so a conversation of thousands of turns would be
+    /// quadratic; turns past this point are not located. Short conversations skip the extra
+    /// tokenisation: everything counts.
+    fn kept_bytes(&self, full: &str, msgs: &[Message]) -> Result<usize> {
+        const FEW_TURNS: usize = 64;
+        if msgs.iter().filter(|m| m.role == "assistant").count() <= FEW_TURNS {
+            return Ok(full.len());
+        }
+        let (ids, offsets) = self.tokenizer.encode_with_offsets(full, false)?;
+        Ok(match offsets.get(self.opts.max_len) {
+            Some(&(start, _)) if ids.len() > self.opts.max_len => start,
+            _ => full.len(),
+        })
     }
 }
 

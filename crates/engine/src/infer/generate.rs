@@ -211,7 +211,7 @@ pub fn generate(
             "no prompt tokens (and the model has no BOS token to start from)",
         ));
     }
-    let context = model.config.max_position_embeddings;
+    let context = (model.config.max_position_embeddings).min(crate::limits::MAX_ROPE_POSITIONS);
     if prompt_ids.len() >= context {
         return Err(Error::invalid(
             "prompt",

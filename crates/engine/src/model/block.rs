@@ -243,7 +243,9 @@ impl Block {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         if offset + s > bc.rope.max_positions() {
-            let why = if bc.rope.max_positions() < c.max_position_embeddings {
+            let why = if bc.rope.max_positions() == crate::limits::MAX_ROPE_POSITIONS {
+                "max_position_embeddings, capped by this engine"
+            } else if bc.rope.max_positions() < c.max_position_embeddings {
                 "the original context of the model's longrope scaling, the longest it is exact for"
             } else {
                 "max_position_embeddings"

@@ -309,6 +309,28 @@ fn rope_block<'a>(raw: &'a RawConfig, layer_type: &str) -> Option<&'a serde_json
 impl RawConfig {
     /// Checks every field the decoder needs and fills documented defaults.
     pub fn validate(self, file: &str) -> Result<Config> {
+        crate::limits::check_model(
+            file,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_key_value_heads", self.num_key_value_heads),
+                ("head_dim", self.head_dim),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+            &[
+                ("rms_norm_eps", self.rms_norm_eps, true),
+                ("rope_theta", self.rope_theta, false),
+                (
+                    "rope_parameters.rope_theta",
+                    self.rope_parameters.as_ref().and_then(|p| p.rope_theta),
+                    false,
+                ),
+            ],
+        )?;
         let model_type = self
             .model_type
             .clone()
@@ -352,6 +374,7 @@ impl RawConfig {
                 hidden_size / num_attention_heads
             }
         };
+        crate::limits::check_max(file, "head_dim", head_dim, crate::limits::MAX_HEAD_DIM)?;
         if head_dim % 2 != 0 {
             return Err(config_err(
                 file,

@@ -331,7 +331,9 @@ impl Decoder {
         let c = &config;
         let scaling = c.rope_scaling.as_ref();
         let rot = c.rotary_dim();
-        let positions = RopeScaling::position_limit(scaling, c.max_position_embeddings);
+        // Bounded: a header declaring 16M positions must not build gigabytes of tables.
+        let positions = RopeScaling::position_limit(scaling, c.max_position_embeddings)
+            .min(crate::limits::MAX_ROPE_POSITIONS);
         let rope = RopeTables::from_inv_freq(
             &RopeScaling::inv_freq(scaling, c.rope_theta, rot),
             positions,

@@ -38,7 +38,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use types::{dtype_supported, file_type_name, find_unknown_type, type_id_name};
+use types::{declared_alignment, dtype_supported, file_type_name, find_unknown_type, type_id_name};
 pub use types::{type_name, SUPPORTED_TYPES};
 
 /// Architectures [`open_gguf`] imports (`general.architecture`).
@@ -357,6 +357,15 @@ impl TensorSource for GgufSource {
 fn read_content(path: &Path) -> Result<Content> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if let Ok(Some(a)) = declared_alignment(path) {
+        // candle divides by it (0 would panic); GGUF requires a power of two.
+        if a <= 0 || (a as u64).count_ones() != 1 {
+            return Err(Error::Gguf {
+                file,
+                message: format!("metadata key `general.alignment` is {a}: not a power of two"),
+            });
+        }
+    }
     Content::read(&mut BufReader::new(f)).map_err(|e| {
         if let Ok(Some((tensor, id))) = find_unknown_type(path) {
             return Error::Unsupported {

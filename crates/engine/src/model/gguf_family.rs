@@ -141,7 +141,10 @@ pub fn config_from_meta(
         _ => None,
     };
     let vocab = tok.vocab_size();
-    if let Some(rows) = source.shape("model.embed_tokens.weight").map(|s| s[0]) {
+    if let Some(rows) = source
+        .shape("model.embed_tokens.weight")
+        .and_then(|s| s.first().copied())
+    {
         if rows != vocab {
             return Err(Error::Gguf {
                 file: file.into(),

@@ -240,6 +240,7 @@ pub fn gguf_tokenizer(meta: &Meta) -> Result<Tokenizer> {
             .map_err(|e| Error::Tokenizer(format!("{file}: BOS template: {e}")))?;
         inner.with_post_processor(Some(post));
     }
+    crate::tokenizer::check_usable(&inner, file)?;
     let mut tok = Tokenizer::new(inner);
     tok.bos_id = bos;
     for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {

@@ -74,6 +74,43 @@ impl Shard {
     }
 }
 
+/// The shard files an index's `weight_map` names: at least one, each a plain file name (or
+/// relative path without `..`) inside the model folder, so an index cannot make the loader
+/// read files elsewhere.
+fn shard_paths(
+    dir: &Path,
+    index: &Path,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<PathBuf>> {
+    let bad = |field: String, message: String| Error::Config {
+        file: index.display().to_string(),
+        field,
+        message,
+    };
+    let mut files = Vec::new();
+    for (tensor, file) in map {
+        let field = format!("weight_map[\"{tensor}\"]");
+        let Some(name) = file.as_str() else {
+            return Err(bad(field, format!("expected a file name, found {file}")));
+        };
+        let inside = !name.is_empty()
+            && Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            let msg = format!("`{name}` is not a file inside the model folder");
+            return Err(bad(field, msg));
+        }
+        files.push(name.to_string());
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(bad("weight_map".into(), "lists no shard files".into()));
+    }
+    Ok(files.iter().map(|f| dir.join(f)).collect())
+}
+
 /// One or more `.safetensors` files, memory-mapped.
 pub struct SafetensorsSource {
     shards: Vec<Shard>,
@@ -105,14 +142,7 @@ impl SafetensorsSource {
                     field: "weight_map".into(),
                     message: "missing or not an object".into(),
                 })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect();
-            files.sort();
-            files.dedup();
-            let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-            Self::open(&paths)
+            Self::open(&shard_paths(dir, &index, map)?)
         } else {
             Err(Error::io(
                 single,
@@ -207,6 +237,7 @@ impl TensorSource for SafetensorsSource {
     fn label(&self) -> String {
         match self.shards.as_slice() {
             [one] => one.path.display().to_string(),
+            [] => "(no safetensors files)".to_string(),
             many => format!(
                 "{} (+{} shards)",
                 many[0].path.display(),

@@ -5,7 +5,8 @@
 //! `optimizer.safetensors` and `state.json`, and a `latest` file naming the newest complete
 //! one. A checkpoint is written into `step-000010.partial/`, synced, renamed into place, and
 //! only then does `latest` (itself written atomically) point at it; older ones are removed
-//! afterwards. The data position and dropout masks are pure functions of the step and seed,
+//! afterwards. Each checkpoint carries `SHA256SUMS` (`train::checksum`), verified before a
+//! resume uses it. The data position and dropout masks are pure functions of the step and seed,
 //! so the step number is all the position state there is.
 
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use crate::fsutil::{
     load_safetensors, read_json, save_f32_atomic, save_safetensors_atomic, write_atomic,
     write_json_atomic, F32Slice,
 };
+use crate::train::checksum::{verify_sums, write_sums};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -39,6 +41,10 @@ pub fn checkpoints_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
+const TRAINABLE: &str = "trainable.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+
 /// Writes a checkpoint for `state.step` and makes it the latest.
 pub fn save_checkpoint(
     out: &Path,
@@ -54,9 +60,18 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-    save_safetensors_atomic(&partial.join("trainable.safetensors"), trainable)?;
-    save_f32_atomic(&partial.join("optimizer.safetensors"), optimizer)?;
-    write_json_atomic(&partial.join("state.json"), state)?;
+    let written = (|| {
+        save_safetensors_atomic(&partial.join(TRAINABLE), trainable)?;
+        save_f32_atomic(&partial.join(OPTIMIZER), optimizer)?;
+        write_json_atomic(&partial.join(STATE), state)?;
+        write_sums(&partial, &[TRAINABLE, OPTIMIZER, STATE])
+    })();
+    if let Err(e) = written {
+        // A full disk (or any write failure) leaves no half-written folder behind; the
+        // previous checkpoint, under its own name, is untouched.
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
     if done.exists() {
         std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
     }
@@ -106,8 +121,17 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
                 ),
             )
         })?;
-        root.join(name.trim())
+        let name = name.trim();
+        if !name.starts_with("step-") || name.contains(['/', '\\']) || name.contains("..") {
+            return Err(Error::Corrupt {
+                file: latest.display().to_string(),
+                message: format!("`{name}` is not a checkpoint name (step-NNNNNN)"),
+            });
+        }
+        root.join(name)
     };
+    // Refuse a damaged checkpoint before any of it is used.
+    verify_sums(&dir)?;
     Ok(Checkpoint {
         state: read_json(&dir.join("state.json"))?,
         trainable: load_safetensors(&dir.join("trainable.safetensors"))?,

@@ -2,6 +2,7 @@
 //! gradient checkpointing.
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod config;
 pub mod events;
 pub mod grad_ckpt;

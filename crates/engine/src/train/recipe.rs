@@ -84,6 +84,11 @@ fn begin_record(
     resuming: bool,
 ) -> Result<RunRecord> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Temporary files of a run that was killed mid-write: the complete files beside them
+    // are what counts.
+    for dir in [out.to_path_buf(), checkpoints_dir(out), out.join(BEST_DIR)] {
+        crate::fsutil::remove_stale_tmp(&dir);
+    }
     let existing = [RECORD_FILE, ADAPTER_CONFIG, DELTA_WEIGHTS]
         .iter()
         .map(|f| out.join(f))
@@ -143,7 +148,7 @@ fn run(
         data: data.display().to_string(),
         train_examples: prep.train.len(),
     };
-    if let Some(path) = resume {
+    if let Some(path) = resume.filter(|p| !stopped_before_saving(p)) {
         restore(path, &mut state, &mut opt, &rm.trainable)?;
     }
     // The record shows exactly what the checkpoint holds: a resumed run recomputes the steps
@@ -214,6 +219,18 @@ fn run(
         eval_losses: state.eval_losses,
         output: record.dir.clone(),
     })
+}
+
+/// True when `path` is a run folder whose run stopped (was killed) before its first complete
+/// checkpoint and wrote no adapter: there is nothing to continue from and nothing to lose, so
+/// a resume starts at step 0 (a half-written `checkpoints/step-*.partial` is removed by the
+/// next checkpoint).
+fn stopped_before_saving(path: &Path) -> bool {
+    path.join(RECORD_FILE).is_file()
+        && !path.join("state.json").exists()
+        && !checkpoints_dir(path).join("latest").exists()
+        && !path.join(ADAPTER_CONFIG).exists()
+        && !path.join(DELTA_WEIGHTS).exists()
 }
 
 /// Loads the checkpoint at `path` into the parameters, the optimizer and `state`, refusing one

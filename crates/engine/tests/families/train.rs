@@ -141,6 +141,7 @@ fn adapter_grads(m: Decoder, t: &Trainable, tokens: &[u32], ckpt: bool) -> Vec<V
     let ctx = ForwardCtx {
         train: true,
         step_seed: 5,
+        ..ForwardCtx::default()
     };
     let sink = GradSink::default();
     let logits = if ckpt {

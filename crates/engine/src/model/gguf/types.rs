@@ -22,9 +22,9 @@ pub(super) fn find_unknown_type(path: &Path) -> std::io::Result<Option<(String, 
     let n_tensors = read_u64(&mut r)?;
     let n_kv = read_u64(&mut r)?;
     for _ in 0..n_kv {
-        skip_string(&mut r)?;
+        skip_string(&mut r, false)?;
         let ty = read_u32(&mut r)?;
-        skip_value(&mut r, ty, 0)?;
+        skip_value(&mut r, ty, 0, false)?;
     }
     for _ in 0..n_tensors {
         let len = read_u64(&mut r)?.min(1 << 16);
@@ -41,6 +41,70 @@ pub(super) fn find_unknown_type(path: &Path) -> std::io::Result<Option<(String, 
     Ok(None)
 }
 
+/// The integer value of `general.alignment` in a GGUF header, if it has one. candle
+/// divides by it, so a file declaring 0 must be refused before candle reads the header.
+pub(super) fn declared_alignment(path: &Path) -> std::io::Result<Option<i64>> {
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    let version = read_u32(&mut r)?;
+    if &magic != b"GGUF" || !(1..=3).contains(&version) {
+        return Ok(None);
+    }
+    let v1 = version == 1;
+    let _n_tensors = read_len(&mut r, v1)?;
+    let n_kv = read_len(&mut r, v1)?;
+    const KEY: &[u8] = b"general.alignment";
+    for _ in 0..n_kv {
+        let len = read_len(&mut r, v1)?;
+        let is_key = if len == KEY.len() as u64 {
+            let mut k = [0u8; KEY.len()];
+            r.read_exact(&mut k)?;
+            k == KEY
+        } else {
+            r.seek(SeekFrom::Current(
+                i64::try_from(len).map_err(std::io::Error::other)?,
+            ))?;
+            false
+        };
+        let ty = read_u32(&mut r)?;
+        if is_key {
+            let mut b = [0u8; 8];
+            let v = match ty {
+                0 | 1 => {
+                    r.read_exact(&mut b[..1])?;
+                    if ty == 0 {
+                        i64::from(b[0])
+                    } else {
+                        i64::from(b[0] as i8)
+                    }
+                }
+                2 | 3 => {
+                    r.read_exact(&mut b[..2])?;
+                    let u = u16::from_le_bytes([b[0], b[1]]);
+                    if ty == 2 {
+                        i64::from(u)
+                    } else {
+                        i64::from(u as i16)
+                    }
+                }
+                4 | 5 => {
+                    let u = read_u32(&mut r)?;
+                    if ty == 4 {
+                        i64::from(u)
+                    } else {
+                        i64::from(u as i32)
+                    }
+                }
+                _ => return Ok(None),
+            };
+            return Ok(Some(v));
+        }
+        skip_value(&mut r, ty, 0, v1)?;
+    }
+    Ok(None)
+}
+
 fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
@@ -53,14 +117,23 @@ fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-fn skip_string(r: &mut (impl Read + Seek)) -> std::io::Result<()> {
-    let len = i64::try_from(read_u64(r)?).map_err(std::io::Error::other)?;
+/// A string or array length: u32 in GGUF v1, u64 after.
+fn read_len(r: &mut impl Read, v1: bool) -> std::io::Result<u64> {
+    if v1 {
+        read_u32(r).map(u64::from)
+    } else {
+        read_u64(r)
+    }
+}
+
+fn skip_string(r: &mut (impl Read + Seek), v1: bool) -> std::io::Result<()> {
+    let len = i64::try_from(read_len(r, v1)?).map_err(std::io::Error::other)?;
     r.seek(SeekFrom::Current(len))?;
     Ok(())
 }
 
 /// Skips one metadata value; `depth` bounds nested arrays, as candle's reader does.
-fn skip_value(r: &mut (impl Read + Seek), ty: u32, depth: usize) -> std::io::Result<()> {
+fn skip_value(r: &mut (impl Read + Seek), ty: u32, depth: usize, v1: bool) -> std::io::Result<()> {
     let bad = || std::io::Error::other("bad metadata value");
     let fixed = |ty: u32| match ty {
         0 | 1 | 7 => Some(1i64),
@@ -70,16 +143,16 @@ fn skip_value(r: &mut (impl Read + Seek), ty: u32, depth: usize) -> std::io::Res
         _ => None,
     };
     match ty {
-        8 => skip_string(r),
+        8 => skip_string(r, v1),
         9 => {
             let elem = read_u32(r)?;
-            let n = read_u64(r)?;
+            let n = read_len(r, v1)?;
             match fixed(elem) {
                 Some(size) => {
                     let len = i64::try_from(n).ok().and_then(|n| n.checked_mul(size));
                     r.seek(SeekFrom::Current(len.ok_or_else(bad)?)).map(|_| ())
                 }
-                None if depth < 64 => (0..n).try_for_each(|_| skip_value(r, elem, depth + 1)),
+                None if depth < 64 => (0..n).try_for_each(|_| skip_value(r, elem, depth + 1, v1)),
                 None => Err(bad()),
             }
         }

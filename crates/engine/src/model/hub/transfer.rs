@@ -111,6 +111,7 @@ impl Fetcher<'_> {
                 ),
             ));
         }
+        verify_sha256(self.hub, file, &target)?;
         on_event(DownloadEvent::Done {
             file: file.to_string(),
         });
@@ -219,4 +220,31 @@ impl Progress for EventProgress<'_> {
             self.emit_progress(t);
         }
     }
+}
+
+/// The hub names an LFS file's blob (weights) by the sha256 of its content (`x-linked-etag`,
+/// which hf-hub uses as the blob's file name): when the name is one, the downloaded bytes must
+/// hash to it. A mismatch (a corrupted or tampered transfer) removes the file, so it never
+/// stays in the cache. Blobs named otherwise (git object ids of small files) are not checked.
+fn verify_sha256(hub: &HubRef, file: &str, target: &Path) -> Result<()> {
+    let Ok(blob) = std::fs::canonicalize(target) else {
+        return Ok(());
+    };
+    let want = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let got = crate::fsutil::sha256_file(&blob)?;
+    if got != want {
+        let _ = std::fs::remove_file(&blob);
+        let _ = std::fs::remove_file(target);
+        return Err(hub_err(
+            hub,
+            format!("{file}: downloaded bytes have sha256 {got}, the hub says {want}; removed, run again"),
+        ));
+    }
+    Ok(())
 }

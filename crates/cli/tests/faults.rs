@@ -1,0 +1,319 @@
+//! Fault injection on real runs of the `peft` binary: `kill -9` at several points of training
+//! and checkpoint writing, then `--resume` must reproduce the uninterrupted run bit for bit;
+//! a write failure (the process's file-size limit, which fails writes the way a full disk
+//! does) while checkpointing or merging must give a clear error, keep the previous checkpoint
+//! or merged folder intact, and leave no partial folder or temporary file behind; a checkpoint
+//! with one flipped byte must be refused on resume.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STEPS: &str = "24";
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn dataset(dir: &Path) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    let body: String = (0..24)
+        .map(|i| {
+            let text = format!(
+                "Tom had {i} red kites. He flew one high in the sky with his dad, and it was fun."
+            );
+            serde_json::json!({ "text": text }).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn train_cmd(data: &Path, out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+    c.current_dir(root())
+        .args(["train", "--model", "demo", "--data"]);
+    c.arg(data).arg("--out").arg(out);
+    c.args([
+        "--method",
+        "lora",
+        "--max-steps",
+        STEPS,
+        "--save-every",
+        "1",
+    ]);
+    c.args(["--seq-len", "48", "--batch-size", "2", "--seed", "7"]);
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `c`, run through bash with its file-size limit set to `bytes`: writes past it fail (EFBIG)
+/// as they would on a full disk, instead of the process being killed by SIGXFSZ (ignored, and
+/// an ignored signal stays ignored across exec). No root, no tmpfs needed.
+fn with_file_size_limit(c: &Command, bytes: u64) -> Command {
+    let mut b = Command::new("bash");
+    // bash counts `ulimit -f` in 1024-byte blocks.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+        bytes / 1024
+    );
+    b.arg("-c")
+        .arg(script)
+        .arg(c.get_program())
+        .args(c.get_args());
+    if let Some(d) = c.get_current_dir() {
+        b.current_dir(d);
+    }
+    b
+}
+
+/// The step of the newest complete checkpoint, if any.
+fn latest_step(out: &Path) -> Option<usize> {
+    let name = std::fs::read_to_string(out.join("checkpoints/latest")).ok()?;
+    name.trim().strip_prefix("step-")?.parse().ok()
+}
+
+fn final_state(out: &Path) -> serde_json::Value {
+    let name = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    let p = out.join("checkpoints").join(name.trim()).join("state.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Every path under `dir` that is a partial folder or a temporary file.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".partial") || name.ends_with(".old") || name.contains(".tmp-") {
+                found.push(e.path());
+            }
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// Starts training and kills it (SIGKILL) once the newest checkpoint reaches `at` (or, for
+/// `at == 0`, as soon as the run folder exists: before any checkpoint).
+fn train_and_kill(data: &Path, out: &Path, resume: bool, at: usize) {
+    let mut child = train_cmd(data, out, resume)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let reached = if at == 0 {
+            out.join("run.json").exists()
+        } else {
+            latest_step(out).is_some_and(|s| s >= at)
+        };
+        if reached || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "training hung");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn kill_9_during_training_and_checkpoints_then_resume_reproduces_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let reference = tmp.path().join("reference");
+    ok(train_cmd(&data, &reference, false).output().unwrap());
+    let want = final_state(&reference);
+    assert_eq!(want["step"], 24);
+
+    let out = tmp.path().join("killed");
+    // Before the first checkpoint, then at increasing checkpoints: each kill lands wherever
+    // the run is (a step, a checkpoint being written, the `latest` pointer being replaced).
+    for (i, at) in [0usize, 3, 9, 16].into_iter().enumerate() {
+        train_and_kill(&data, &out, i > 0, at);
+        let reached = latest_step(&out);
+        assert!(
+            reached.unwrap_or(0) < 24,
+            "kill {i} came after the run ended"
+        );
+        if let Some(step) = reached {
+            // The checkpoint `latest` names is complete: its checksums verify on resume below.
+            assert!(out
+                .join(format!("checkpoints/step-{step:06}/SHA256SUMS"))
+                .exists());
+        }
+    }
+    ok(train_cmd(&data, &out, true).output().unwrap());
+    let got = final_state(&out);
+    assert_eq!(got["losses"], want["losses"], "resumed losses differ");
+    assert_eq!(got["step"], want["step"]);
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(reference.join("adapter_model.safetensors")).unwrap(),
+        "the resumed run's adapter differs from the uninterrupted run's"
+    );
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+}
+
+#[test]
+fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let reference = tmp.path().join("reference");
+    ok(train_cmd(&data, &reference, false).output().unwrap());
+
+    let out = tmp.path().join("run");
+    train_and_kill(&data, &out, false, 5);
+    let before = latest_step(&out).expect("a checkpoint before the disk fills");
+    let ckpt = out.join(format!("checkpoints/step-{before:06}"));
+    let trainable = std::fs::metadata(ckpt.join("trainable.safetensors"))
+        .unwrap()
+        .len();
+    let record = std::fs::metadata(out.join("run.json")).unwrap().len();
+    // Room for the run record but not for the next checkpoint's weights.
+    let limit = (trainable / 2).max(record * 4);
+    assert!(
+        limit < trainable,
+        "checkpoint too small for this test: {trainable} bytes"
+    );
+
+    let o = with_file_size_limit(&train_cmd(&data, &out, true), limit)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "training past a full disk succeeded");
+    assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("too large") || err.contains("space"), "{err}");
+    assert_eq!(
+        latest_step(&out),
+        Some(before),
+        "the previous checkpoint was replaced"
+    );
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+
+    // Nothing was lost: the same run, resumed with room to write, ends as if never stopped.
+    ok(train_cmd(&data, &out, true).output().unwrap());
+    assert_eq!(
+        final_state(&out)["losses"],
+        final_state(&reference)["losses"]
+    );
+}
+
+#[test]
+fn a_full_disk_while_merging_keeps_the_previous_merge_and_no_temp_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let run = tmp.path().join("run");
+    ok(train_cmd(&data, &run, false).output().unwrap());
+    let merged = tmp.path().join("merged");
+    let merge = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+        c.current_dir(root())
+            .args(["merge", "--model", "demo", "--adapter"]);
+        c.arg(&run).arg("--out").arg(&merged);
+        c
+    };
+    ok(merge().output().unwrap());
+    let weights = std::fs::read(merged.join("model.safetensors")).unwrap();
+
+    let o = with_file_size_limit(&merge(), weights.len() as u64 / 2)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "merging past a full disk succeeded");
+    assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        weights,
+        "the earlier merged model was damaged"
+    );
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(tmp.path())
+    );
+}
+
+#[test]
+fn a_checkpoint_with_one_flipped_byte_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let out = tmp.path().join("run");
+    train_and_kill(&data, &out, false, 4);
+    let step = latest_step(&out).unwrap();
+    let file = out.join(format!("checkpoints/step-{step:06}/trainable.safetensors"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 7;
+    bytes[at] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let o = train_cmd(&data, &out, true).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a damaged checkpoint was resumed");
+    assert!(
+        err.contains("trainable.safetensors") && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kill_9_during_merge_leaves_a_complete_folder_and_the_next_merge_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let run = tmp.path().join("run");
+    ok(train_cmd(&data, &run, false).output().unwrap());
+    let merged = tmp.path().join("merged");
+    let merge = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+        c.current_dir(root())
+            .args(["merge", "--model", "demo", "--adapter"]);
+        c.arg(&run).arg("--out").arg(&merged);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    ok(merge().output().unwrap());
+    let weights = std::fs::read(merged.join("model.safetensors")).unwrap();
+    let t = Instant::now();
+    ok(merge().output().unwrap());
+    let took = t.elapsed();
+    for i in 0..6u32 {
+        let mut child = merge().spawn().unwrap();
+        std::thread::sleep(took * i / 6);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Either the folder is complete (old or new: the same bytes), or a kill between the
+        // two renames left the previous one as `merged.old`, which the next merge restores.
+        match std::fs::read(merged.join("model.safetensors")) {
+            Ok(b) => assert_eq!(b, weights, "kill {i}: a half-written merged model"),
+            Err(_) => assert!(
+                tmp.path().join("merged.old").is_dir(),
+                "kill {i}: merge lost"
+            ),
+        }
+    }
+    ok(merge().output().unwrap());
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(tmp.path())
+    );
+}
