@@ -326,7 +326,16 @@ impl RawConfig {
                 ("rope_theta", self.rope_theta, false),
                 (
                     "rope_parameters.rope_theta",
-                    self.rope_parameters.as_ref().and_then(|p| p.rope_theta),
+                    rope_block(&self, "full_attention")
+                        .and_then(|p| p.get("rope_theta"))
+                        .and_then(|v| v.as_f64()),
+                    false,
+                ),
+                (
+                    "rope_parameters.sliding_attention.rope_theta",
+                    rope_block(&self, "sliding_attention")
+                        .and_then(|p| p.get("rope_theta"))
+                        .and_then(|v| v.as_f64()),
                     false,
                 ),
             ],

@@ -24,4 +24,9 @@ adapted_linears: number,
 /**
  * Bytes of base weights as stored (NF4 at its packed size).
  */
-base_bytes: number, };
+base_bytes: number, 
+/**
+ * Where the weights live (`cpu`, `cuda:0`, `metal`) and the activations' dtype (`f32`,
+ * `bf16`); set by `model::placement` for a run.
+ */
+device?: string, compute_dtype?: string, };
