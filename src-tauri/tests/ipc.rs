@@ -174,6 +174,37 @@ fn plan_recommends_and_estimates_edits_live() {
 }
 
 #[test]
+fn plan_budgets_the_device_the_user_picks() {
+    let a = app();
+    a.demo_data();
+    // A described machine: 8 GiB of RAM and a 6 GiB GPU (planned for whatever this build has).
+    *a.state().hardware.lock().unwrap() = Some(peft_engine::hardware::Hardware::assumed(
+        8 << 30,
+        Some(6 << 30),
+    ));
+    let base = a.settings(json!({}));
+    let auto: Value = a.ok("plan_recommend", json!({"base": base}));
+    assert_eq!(auto["recommendation"]["device"], "cuda");
+    assert_eq!(auto["recommendation"]["available_bytes"], 6u64 << 30);
+    let choices: Vec<&str> = auto["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["choice"].as_str().unwrap())
+        .collect();
+    assert_eq!(choices, ["auto", "cpu", "cuda:0"]);
+    let mut on_cpu = base.clone();
+    on_cpu["device"] = json!("cpu");
+    let p: Value = a.ok("plan_recommend", json!({"base": on_cpu}));
+    assert_eq!(p["recommendation"]["device"], "cpu");
+    assert_eq!(p["recommendation"]["available_bytes"], 8u64 << 30);
+    // Each candidate's settings keep the choice: the run trains where it was planned.
+    assert_eq!(p["configs"][0]["device"], "cpu");
+    let e: Value = a.ok("plan_estimate", json!({"config": p["configs"][0]}));
+    assert_eq!(e["request"]["device"], "cpu");
+}
+
+#[test]
 fn train_pause_resume_chat_and_export_on_the_demo() {
     let a = app();
     a.demo_data();

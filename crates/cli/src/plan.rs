@@ -2,7 +2,7 @@
 //! their itemised estimate; `--json` gives the whole recommendation (each estimate with its
 //! `lines` and `peak_bytes`). Also `--plan auto` for `peft train` ([`auto_train_config`]).
 
-use crate::args::{MethodArgs, SizeArgs};
+use crate::args::{DeviceArgs, MethodArgs, SizeArgs};
 use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use peft_engine::data::formats::LoadOptions;
@@ -27,6 +27,9 @@ pub struct PlanArgs {
     pub method: MethodArgs,
     #[command(flatten)]
     pub size: SizeArgs,
+    /// The device the run will train on; the plan budgets its memory.
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Plan for this much free RAM instead of measuring it (e.g. 8GiB).
     #[arg(long)]
     pub assume_ram: Option<String>,
@@ -63,6 +66,7 @@ fn options(a: &PlanArgs) -> peft_engine::Result<RecommendOptions> {
             throughput: measure_throughput(Duration::from_millis(150))?,
             ..PlanRequest::default()
         },
+        device: a.device.device,
         ..d
     })
 }
@@ -100,7 +104,7 @@ pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
 
 fn print_recommendation(r: &Recommendation) {
     println!(
-        "planned for: {} (the device `--device auto` trains on)",
+        "planned for: {} (train with the same --device)",
         r.device.as_str()
     );
     println!(
@@ -179,6 +183,7 @@ pub fn auto_train_config(
             Default::default(),
             measure_throughput(Duration::from_millis(150))?,
         ),
+        device: cfg.device.unwrap_or_default(),
         ..RecommendOptions::default()
     };
     let r = recommend(&model.config, &Hardware::scan(), &stats, &o);

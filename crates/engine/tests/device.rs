@@ -8,6 +8,7 @@ mod common;
 use common::{text_dataset, STORIES};
 use peft_engine::device::{built_with_cuda, DeviceChoice};
 use peft_engine::hardware::{CpuFeatures, CpuInfo, GpuInfo, GpuVendor, Hardware};
+use peft_engine::plan::devices::device_options;
 use peft_engine::plan::recommend::{recommend, DataStats, RecommendOptions};
 use peft_engine::plan::{estimate, ComputeDevice, PlanRequest};
 use peft_engine::train::{train, TrainConfig, TrainEvent, TrainStatus};
@@ -79,6 +80,70 @@ fn the_planner_plans_for_a_gpu_only_when_the_build_can_use_it() {
         recommend(&c, &assumed, &data, &o).device,
         ComputeDevice::Cuda
     );
+}
+
+#[test]
+fn the_user_picks_the_device_the_plan_budgets() {
+    let data = DataStats::from_lengths((1..=100).map(|i| 3 * i).collect());
+    let c = smollm2();
+    let plan = |hw: &Hardware, device: DeviceChoice| {
+        let o = RecommendOptions {
+            device,
+            ..RecommendOptions::default()
+        };
+        let r = recommend(&c, hw, &data, &o);
+        (r.device, r.available_bytes)
+    };
+    let gpu = machine(false, true, false);
+    assert_eq!(
+        plan(&gpu, DeviceChoice::Auto),
+        (ComputeDevice::Cuda, 24 * GIB)
+    );
+    assert_eq!(
+        plan(&gpu, DeviceChoice::Cpu),
+        (ComputeDevice::Cpu, 32 * GIB)
+    );
+    assert_eq!(
+        plan(&gpu, DeviceChoice::Cuda(0)),
+        (ComputeDevice::Cuda, 24 * GIB)
+    );
+    // No second GPU, and no Metal GPU: the CPU is what such a run could use.
+    assert_eq!(
+        plan(&gpu, DeviceChoice::Cuda(1)),
+        (ComputeDevice::Cpu, 32 * GIB)
+    );
+    assert_eq!(
+        plan(&gpu, DeviceChoice::Metal),
+        (ComputeDevice::Cpu, 32 * GIB)
+    );
+
+    let choices = |hw: &Hardware| -> Vec<(String, bool)> {
+        device_options(hw)
+            .into_iter()
+            .map(|d| (d.choice.to_string(), d.usable))
+            .collect()
+    };
+    let own = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+        v.iter().map(|(c, u)| (c.to_string(), *u)).collect()
+    };
+    assert_eq!(
+        choices(&gpu),
+        own(&[("auto", true), ("cpu", true), ("cuda:0", true)])
+    );
+    // A GPU the build cannot use is listed, marked unusable, with the reason.
+    let no_cuda = machine(false, false, false);
+    assert_eq!(
+        choices(&no_cuda),
+        own(&[("auto", true), ("cpu", true), ("cuda:0", false)])
+    );
+    let o = device_options(&no_cuda);
+    assert!(o[2].why_not.as_deref().unwrap().contains("make cuda"));
+    assert_eq!(o[0].label, "Automatic: the CPU");
+    assert_eq!(
+        choices(&machine(true, false, true)),
+        own(&[("auto", true), ("cpu", true), ("metal", true)])
+    );
+    assert_eq!(device_options(&gpu)[0].label, "Automatic: test GPU");
 }
 
 #[test]

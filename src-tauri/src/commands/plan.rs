@@ -5,6 +5,7 @@ use super::blocking;
 use crate::commands::hardware;
 use crate::error::{internal, ApiError, ApiResult};
 use crate::state::{lock, AppState};
+use peft_engine::plan::devices::{device_options, DeviceOption};
 use peft_engine::plan::{
     measure_throughput, recommend, Candidate, DataStats, RecommendOptions, Recommendation,
     Throughput,
@@ -22,6 +23,8 @@ pub struct PlanView {
     pub recommendation: Recommendation,
     /// `configs[i]` is `candidates[i]` applied to the settings the plan was asked with.
     pub configs: Vec<TrainConfig>,
+    /// The devices the run may train on (the settings' `device` picks one; the plan is for it).
+    pub devices: Vec<DeviceOption>,
 }
 
 /// This machine's speed, measured once per app start (about a third of a second).
@@ -67,6 +70,7 @@ fn options(cfg: &TrainConfig, t: Throughput, fixed: bool) -> RecommendOptions {
         batch_size: cfg.batch_size,
         grad_accum: cfg.grad_accum,
         base: cfg.plan_request(Default::default(), t),
+        device: cfg.device.unwrap_or_default(),
         ..d
     }
 }
@@ -78,6 +82,7 @@ fn options(cfg: &TrainConfig, t: Throughput, fixed: bool) -> RecommendOptions {
 pub async fn plan_recommend(state: State<'_, AppState>, base: TrainConfig) -> ApiResult<PlanView> {
     let (config, hw, data, t) = inputs(&state)?;
     let opts = options(&base, t, false);
+    let devices = device_options(&hw);
     let recommendation = blocking(move || Ok(recommend(&config, &hw, &data, &opts))).await?;
     let configs = recommendation
         .candidates
@@ -87,6 +92,7 @@ pub async fn plan_recommend(state: State<'_, AppState>, base: TrainConfig) -> Ap
     Ok(PlanView {
         recommendation,
         configs,
+        devices,
     })
 }
 

@@ -87,6 +87,11 @@ export const plan: PlanView = {
     candidates: [candidate()], summary: "LoRA at 128 tokens needs 40 MiB.",
   },
   configs: [{ ...settings, method: { ...settings.method, rank: 8 } as TrainConfig["method"] }],
+  devices: [
+    { choice: "auto", label: "Automatic: the CPU", usable: true },
+    { choice: "cpu", label: "CPU — 6.0 GiB free", usable: true },
+    { choice: "cuda:0", label: "NVIDIA RTX 4060 — 7.6 GiB free", usable: false, why_not: "this build has no CUDA support (build with `make cuda`)" },
+  ],
 };
 
 export function run(status: RunRecord["status"] = "completed"): RunRecord {

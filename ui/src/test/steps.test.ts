@@ -60,6 +60,38 @@ describe("step components", () => {
     expect(options).toEqual(["lora", "qlora", "selective", "full"]);
   });
 
+  it("Plan offers the devices and plans again for the one chosen", async () => {
+    const asked: (string | undefined)[] = [];
+    const w = new Wizard(fakeApi({ planRecommend: async (base) => { asked.push(base.device); return plan; } }));
+    w.dataset = dataset;
+    w.plan = plan;
+    w.useSettings(settings);
+    withWizard(PlanStep, w);
+    const sel = screen.getByTestId("plan-device") as HTMLSelectElement;
+    expect([...sel.options].map((o) => o.value)).toEqual(["auto", "cpu", "cuda:0"]);
+    // A GPU this build cannot use is shown, not offered.
+    expect(sel.options[2].disabled).toBe(true);
+    sel.value = "cpu";
+    sel.dispatchEvent(new Event("change", { bubbles: true }));
+    await new Promise((r) => setTimeout(r, 0));
+    expect(w.settings?.device).toBe("cpu");
+    expect(asked).toEqual(["cpu"]);
+    sel.value = "auto";
+    sel.dispatchEvent(new Event("change", { bubbles: true }));
+    await new Promise((r) => setTimeout(r, 0));
+    expect(w.settings?.device).toBeUndefined();
+  });
+
+  it("Train names the device a run computes on", () => {
+    const w = new Wizard(fakeApi());
+    const x = run("running");
+    x.storage = { ...x.storage!, device: "cpu", compute_dtype: "f32" };
+    w.run = x;
+    withWizard(TrainStep, w);
+    expect(screen.getByTestId("run-device").textContent).toBe("CPU");
+    expect(screen.getByTestId("run-storage").textContent).toContain("computing in f32");
+  });
+
   it("Train shows progress and the history", () => {
     const w = new Wizard(fakeApi());
     w.run = run("paused");

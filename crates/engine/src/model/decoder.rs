@@ -341,7 +341,12 @@ impl Decoder {
             embed_tokens.device(),
         )?;
         let rope_local = match c.rope_local_theta {
-            Some(base) => Some(RopeTables::new(rot, base, positions, embed_tokens.device())?),
+            Some(base) => Some(RopeTables::new(
+                rot,
+                base,
+                positions,
+                embed_tokens.device(),
+            )?),
             None => None,
         };
         Ok(Self {

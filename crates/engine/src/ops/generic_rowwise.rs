@@ -163,7 +163,8 @@ impl GenericOp for GeGlu {
             // gelu_tanh'(g) = ½(1 + t) + ½·g·(1 − t²)·c·(1 + 3κg²)
             let one_minus_t2 = t.sqr()?.affine(-1.0, 1.0)?;
             let inner = (g.sqr()?.affine(3.0 * K, 1.0)? * C)?;
-            let slope = ((&t + 1.0)? * 0.5)?.add(&((&g * 0.5)?.mul(&one_minus_t2)?.mul(&inner)?))?;
+            let slope =
+                ((&t + 1.0)? * 0.5)?.add(&((&g * 0.5)?.mul(&one_minus_t2)?.mul(&inner)?))?;
             Some((&d * &u)?.mul(&slope)?.to_dtype(xs[0].dtype())?)
         } else {
             None

@@ -12,6 +12,7 @@ use super::calibrate::Calibration;
 use super::estimate::{estimate_with, Estimate};
 use super::request::{ComputeDevice, PlanRequest};
 use crate::data::inspect::DatasetReport;
+use crate::device::DeviceChoice;
 use crate::hardware::Hardware;
 use crate::memory::format_bytes;
 use crate::model::config::Config;
@@ -91,6 +92,10 @@ pub struct RecommendOptions {
     pub coverage: f64,
     /// The base request (dtype, evaluation, throughput) every candidate starts from.
     pub base: PlanRequest,
+    /// The device the run will train on (`auto`: a usable GPU, else the CPU); the plan
+    /// budgets that device's memory.
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 impl Default for RecommendOptions {
@@ -107,6 +112,7 @@ impl Default for RecommendOptions {
             min_margin_bytes: 256 << 20,
             coverage: 0.95,
             base: PlanRequest::default(),
+            device: DeviceChoice::Auto,
         }
     }
 }
@@ -205,11 +211,7 @@ pub fn recommend_with(
 ) -> Recommendation {
     // Only a GPU this build can train on (or an assumed machine's): the plan is for the device
     // that will run (`device::DeviceChoice::Auto` picks the same).
-    let gpu = hw.best_gpu().filter(|g| {
-        hw.assumed
-            || (g.unified_memory && hw.gpu.backends.metal)
-            || (!g.unified_memory && hw.gpu.backends.cuda)
-    });
+    let gpu = super::devices::planned_gpu(hw, o.device);
     let (device, available) = match gpu {
         Some(g) if g.unified_memory => (ComputeDevice::Metal, g.free_bytes),
         Some(g) => (ComputeDevice::Cuda, g.free_bytes),
