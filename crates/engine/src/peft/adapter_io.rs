@@ -194,12 +194,6 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
             ),
         ));
     }
-    if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(field(
-            "modules_to_save",
-            "adapters with fully trained extra modules are not supported".into(),
-        ));
-    }
     for (key, why) in FORWARD_CHANGING {
         if cfg.other.get(key).is_some_and(is_set) {
             return Err(field(key, why.into()));
@@ -232,7 +226,16 @@ pub fn load_lora_adapter(
 ) -> Result<(AdapterConfig, Trainable)> {
     let cfg = read_adapter_config(dir)?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
-    let mut tensors = load_safetensors(&wpath)?;
+    // Other trainers' naming variants and `modules_to_save` tensors (`adapter_import`).
+    let imported = crate::peft::adapter_import::read_adapter_tensors(dir, &cfg)?;
+    let (mut tensors, full) = (imported.lora, imported.full);
+    if trainable && !full.is_empty() {
+        return Err(Error::Config {
+            file: dir.join(ADAPTER_CONFIG).display().to_string(),
+            field: "modules_to_save".into(),
+            message: "continuing to train an adapter with fully trained extra modules is not supported (chat, compare and export are)".into(),
+        });
+    }
     let file = wpath.display().to_string();
     let scale = lora_scale(cfg.lora_alpha, cfg.r, cfg.use_rslora);
     let mut out = Trainable::default();
@@ -309,6 +312,8 @@ pub fn load_lora_adapter(
     if used == 0 {
         return Err(tensor_err(&file, "(all)", "no LoRA tensors found"));
     }
+    let tied = cfg.other.get("ensure_weight_tying").is_some_and(is_set);
+    crate::peft::adapter_import::apply_full_tensors(model, full, &wpath, tied)?;
     Ok((cfg, out))
 }
 
