@@ -9,6 +9,7 @@
 pub mod calibrate;
 pub mod estimate;
 pub mod fit;
+pub mod gpu_classes;
 pub mod params;
 pub mod recommend;
 pub mod time;
