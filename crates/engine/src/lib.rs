@@ -15,6 +15,7 @@ pub mod ops;
 pub mod peft;
 pub mod plan;
 pub mod runtime;
+pub mod scaleout;
 pub mod tokenizer;
 pub mod train;
 
