@@ -11,6 +11,7 @@ mod info;
 mod load;
 mod merge;
 mod plan;
+mod recipe;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Continue a run on a GPU server with Axolotl, LLaMA-Factory or TRL, and read adapters trained there.
+    #[command(subcommand)]
+    Recipe(recipe::RecipeCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => merge::run(a),
         Command::Data(d) => data::run(d),
         Command::Bench(b) => bench::run(b),
+        Command::Recipe(r) => recipe::run(r),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,163 @@
+//! `peft recipe`: continue a run on a GPU server with an established trainer
+//! (`export`), and read an adapter folder trained there (`inspect`).
+
+use crate::train::TrainArgs;
+use clap::{Args, Subcommand, ValueEnum};
+use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
+use peft_engine::peft::adapter_summary::summarize_adapter;
+use peft_engine::scaleout::{export, model_parts, Engine, ExportRequest};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum RecipeCommand {
+    /// Write the run (same flags as `peft train`) as a ready folder for Axolotl, LLaMA-Factory or
+    /// TRL: config, data split, chat template, multi-GPU launch file and a README of commands.
+    Export(Box<ExportArgs>),
+    /// Show an adapter folder's settings and which trainer produced it.
+    Inspect(InspectArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EngineArg {
+    Axolotl,
+    Llamafactory,
+    Trl,
+}
+
+impl From<EngineArg> for Engine {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Axolotl => Engine::Axolotl,
+            EngineArg::Llamafactory => Engine::LlamaFactory,
+            EngineArg::Trl => Engine::Trl,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(mut_arg("out", |a| a
+    .required(true)
+    .default_value(None::<&str>)
+    .help("Folder to write the export into (an earlier export there is replaced)")))]
+pub struct ExportArgs {
+    /// The trainer to continue with.
+    #[arg(long, value_enum)]
+    engine: EngineArg,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// An adapter folder (adapter_config.json + weights).
+    dir: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(c: RecipeCommand) -> peft_engine::Result<()> {
+    match c {
+        RecipeCommand::Export(a) => run_export(*a),
+        RecipeCommand::Inspect(a) => run_inspect(a),
+    }
+}
+
+fn run_export(a: ExportArgs) -> peft_engine::Result<()> {
+    let t = &a.train;
+    if t.resume {
+        return Err(peft_engine::Error::invalid(
+            "resume",
+            "an export starts the run afresh on the server; drop --resume",
+        ));
+    }
+    let mut cfg = t.config()?;
+    if let Some(p) = &t.plan {
+        cfg = crate::plan::auto_train_config(p, &t.model, &t.data, cfg)?;
+    }
+    let source = ModelSource::parse(&t.model.model)?;
+    let parts = model_parts(open_model(&source, OpenOptions::default())?)?;
+    let req = ExportRequest {
+        engine: a.engine.into(),
+        source: &source,
+        model_config: &parts.config,
+        tokenizer: &parts.tokenizer,
+        template: &parts.template,
+        data: &t.data,
+        train: &cfg,
+    };
+    let r = export(&req, &t.out)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r)
+                .map_err(|e| peft_engine::Error::invalid("json", e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "wrote {} for {}: {} ({} train / {} validation examples, {} steps on one GPU)",
+        r.out_dir.display(),
+        r.engine.label(),
+        r.config_file,
+        r.data.train_examples,
+        r.data.eval_examples,
+        r.total_steps
+    );
+    println!(
+        "{} settings mapped field by field; what differs ({}):",
+        r.mapped.len(),
+        r.not_carried.len()
+    );
+    for g in &r.not_carried {
+        println!("  - {}: {}", g.field, g.detail);
+    }
+    println!("\non the server, in {}:", r.out_dir.display());
+    for c in &r.install {
+        println!("  {c}");
+    }
+    println!("  {}", r.run);
+    println!("  # several GPUs: {}", r.run_multi_gpu);
+    println!("\nREADME.md in the folder has the full table and how to bring the adapter back.");
+    Ok(())
+}
+
+fn run_inspect(a: InspectArgs) -> peft_engine::Result<()> {
+    let s = summarize_adapter(&a.dir)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s)
+                .map_err(|e| peft_engine::Error::invalid("json", e.to_string()))?
+        );
+        return Ok(());
+    }
+    let who = match (&s.engine, s.trained_elsewhere) {
+        (_, false) => "trained here (PEFT Studio)".to_string(),
+        (Some(e), true) => format!("trained elsewhere with {e}"),
+        (None, true) => "trained elsewhere (trainer not recorded)".to_string(),
+    };
+    println!("{}: {who}", a.dir.display());
+    if let Some(ev) = &s.engine_evidence {
+        println!("  evidence: {ev}");
+    }
+    println!(
+        "  {} r={} alpha={} dropout={} rslora={} targets={:?}",
+        s.method, s.rank, s.alpha, s.dropout, s.rslora, s.targets
+    );
+    if let Some(l) = &s.layers {
+        println!("  layers: {l:?}");
+    }
+    if !s.modules_to_save.is_empty() {
+        println!("  fully trained modules: {:?}", s.modules_to_save);
+    }
+    println!(
+        "  base model: {}",
+        s.base_model.as_deref().unwrap_or("(not recorded)")
+    );
+    println!("  weights: {}", s.weights);
+    Ok(())
+}
