@@ -589,6 +589,11 @@ fn chat_templates_are_matched_or_passed_and_trl_masks_match_ours() {
         m.template.source()
     );
     let ds = &y["datasets"][0];
+    // Per dataset too: Axolotl would otherwise default each dataset to `tokenizer_default`.
+    assert_eq!(
+        (s(ds, "chat_template"), s(ds, "chat_template_jinja")),
+        ("jinja", "chat_template.jinja")
+    );
     assert_eq!(
         (s(ds, "type"), strs(&ds["roles_to_train"])),
         ("chat_template", vec!["assistant".to_string()])

@@ -248,6 +248,11 @@ fn glob_pattern(glob: &str) -> String {
 fn data(ctx: &mut Ctx, d: &mut Doc) -> Result<()> {
     let cfg = ctx.cfg().clone();
     let kind = ctx.data.kind;
+    // The model's own template (Axolotl reads it from tokenizer_config.json) or ours passed as
+    // a file. Set on each dataset too: Axolotl gives a dataset without one `tokenizer_default`,
+    // which would win over the top-level choice.
+    let own_template = !ctx.req.template.is_fallback()
+        && !matches!(ctx.req.source, crate::model::load::ModelSource::Gguf(_));
     let entry = |path: &str, split: bool| -> Y {
         let mut m: Vec<(&str, Y)> = vec![("path", Y::str(path)), ("ds_type", Y::str("json"))];
         if split {
@@ -256,6 +261,12 @@ fn data(ctx: &mut Ctx, d: &mut Doc) -> Result<()> {
         match kind {
             RowKind::Chat => {
                 m.push(("type", Y::str("chat_template")));
+                if own_template {
+                    m.push(("chat_template", Y::str("tokenizer_default")));
+                } else {
+                    m.push(("chat_template", Y::str("jinja")));
+                    m.push(("chat_template_jinja", Y::str("chat_template.jinja")));
+                }
                 m.push(("field_messages", Y::str("messages")));
                 m.push((
                     "message_property_mappings",
@@ -294,9 +305,7 @@ fn data(ctx: &mut Ctx, d: &mut Doc) -> Result<()> {
     };
     if kind == RowKind::Chat {
         let t = ctx.req.template;
-        let own =
-            !t.is_fallback() && !matches!(ctx.req.source, crate::model::load::ModelSource::Gguf(_));
-        if own {
+        if own_template {
             d.comment("the model's own chat template (tokenizer_config.json), as we render it");
             ctx.map(
                 d,
@@ -330,8 +339,9 @@ fn data(ctx: &mut Ctx, d: &mut Doc) -> Result<()> {
             TrainOn::Assistant => ctx.gap(
                 "train_on assistant",
                 "Axolotl locates each assistant turn itself (rendering the conversation with and \
-                 without it) and trains its content plus the end-of-turn token; text the template \
-                 writes between the reply and that token may be assigned differently than here",
+                 without it) and trains its content plus the end-of-turn token: whitespace around \
+                 a reply can be assigned differently than here, and an empty reply trains nothing \
+                 (ours trains its end-of-turn token)",
             ),
             TrainOn::All => ctx.gap(
                 "train_on all",

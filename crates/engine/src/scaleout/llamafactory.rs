@@ -316,8 +316,10 @@ fn data(ctx: &mut Ctx, d: &mut Doc) -> Result<()> {
                 );
             }
             ctx.gap(
-                "end-of-turn masking",
-                "LLaMA-Factory trains each reply's whole assistant slot, including text the template \
+                "tokenization and masking",
+                "LLaMA-Factory tokenizes each template slot separately (with a SentencePiece \
+                 tokenizer such as Llama 2's or Mistral's that adds a space token before each \
+                 reply) and trains each reply's whole assistant slot, including text the template \
                  writes after the end-of-turn token (e.g. the newline after <|im_end|>)",
             );
         }
