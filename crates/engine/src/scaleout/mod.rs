@@ -15,6 +15,7 @@
 
 pub mod axolotl;
 pub mod dataset;
+mod folder;
 pub mod launch;
 pub mod lf_template;
 pub mod llamafactory;
@@ -301,6 +302,10 @@ pub fn export(req: &ExportRequest<'_>, out: &Path) -> Result<ExportReport> {
         run: ctx.run.clone(),
         run_multi_gpu: ctx.run_multi_gpu.clone(),
     };
+    report.files = ctx.files.iter().map(|(p, _)| p.clone()).collect();
+    report
+        .files
+        .extend(["README.md".to_string(), MANIFEST.to_string()]);
     let readme = readme::render(&report, req);
     ctx.file("README.md", readme);
     let manifest = serde_json::json!({
@@ -316,8 +321,7 @@ pub fn export(req: &ExportRequest<'_>, out: &Path) -> Result<ExportReport> {
     let manifest = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::invalid("manifest", e.to_string()))?;
     ctx.file(MANIFEST, manifest);
-    report.files = ctx.files.iter().map(|(p, _)| p.clone()).collect();
-    write_folder(out, &ctx.files)?;
+    folder::write_folder(out, &ctx.files)?;
     Ok(report)
 }
 
@@ -513,49 +517,4 @@ pub(crate) fn selective_name(s: &Selective) -> String {
         Selective::LastBlocks(n) => format!("last:{n}"),
         Selective::Modules(p) => format!("modules:{p}"),
     }
-}
-
-/// Writes `files` under `out` atomically: into a temporary sibling first, then renamed into
-/// place. An existing `out` is replaced only when empty or an earlier export (has [`MANIFEST`]).
-fn write_folder(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    if out.exists() {
-        let empty = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_none();
-        if !empty && !out.join(MANIFEST).exists() {
-            return Err(Error::invalid(
-                "out",
-                format!(
-                    "{} exists and is not an earlier export; choose an empty or new folder",
-                    out.display()
-                ),
-            ));
-        }
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "export".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    for (rel, bytes) in files {
-        let path = tmp.join(rel);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    if out.exists() {
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }
