@@ -45,8 +45,7 @@ pub fn render(r: &ExportReport, req: &ExportRequest<'_>) -> String {
                 "the chat template, passed to the engine explicitly".to_string()
             }
             "model/config.json" => {
-                "`model/`: the bundled demo model (stories260K), copied so the folder runs as is"
-                    .to_string()
+                "the bundled demo model (stories260K), copied so the folder runs as is".to_string()
             }
             MANIFEST => {
                 "what was exported, for PEFT Studio when the adapter comes back".to_string()
