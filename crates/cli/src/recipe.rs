@@ -3,9 +3,8 @@
 
 use crate::train::TrainArgs;
 use clap::{Args, Subcommand, ValueEnum};
-use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
 use peft_engine::peft::adapter_summary::summarize_adapter;
-use peft_engine::scaleout::{export, model_parts, Engine, ExportRequest};
+use peft_engine::scaleout::{export, Engine, ExportRequest};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -75,21 +74,14 @@ fn run_export(a: ExportArgs) -> peft_engine::Result<()> {
         ));
     }
     let mut cfg = t.config()?;
-    if let Some(p) = &t.plan {
-        cfg = crate::plan::auto_train_config(p, &t.model, &t.data, cfg)?;
+    let model = crate::load::open_model(&t.model)?;
+    if t.plan.is_some() {
+        cfg = crate::plan::auto_train_config(&model, &t.data, cfg)?;
     }
-    let source = ModelSource::parse(&t.model.model)?;
-    let parts = model_parts(open_model(&source, OpenOptions::default())?)?;
-    let req = ExportRequest {
-        engine: a.engine.into(),
-        source: &source,
-        model_config: &parts.config,
-        tokenizer: &parts.tokenizer,
-        template: &parts.template,
-        data: &t.data,
-        train: &cfg,
-    };
-    let r = export(&req, &t.out)?;
+    let r = export(
+        &ExportRequest::new(a.engine.into(), &model, &t.data, &cfg),
+        &t.out,
+    )?;
     if a.json {
         println!(
             "{}",

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use peft_engine::model::decoder::Decoder;
-use peft_engine::model::linear::ForwardCtx;
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::peft::adapter_io::{apply_adapter, load_lora_adapter};
 use peft_engine::peft::adapter_summary::summarize_adapter;
 use std::path::{Path, PathBuf};
@@ -77,8 +77,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn matches_peft(name: &str) {
     let dir = fixture(name);
     let r = reference(&dir);
-    let base = logits_at(&common::bundled().decoder, &r.ids, r.position);
-    let mut m = common::bundled().decoder;
+    let base = logits_at(&common::decoder(), &r.ids, r.position);
+    let mut m = common::decoder();
     apply_adapter(&mut m, &dir).unwrap();
     let got = logits_at(&m, &r.ids, r.position);
     let d = max_diff(&got, &r.logits);
@@ -134,7 +134,7 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 fn load_err(dir: &Path, trainable: bool) -> String {
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     match load_lora_adapter(&mut m, dir, trainable) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
         Err(e) => e.to_string(),
@@ -220,10 +220,10 @@ fn tensors_we_cannot_apply_are_named() {
 fn modules_to_save_on_tied_embeddings_unties_them() {
     let tmp = tempfile::tempdir().unwrap();
     let r = reference(&fixture("scaleout_no_prefix"));
-    let mut lora_only = common::bundled().decoder;
+    let mut lora_only = common::decoder();
     apply_adapter(&mut lora_only, &fixture("scaleout_no_prefix")).unwrap();
     let want = logits_at(&lora_only, &r.ids, r.position);
-    let embed = common::bundled().decoder.embed_tokens;
+    let embed = common::decoder().embed_tokens;
 
     let dir = copy_fixture("scaleout_no_prefix", &tmp.path().join("head"));
     edit_config(&dir, |c| {
@@ -235,7 +235,7 @@ fn modules_to_save_on_tied_embeddings_unties_them() {
             (&embed * 1.5).unwrap(),
         );
     });
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     assert!(m.lm_head.is_none(), "the bundled model ties its embeddings");
     apply_adapter(&mut m, &dir).unwrap();
     let got = logits_at(&m, &r.ids, r.position);
@@ -263,7 +263,7 @@ fn modules_to_save_on_tied_embeddings_unties_them() {
             (&embed * 2.0).unwrap(),
         );
     });
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     apply_adapter(&mut m, &dir).unwrap();
     let head = m.lm_head.as_ref().expect("untied").dense_weight().unwrap();
     let d = (&head - &embed).unwrap().abs().unwrap().max_all().unwrap();

@@ -111,13 +111,13 @@ fn exported_data_rereads_to_our_token_ids_masks_and_split() {
     let r = do_export(&m, Engine::Trl, &data, &cfg, &tmp.path().join("count"));
     let mut started = None;
     train(
-        common::bundled(),
+        &common::bundled(),
         &data,
         &tmp.path().join("run"),
         &cfg,
         None,
         None,
-        &mut |e| {
+        &mut |e, _| {
             if let TrainEvent::Started {
                 train_examples,
                 val_examples,

@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::load_safetensors;
-use crate::peft::adapter_io::{AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use crate::peft::adapter_config::{AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use candle_core::Tensor;
 use serde::Serialize;
 use std::collections::HashMap;

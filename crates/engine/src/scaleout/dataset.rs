@@ -17,7 +17,7 @@ use crate::data::batch::split;
 use crate::data::formats::{load, DataFormat, Example, LoadOptions};
 use crate::data::render::{RenderOptions, Renderer};
 use crate::error::{Error, Result};
-use crate::infer::template::{ChatTemplate, Message};
+use crate::template::{ChatTemplate, Message};
 use crate::train::TrainConfig;
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -11,7 +11,7 @@
 //! What this is not: a full LLaMA-Factory template engine (tools, thinking and multimodal slots
 //! are left out; probes use plain text turns).
 
-use crate::infer::template::{ChatTemplate, Message};
+use crate::template::{ChatTemplate, Message};
 
 /// One registered LLaMA-Factory template. `{{content}}` is the message text; `<bos>`/`<eos>`
 /// stand for the tokenizer's BOS/EOS tokens (LLaMA-Factory's `{"bos_token"}` slots).

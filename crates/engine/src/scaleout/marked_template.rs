@@ -18,7 +18,7 @@
 use crate::data::formats::Example;
 use crate::data::render::{RenderOptions, Renderer, TrainOn};
 use crate::error::Result;
-use crate::infer::template::ChatTemplate;
+use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 
 /// TRL's (Hugging Face's) assistant-mask tags.
@@ -202,7 +202,7 @@ fn first_difference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::template::Message;
+    use crate::template::Message;
 
     fn bundled() -> crate::model::loaded::LoadedModel {
         crate::model::loaded::LoadedModel::load(

@@ -25,10 +25,11 @@ pub mod trl;
 pub mod yaml;
 
 use crate::error::{Error, Result};
-use crate::infer::template::ChatTemplate;
 use crate::model::config::Config;
 use crate::model::load::ModelSource;
+use crate::model::loaded::LoadedModel;
 use crate::peft::method::{Method, Selective};
+use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use crate::train::schedule::Scheduler;
 use crate::train::TrainConfig;
@@ -107,38 +108,25 @@ pub struct ExportRequest<'a> {
     pub train: &'a TrainConfig,
 }
 
-/// What an export needs from a model, without building its decoder (an export is for models
-/// that may not fit here).
-pub struct ModelParts {
-    pub config: Config,
-    pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
-}
-
-/// The tokenizer and chat template exactly as `LoadedModel::from_files` sets them up (the
-/// model's template or the fallback; the end-of-turn marker added to the stop ids).
-///
-/// # Errors
-/// A chat template that does not compile.
-pub fn model_parts(files: crate::model::load::ModelFiles) -> Result<ModelParts> {
-    let bos = files.bos_token.clone().unwrap_or_default();
-    let eos = files.eos_token.clone().unwrap_or_default();
-    let template = match &files.chat_template {
-        Some(src) => ChatTemplate::new(src, &bos, &eos)?,
-        None => ChatTemplate::fallback(&bos, &eos),
-    };
-    let mut tokenizer = files.tokenizer;
-    if let Some(id) = template
-        .end_of_turn()
-        .and_then(|t| tokenizer.token_to_id(&t))
-    {
-        tokenizer.add_eos([id]);
+impl<'a> ExportRequest<'a> {
+    /// The request for an opened model (no weights are built: an export is for models that
+    /// may not fit here).
+    pub fn new(
+        engine: Engine,
+        model: &'a LoadedModel,
+        data: &'a Path,
+        train: &'a TrainConfig,
+    ) -> Self {
+        Self {
+            engine,
+            source: &model.source,
+            model_config: &model.config,
+            tokenizer: &model.tokenizer,
+            template: &model.template,
+            data,
+            train,
+        }
     }
-    Ok(ModelParts {
-        config: files.config,
-        tokenizer,
-        template,
-    })
 }
 
 /// One of our settings and the engine key it went to.
