@@ -1,10 +1,14 @@
 //! `peft recipe`: continue a run on a GPU server with an established trainer
-//! (`export`), and read an adapter folder trained there (`inspect`).
+//! (`export`), read an adapter folder trained there (`inspect`), and bring it back as a run
+//! (`import`) for `peft chat|generate|merge --adapter`.
 
+use crate::load::ModelArgs;
 use crate::train::TrainArgs;
 use clap::{Args, Subcommand, ValueEnum};
 use peft_engine::peft::adapter_summary::summarize_adapter;
 use peft_engine::scaleout::{export, Engine, ExportRequest};
+use peft_engine::train::import::import_adapter;
+use peft_engine::train::RunOrigin;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -14,6 +18,9 @@ pub enum RecipeCommand {
     Export(Box<ExportArgs>),
     /// Show an adapter folder's settings and which trainer produced it.
     Inspect(InspectArgs),
+    /// Bring an adapter trained elsewhere back as a run folder (checked against --model), marked
+    /// as trained elsewhere; then use it with `--adapter OUT` in chat, generate and merge.
+    Import(ImportArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -58,10 +65,25 @@ pub struct InspectArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The adapter folder the trainer wrote (adapter_config.json + adapter_model.safetensors).
+    dir: PathBuf,
+    /// The run folder to create (new or empty).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print the run record as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(c: RecipeCommand) -> peft_engine::Result<()> {
     match c {
         RecipeCommand::Export(a) => run_export(*a),
         RecipeCommand::Inspect(a) => run_inspect(a),
+        RecipeCommand::Import(a) => run_import(a),
     }
 }
 
@@ -151,5 +173,43 @@ fn run_inspect(a: InspectArgs) -> peft_engine::Result<()> {
         s.base_model.as_deref().unwrap_or("(not recorded)")
     );
     println!("  weights: {}", s.weights);
+    Ok(())
+}
+
+fn run_import(a: ImportArgs) -> peft_engine::Result<()> {
+    let model = crate::load::open_model(&a.model)?;
+    let r = import_adapter(&model, &a.dir, &a.out)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r)
+                .map_err(|e| peft_engine::Error::invalid("json", e.to_string()))?
+        );
+        return Ok(());
+    }
+    if let RunOrigin::Imported {
+        engine, settings, ..
+    } = &r.origin
+    {
+        println!(
+            "imported {} as run {} over {} (trained elsewhere{}): {settings}",
+            a.dir.display(),
+            r.dir.display(),
+            r.model,
+            engine
+                .as_deref()
+                .map(|e| format!(" with {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some((step, loss)) = r.losses.last() {
+        println!(
+            "  its log: {} steps, last loss {loss:.4} at step {step}",
+            r.step
+        );
+    }
+    let (d, m) = (r.dir.display(), &r.model);
+    println!("  chat:  peft chat --model {m} --adapter {d}");
+    println!("  merge: peft merge --model {m} --adapter {d} --out MERGED_DIR");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `peft recipe export` / `inspect` as a user runs them (the engine's own tests check the
-//! configs field by field).
+//! `peft recipe export` / `inspect` / `import` as a user runs them (the engine's own tests check
+//! the configs field by field and the imported adapter's logits).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -107,4 +107,47 @@ fn inspect_summarises_an_adapter_trained_elsewhere() {
         (Some(2), Some(true))
     );
     assert_eq!(s["modules_to_save"][0], "model.norm");
+}
+
+#[test]
+fn import_makes_a_run_that_generates_as_the_adapter_does() {
+    let fixture = "crates/engine/tests/fixtures/scaleout_modules_to_save";
+    let out = scratch("import");
+    let o = out.to_str().unwrap();
+    let run = peft(&["recipe", "import", fixture, "--out", o, "--json"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["origin"]["kind"], "imported");
+    assert_eq!(r["config"]["method"]["kind"], "lora");
+    assert_eq!(r["config"]["method"]["rank"], 2);
+    assert!(out.join("run.json").exists() && out.join("adapter_model.safetensors").exists());
+    // The run folder generates exactly what the adapter folder it came from does.
+    let gen = |adapter: &str| {
+        let g = peft(&[
+            "generate",
+            "--adapter",
+            adapter,
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]);
+        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&g.stdout).unwrap();
+        v["token_ids"].clone()
+    };
+    assert_eq!(gen(o), gen(fixture));
+    // Importing into the same (now full) folder again is refused, naming it.
+    let again = peft(&["recipe", "import", fixture, "--out", o]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds files"));
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use peft_engine::model::decoder::Decoder;
 use peft_engine::model::ctx::ForwardCtx;
+use peft_engine::model::decoder::Decoder;
 use peft_engine::peft::adapter_io::{apply_adapter, load_lora_adapter};
 use peft_engine::peft::adapter_summary::summarize_adapter;
 use std::path::{Path, PathBuf};

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::peft::adapter_config::is_set;
 pub use crate::peft::adapter_config::{
     read_adapter_config, AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS,
     FORWARD_CHANGING, RUN_FILE,
 };
-use crate::peft::adapter_config::is_set;
 const PREFIX: &str = "base_model.model.";
 
 /// Precision of the adapter file.

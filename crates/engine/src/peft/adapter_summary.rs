@@ -13,8 +13,8 @@
 
 use crate::error::Result;
 use crate::fsutil::read_json;
-use crate::peft::adapter_import::BIN_WEIGHTS;
 use crate::peft::adapter_config::{read_adapter_config, ADAPTER_WEIGHTS};
+use crate::peft::adapter_import::BIN_WEIGHTS;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

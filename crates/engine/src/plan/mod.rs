@@ -7,6 +7,7 @@
 //! does not train; `peft bench plan` checks its numbers against real runs.
 
 pub mod calibrate;
+pub mod elsewhere;
 pub mod estimate;
 pub mod fit;
 pub mod gpu_classes;
