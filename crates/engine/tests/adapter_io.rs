@@ -427,9 +427,9 @@ fn loading_onto_a_merged_model_is_refused() {
     let mut m = common::decoder();
     load_lora_adapter(&mut m, &dir, false).unwrap();
     peft_engine::export::merge::merge_adapters(&mut m).unwrap();
-    let err = load_lora_adapter(&mut m, &dir, false)
-        .err()
-        .expect("loading onto a merged model must fail")
-        .to_string();
+    let Err(err) = load_lora_adapter(&mut m, &dir, false) else {
+        panic!("loading onto a merged model must fail");
+    };
+    let err = err.to_string();
     assert!(err.contains("merged"), "{err}");
 }

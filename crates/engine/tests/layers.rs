@@ -118,9 +118,7 @@ fn used_paths(module: &str, is_mod_file: bool, text: &str) -> Vec<String> {
             let item = if item.contains('{') {
                 item
             } else {
-                item.split(|c: char| c == ',' || c == ' ' || c == '\n' || c == '}')
-                    .next()
-                    .unwrap_or("")
+                item.split([',', ' ', '\n', '}']).next().unwrap_or("")
             };
             // `super::super::x` climbs once more per `super`.
             let mut item = item;
