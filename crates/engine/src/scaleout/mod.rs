@@ -46,6 +46,7 @@ pub const OUTPUT_DIR: &str = "output";
 
 /// The trainers we export to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeEngine"))]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Axolotl,
@@ -79,6 +80,30 @@ impl Engine {
             Engine::LlamaFactory => "llamafactory.yaml",
             Engine::Trl => "trl.yaml",
         }
+    }
+}
+
+/// One trainer as a front end offers it: the value to send back, its name and the config file
+/// the folder will hold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeEngineChoice"))]
+pub struct EngineChoice {
+    pub engine: Engine,
+    pub label: String,
+    pub config_file: String,
+}
+
+impl Engine {
+    /// Every trainer we export to, in the order a front end lists them.
+    pub fn choices() -> Vec<EngineChoice> {
+        Engine::ALL
+            .iter()
+            .map(|e| EngineChoice {
+                engine: *e,
+                label: e.label().to_string(),
+                config_file: e.config_file().to_string(),
+            })
+            .collect()
     }
 }
 
@@ -131,6 +156,7 @@ impl<'a> ExportRequest<'a> {
 
 /// One of our settings and the engine key it went to.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeField"))]
 pub struct FieldMap {
     pub ours: String,
     pub theirs: String,
@@ -139,6 +165,7 @@ pub struct FieldMap {
 
 /// Something the engine will not do as we do, and what it does instead.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeGap"))]
 pub struct Gap {
     pub field: String,
     pub detail: String,
@@ -146,6 +173,7 @@ pub struct Gap {
 
 /// The data that went into the folder.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeData"))]
 pub struct DataSummary {
     pub source_format: String,
     pub rows: String,
@@ -158,6 +186,7 @@ pub struct DataSummary {
 
 /// What [`export`] wrote and how faithfully.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RecipeReport"))]
 pub struct ExportReport {
     pub engine: Engine,
     pub out_dir: PathBuf,
