@@ -40,6 +40,9 @@ pub fn export_all(dir: &Path) -> Result<(), String> {
         export::ExportKind,
         export::ExportResult,
         dialogs::PickWhat,
+        peft_engine::scaleout::Engine,
+        peft_engine::scaleout::EngineChoice,
+        peft_engine::scaleout::ExportReport,
     );
     Ok(())
 }

@@ -34,6 +34,9 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::chat::chat_generate,
         commands::chat::chat_stop,
         commands::export::export_run,
+        commands::scaleout::recipe_engines,
+        commands::scaleout::recipe_export,
+        commands::scaleout::adapter_import,
         commands::dialogs::pick_path,
         app_info,
     ])

@@ -12,6 +12,7 @@ mod info;
 mod load;
 mod merge;
 mod plan;
+mod recipe;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,9 @@ enum Command {
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Continue a run on a GPU server with Axolotl, LLaMA-Factory or TRL, and read adapters trained there.
+    #[command(subcommand)]
+    Recipe(recipe::RecipeCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => merge::run(a),
         Command::Data(d) => data::run(d),
         Command::Bench(b) => bench::run(b),
+        Command::Recipe(r) => recipe::run(r),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

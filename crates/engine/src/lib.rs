@@ -12,7 +12,8 @@
 //! 5. `data` (formats, rendering with loss masks, batches), `infer` (generation);
 //! 6. `peft` (methods, fresh adapters, adapter files), `export` (merged folders);
 //! 7. `plan` (pure estimates and recommendations);
-//! 8. `train` (the recipe, its settings and run records).
+//! 8. `train` (the recipe, its settings and run records);
+//! 9. `scaleout` (a run exported for Axolotl, LLaMA-Factory or TRL on a GPU server).
 
 pub mod data;
 pub mod device;
@@ -29,6 +30,7 @@ pub mod peft;
 pub mod plan;
 pub mod quant;
 pub mod runtime;
+pub mod scaleout;
 pub mod seed;
 pub mod template;
 #[cfg(any(test, feature = "test-support"))]

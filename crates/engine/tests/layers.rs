@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["peft", "export"],
     &["plan"],
     &["train"],
+    &["scaleout"],
 ];
 
 /// Module path (`model::decoder`) → source file, for every `.rs` under `src`.

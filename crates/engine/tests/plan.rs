@@ -408,3 +408,63 @@ fn shortens_sequences_before_refusing() {
     let gpu = Hardware::assumed_with_cpu(cpu(), 1024 * GIB, Some(GIB / 2));
     assert!(recommend(&c, &gpu, &d, &o).best().is_none());
 }
+
+#[test]
+fn a_run_too_big_here_names_the_smallest_gpu_class_it_fits() {
+    use peft_engine::plan::elsewhere::EXPORT_HINT;
+    use peft_engine::plan::gpu_classes::{usable_bytes, GPU_CLASSES};
+    use peft_engine::plan::{estimate, ComputeDevice, PlanRequest};
+    let c = llama2_7b();
+    let d = data(1024);
+    let o = RecommendOptions::default();
+    // 16 GiB of RAM: plain LoRA at 1024 tokens (the preferred configuration) does not fit.
+    let r = recommend(
+        &c,
+        &Hardware::assumed_with_cpu(cpu(), 16 * GIB, None),
+        &d,
+        &o,
+    );
+    let e = r
+        .elsewhere
+        .as_ref()
+        .expect("the preferred run does not fit");
+    assert_eq!((e.label.as_str(), e.seq_len), ("LoRA", 1024));
+    // The figure is the same request's device peak on CUDA with a bf16 base.
+    let on_gpu = PlanRequest {
+        device: ComputeDevice::Cuda,
+        weight_dtype: peft_engine::model::decoder::WeightDtype::Bf16,
+        ..r.candidates
+            .iter()
+            .find(|x| x.label == "LoRA" && x.request.seq_len == 1024)
+            .unwrap()
+            .request
+            .clone()
+    };
+    assert_eq!(e.gpu_bytes, estimate(&c, &on_gpu).device_bytes);
+    // The named class holds it and every smaller class does not.
+    let name = e.gpu.as_deref().expect("a 7B LoRA run fits one large GPU");
+    let class = GPU_CLASSES.iter().find(|g| g.name == name).unwrap();
+    assert_eq!(e.gpu_usable_bytes, usable_bytes(class));
+    assert!(e.gpu_bytes <= e.gpu_usable_bytes);
+    for g in GPU_CLASSES
+        .iter()
+        .filter(|g| usable_bytes(g) < usable_bytes(class))
+    {
+        assert!(usable_bytes(g) < e.gpu_bytes, "{} would hold it", g.name);
+    }
+    assert!(r.summary.contains(name), "{}", r.summary);
+    assert!(
+        r.summary.ends_with(&format!("{EXPORT_HINT}.")),
+        "{}",
+        r.summary
+    );
+    // Where the preferred run fits, nothing is suggested.
+    let big = recommend(
+        &c,
+        &Hardware::assumed_with_cpu(cpu(), 512 * GIB, None),
+        &d,
+        &o,
+    );
+    assert!(big.best().is_some() && big.elsewhere.is_none());
+    assert!(!big.summary.contains("GPU"), "{}", big.summary);
+}

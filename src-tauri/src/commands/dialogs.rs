@@ -14,6 +14,8 @@ pub enum PickWhat {
     GgufFile,
     Dataset,
     ExportFolder,
+    /// An adapter folder trained elsewhere, to import as a run.
+    AdapterFolder,
 }
 
 /// Shows a native dialog; `null` when the user cancels.
@@ -24,6 +26,12 @@ pub async fn pick_path<R: Runtime>(window: Window<R>, what: PickWhat) -> ApiResu
         PickWhat::ModelFolder => {
             dialog
                 .set_title("Choose a model folder")
+                .pick_folder()
+                .await
+        }
+        PickWhat::AdapterFolder => {
+            dialog
+                .set_title("Choose an adapter folder (adapter_config.json)")
                 .pick_folder()
                 .await
         }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod hardware;
 pub mod model;
 pub mod plan;
+pub mod scaleout;
 pub mod train;
 
 /// Runs blocking engine work off the async runtime's worker threads.

@@ -19,6 +19,9 @@ import type { Message } from "./bindings/Message";
 import type { OpenedModel } from "./bindings/OpenedModel";
 import type { PickWhat } from "./bindings/PickWhat";
 import type { PlanView } from "./bindings/PlanView";
+import type { RecipeEngine } from "./bindings/RecipeEngine";
+import type { RecipeEngineChoice } from "./bindings/RecipeEngineChoice";
+import type { RecipeReport } from "./bindings/RecipeReport";
 import type { RunRecord } from "./bindings/RunRecord";
 import type { TrainConfig } from "./bindings/TrainConfig";
 import type { TrainUpdate } from "./bindings/TrainUpdate";
@@ -74,6 +77,10 @@ export const api = {
   exportRun: (runId: string, which: WhichAdapter, kind: ExportKind, dest: string | null) =>
     call<ExportResult>("export_run", { runId, which, kind, dest }),
   pickPath: (what: PickWhat) => call<string | null>("pick_path", { what }),
+  recipeEngines: () => call<RecipeEngineChoice[]>("recipe_engines"),
+  recipeExport: (engine: RecipeEngine, config: TrainConfig, dest: string | null) =>
+    call<RecipeReport>("recipe_export", { engine, config, dest }),
+  adapterImport: (dir: string) => call<RunRecord>("adapter_import", { dir }),
 };
 
 export type Api = typeof api;

@@ -90,7 +90,7 @@ export class Wizard {
   exportDest = $state("");
   exportWhich = $state<WhichAdapter>("final");
 
-  constructor(private api: Api = realApi) {}
+  constructor(readonly api: Api = realApi) {}
 
   /** First start: preselect the bundled demo model and dataset so everything works offline. */
   async start() {

@@ -84,7 +84,7 @@ export function candidate(fits = true): Candidate {
 export const plan: PlanView = {
   recommendation: {
     device: "cpu", available_bytes: 6 * 2 ** 30, margin_bytes: 2 ** 28, usable_bytes: 5 * 2 ** 30,
-    candidates: [candidate()], summary: "LoRA at 128 tokens needs 40 MiB.",
+    candidates: [candidate()], summary: "LoRA at 128 tokens needs 40 MiB.", elsewhere: null,
   },
   configs: [{ ...settings, method: { ...settings.method, rank: 8 } as TrainConfig["method"] }],
   devices: [
@@ -101,7 +101,7 @@ export function run(status: RunRecord["status"] = "completed"): RunRecord {
     best: { step: 5, eval_loss: 1.6 },
     storage: { nf4_linears: 0, dense_linears: 35, trainable_linears: 0, adapted_linears: 35, base_bytes: 1_000_000 },
     memory: { baseline_rss_bytes: 200 * 2 ** 20, planned_peak_bytes: 60 * 2 ** 20, already_loaded_bytes: 20 * 2 ** 20, planned_growth_bytes: 40 * 2 ** 20, peak_growth_bytes: 38 * 2 ** 20 },
-    error: null, dir: "/runs/run-1-1",
+    error: null, dir: "/runs/run-1-1", origin: { kind: "local" },
   };
 }
 
@@ -130,6 +130,13 @@ export function fakeApi(over: Partial<Api> = {}): Api {
     chatStop: async () => 1,
     exportRun: async () => ({ kind: "adapter", which: "final", dir: "/exports/a", files: [{ name: "adapter_config.json", bytes: 300 }], usage: "Use it." }),
     pickPath: async () => null,
+    recipeEngines: async () => [
+      { engine: "axolotl", label: "Axolotl", config_file: "axolotl.yaml" },
+      { engine: "llamafactory", label: "LLaMA-Factory", config_file: "llamafactory.yaml" },
+      { engine: "trl", label: "TRL", config_file: "trl.yaml" },
+    ],
+    recipeExport: async () => { throw { code: "Internal", message: "not faked", details: null }; },
+    adapterImport: async () => { throw { code: "Internal", message: "not faked", details: null }; },
   };
   return { ...api, ...over };
 }

@@ -146,6 +146,12 @@ impl<'a> Renderer<'a> {
         })
     }
 
+    /// The end-of-turn text trained after each reply (a single token), if the tokenizer has one:
+    /// what an exported chat template must mark as part of the reply (`scaleout`).
+    pub fn end_of_turn_marker(&self) -> Option<&str> {
+        self.eot.as_ref().map(|(m, _)| m.as_str())
+    }
+
     /// Renders and tokenises one example.
     ///
     /// # Errors

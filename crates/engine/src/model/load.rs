@@ -129,6 +129,21 @@ mod bundled {
     pub const WEIGHTS: &[u8] = include_bytes!("../../../../models/stories260K/model.safetensors");
 }
 
+/// The bundled demo model's files as a Hugging Face folder holds them (`config.json`, …,
+/// `model.safetensors`), for writing a copy (`scaleout` exports ship it in `model/`).
+pub fn bundled_files() -> [(&'static str, &'static [u8]); 5] {
+    [
+        ("config.json", bundled::CONFIG.as_bytes()),
+        ("generation_config.json", bundled::GENERATION.as_bytes()),
+        ("tokenizer.json", bundled::TOKENIZER.as_bytes()),
+        (
+            "tokenizer_config.json",
+            bundled::TOKENIZER_CONFIG.as_bytes(),
+        ),
+        ("model.safetensors", bundled::WEIGHTS),
+    ]
+}
+
 /// Options for [`open_model`] that only matter for some sources.
 #[derive(Default)]
 pub struct OpenOptions<'a> {

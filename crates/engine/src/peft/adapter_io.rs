@@ -7,7 +7,7 @@
 //! `model_delta.safetensors` plus `peft_studio_run.json`.
 
 use crate::error::{Error, Result};
-use crate::fsutil::{load_safetensors, read_json, save_safetensors_atomic, write_json_atomic};
+use crate::fsutil::{load_safetensors, save_safetensors_atomic, write_json_atomic};
 use crate::model::decoder::Decoder;
 use crate::model::lora::Lora;
 use crate::peft::lora::lora_scale;
@@ -17,97 +17,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-pub const DELTA_WEIGHTS: &str = "model_delta.safetensors";
-pub const RUN_FILE: &str = "peft_studio_run.json";
+use crate::peft::adapter_config::is_set;
+pub use crate::peft::adapter_config::{
+    read_adapter_config, AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS,
+    FORWARD_CHANGING, RUN_FILE,
+};
 const PREFIX: &str = "base_model.model.";
-
-/// `adapter_config.json`, with PEFT's field names.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AdapterConfig {
-    #[serde(default = "lora_type")]
-    pub peft_type: String,
-    #[serde(default)]
-    pub task_type: Option<String>,
-    pub r: usize,
-    pub lora_alpha: f64,
-    #[serde(default)]
-    pub lora_dropout: f32,
-    pub target_modules: serde_json::Value,
-    #[serde(default = "bias_none")]
-    pub bias: String,
-    #[serde(default)]
-    pub use_rslora: bool,
-    #[serde(default)]
-    pub use_dora: bool,
-    #[serde(default)]
-    pub fan_in_fan_out: bool,
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
-    #[serde(default)]
-    pub layers_to_transform: Option<serde_json::Value>,
-    #[serde(default)]
-    pub init_lora_weights: serde_json::Value,
-    #[serde(default)]
-    pub inference_mode: bool,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub rank_pattern: serde_json::Value,
-    #[serde(default)]
-    pub alpha_pattern: serde_json::Value,
-    /// Every other key (newer PEFT versions add many). Kept so a config reads back as written;
-    /// [`read_adapter_config`] rejects those in [`FORWARD_CHANGING`] when set.
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
-}
-
-/// PEFT options (as of peft 0.21) that change what the adapter computes or which tensors it
-/// holds. Applying such an adapter as plain LoRA would silently give different outputs, so
-/// each one, when set, is rejected by name.
-pub const FORWARD_CHANGING: [(&str, &str); 7] = [
-    ("lora_bias", "LoRA-B biases are not supported"),
-    ("use_qalora", "QA-LoRA (pooled inputs) is not supported"),
-    (
-        "alora_invocation_tokens",
-        "activated LoRA (aLoRA) is not supported",
-    ),
-    (
-        "layer_replication",
-        "layer replication changes the model's depth and is not supported",
-    ),
-    (
-        "target_parameters",
-        "LoRA on raw parameters (not linear modules) is not supported",
-    ),
-    (
-        "trainable_token_indices",
-        "trainable token embeddings are not supported",
-    ),
-    ("use_bdlora", "BD-LoRA is not supported"),
-];
-
-/// True for a JSON value that turns an option on (not null, false, 0 or empty).
-fn is_set(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Null => false,
-        serde_json::Value::Bool(b) => *b,
-        serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
-        serde_json::Value::String(s) => !s.is_empty(),
-        serde_json::Value::Array(a) => !a.is_empty(),
-        serde_json::Value::Object(o) => !o.is_empty(),
-    }
-}
-
-fn lora_type() -> String {
-    "LORA".into()
-}
-fn bias_none() -> String {
-    "none".into()
-}
 
 /// Precision of the adapter file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -182,64 +97,6 @@ pub fn save_lora_adapter(
     write_json_atomic(&dir.join(ADAPTER_CONFIG), &cfg)
 }
 
-/// Reads `adapter_config.json`, rejecting what we cannot apply.
-pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let cfg: AdapterConfig = read_json(&path)?;
-    let field = |f: &str, m: String| Error::Config {
-        file: path.display().to_string(),
-        field: f.into(),
-        message: m,
-    };
-    if cfg.peft_type != "LORA" {
-        return Err(field(
-            "peft_type",
-            format!("`{}`: only LORA adapters are supported", cfg.peft_type),
-        ));
-    }
-    if cfg.use_dora {
-        return Err(field("use_dora", "DoRA adapters are not supported".into()));
-    }
-    if cfg.fan_in_fan_out {
-        return Err(field(
-            "fan_in_fan_out",
-            "GPT-2-style Conv1D adapters are not supported".into(),
-        ));
-    }
-    if cfg.bias != "none" {
-        return Err(field(
-            "bias",
-            format!(
-                "`{}`: adapters that train the base model's biases are not supported",
-                cfg.bias
-            ),
-        ));
-    }
-    if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(field(
-            "modules_to_save",
-            "adapters with fully trained extra modules are not supported".into(),
-        ));
-    }
-    for (key, why) in FORWARD_CHANGING {
-        if cfg.other.get(key).is_some_and(is_set) {
-            return Err(field(key, why.into()));
-        }
-    }
-    if cfg.r == 0 {
-        return Err(field("r", "must be at least 1".into()));
-    }
-    if cfg.rank_pattern.as_object().is_some_and(|m| !m.is_empty())
-        || cfg.alpha_pattern.as_object().is_some_and(|m| !m.is_empty())
-    {
-        return Err(field(
-            "rank_pattern",
-            "per-module ranks/alphas are not supported".into(),
-        ));
-    }
-    Ok(cfg)
-}
-
 /// Attaches a PEFT LoRA adapter to `model`. With `trainable`, A and B become `Var`s (to train
 /// further) and are returned; otherwise they are plain tensors.
 ///
@@ -253,7 +110,16 @@ pub fn load_lora_adapter(
 ) -> Result<(AdapterConfig, Trainable)> {
     let cfg = read_adapter_config(dir)?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
-    let mut tensors = load_safetensors(&wpath)?;
+    // Other trainers' naming variants and `modules_to_save` tensors (`adapter_import`).
+    let imported = crate::peft::adapter_import::read_adapter_tensors(dir, &cfg)?;
+    let (mut tensors, full) = (imported.lora, imported.full);
+    if trainable && !full.is_empty() {
+        return Err(Error::Config {
+            file: dir.join(ADAPTER_CONFIG).display().to_string(),
+            field: "modules_to_save".into(),
+            message: "continuing to train an adapter with fully trained extra modules is not supported (chat, compare and export are)".into(),
+        });
+    }
     let file = wpath.display().to_string();
     let scale = lora_scale(cfg.lora_alpha, cfg.r, cfg.use_rslora);
     let mut out = Trainable::default();
@@ -330,6 +196,8 @@ pub fn load_lora_adapter(
     if used == 0 {
         return Err(tensor_err(&file, "(all)", "no LoRA tensors found"));
     }
+    let tied = cfg.other.get("ensure_weight_tying").is_some_and(is_set);
+    crate::peft::adapter_import::apply_full_tensors(model, full, &wpath, tied)?;
     Ok((cfg, out))
 }
 

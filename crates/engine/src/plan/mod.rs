@@ -8,8 +8,10 @@
 
 pub mod calibrate;
 pub mod devices;
+pub mod elsewhere;
 pub mod estimate;
 pub mod fit;
+pub mod gpu_classes;
 pub mod machine;
 pub mod params;
 pub mod recommend;

@@ -4,11 +4,13 @@
 //! recommender walks configurations from the best-quality/fastest to the leanest — LoRA,
 //! LoRA + checkpointing, QLoRA, QLoRA + checkpointing — first at a sequence length covering
 //! ~95 % of the examples, then at shorter ones, and keeps every candidate with its estimate,
-//! headroom, speed and a plain-language reason. When nothing fits it says what would.
+//! headroom, speed and a plain-language reason. When nothing fits it says what would; when the
+//! preferred configuration does not fit here it names the GPU class it would fit (`elsewhere`).
 //!
 //! Pure: hardware and dataset figures come in as values; nothing is measured here.
 
 use super::calibrate::Calibration;
+use super::elsewhere::{elsewhere, ElsewhereFit};
 use super::estimate::{estimate_with, Estimate};
 use super::request::{ComputeDevice, PlanRequest};
 use crate::data::inspect::DatasetReport;
@@ -152,6 +154,9 @@ pub struct Recommendation {
     pub candidates: Vec<Candidate>,
     /// One-paragraph summary ("LoRA needs 9.1 GiB, you have 6.0 GiB free; …").
     pub summary: String,
+    /// When the preferred configuration does not fit here: the GPU class it would fit and how
+    /// to continue there (also the summary's last sentence).
+    pub elsewhere: Option<ElsewhereFit>,
 }
 
 impl Recommendation {
@@ -276,6 +281,9 @@ pub fn recommend_with(
         }
     }
     let preferred = all.first().filter(|c| !c.fits).cloned();
+    let away = preferred
+        .as_ref()
+        .map(|p| elsewhere(c, &p.label, &p.request, k));
     // Stable partition: candidates were generated best-first, so fitting ones keep that order.
     let (mut fit, mut rest): (Vec<Candidate>, Vec<Candidate>) =
         all.into_iter().partition(|c| c.fits);
@@ -285,7 +293,7 @@ pub fn recommend_with(
     } else {
         "GPU memory"
     };
-    let summary = match fit.first() {
+    let mut summary = match fit.first() {
         Some(best) => {
             let mut s = String::new();
             if let Some(first) = &preferred {
@@ -308,6 +316,10 @@ pub fn recommend_with(
         }
         None => nothing_fits(c, &rest, available, usable, where_),
     };
+    if let Some(e) = &away {
+        summary.push(' ');
+        summary.push_str(&e.sentence);
+    }
     fit.append(&mut rest);
     Recommendation {
         device,
@@ -316,6 +328,7 @@ pub fn recommend_with(
         usable_bytes: usable,
         candidates: fit,
         summary,
+        elsewhere: away,
     }
 }
 

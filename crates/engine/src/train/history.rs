@@ -78,6 +78,34 @@ pub struct RunMemory {
     pub peak_growth_bytes: u64,
 }
 
+/// Where a run's adapter was trained.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunOrigin {
+    /// Trained here by the recipe.
+    #[default]
+    Local,
+    /// An adapter trained elsewhere and brought back (`train::import`). Its record's `config`
+    /// holds the method and LoRA settings read from `adapter_config.json`; the other settings
+    /// are the run's own only when `from_recipe` (else defaults: the adapter does not say).
+    Imported {
+        /// `axolotl`, `llamafactory`, `trl`, or `None` when nothing in the folder says.
+        engine: Option<String>,
+        /// The file that told which trainer it was.
+        evidence: Option<String>,
+        /// The folder it was imported from.
+        source: String,
+        /// `base_model_name_or_path` as the adapter records it.
+        base_model: Option<String>,
+        /// The adapter's settings in one line (rank, alpha, targets, fully trained modules).
+        settings: String,
+        /// It came back to a `peft recipe export` folder: the record's settings are those of
+        /// the exported run.
+        from_recipe: bool,
+    },
+}
+
 /// One run as its folder records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -104,6 +132,10 @@ pub struct RunRecord {
     pub error: Option<ErrorReport>,
     /// The run folder (checkpoints, `best/` and, once complete, the adapter).
     pub dir: PathBuf,
+    /// Trained here, or imported from another trainer (records written before this field
+    /// existed were all trained here).
+    #[serde(default)]
+    pub origin: RunOrigin,
 }
 
 pub fn now() -> f64 {
@@ -163,6 +195,7 @@ impl RunRecord {
             memory: None,
             error: None,
             dir: dir.to_path_buf(),
+            origin: RunOrigin::Local,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod grad_ckpt;
 pub mod history;
+pub mod import;
 pub mod optim;
 pub mod prepare;
 pub mod recipe;
@@ -16,5 +17,5 @@ pub mod tuned;
 
 pub use config::TrainConfig;
 pub use events::{StepStats, TrainEvent, TrainStatus, TrainSummary};
-pub use history::{RunRecord, RunStatus, WhichAdapter};
+pub use history::{RunOrigin, RunRecord, RunStatus, WhichAdapter};
 pub use recipe::train;

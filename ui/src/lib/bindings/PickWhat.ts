@@ -3,4 +3,4 @@
 /**
  * What the dialog is for (decides folder vs file and the filters).
  */
-export type PickWhat = "model_folder" | "gguf_file" | "dataset" | "export_folder";
+export type PickWhat = "model_folder" | "gguf_file" | "dataset" | "export_folder" | "adapter_folder";

@@ -2,6 +2,7 @@
 import type { BestCheckpoint } from "./BestCheckpoint";
 import type { ErrorReport } from "./ErrorReport";
 import type { RunMemory } from "./RunMemory";
+import type { RunOrigin } from "./RunOrigin";
 import type { RunStatus } from "./RunStatus";
 import type { StorageReport } from "./StorageReport";
 import type { TrainConfig } from "./TrainConfig";
@@ -33,4 +34,9 @@ storage: StorageReport | null, memory: RunMemory | null, error: ErrorReport | nu
 /**
  * The run folder (checkpoints, `best/` and, once complete, the adapter).
  */
-dir: string, };
+dir: string, 
+/**
+ * Trained here, or imported from another trainer (records written before this field
+ * existed were all trained here).
+ */
+origin: RunOrigin, };
