@@ -58,6 +58,9 @@ pub enum Error {
     /// A bad argument to an engine call (flag values, settings).
     #[error("invalid setting `{name}`: {message}")]
     Invalid { name: String, message: String },
+    /// An exported model failed its self-check (it would not chat like the tuned model).
+    #[error("{file}: export self-check failed: {message}")]
+    ExportCheck { file: String, message: String },
     /// The caller cancelled a long job.
     #[error("cancelled")]
     Cancelled,
@@ -84,6 +87,7 @@ impl Error {
             Error::Hub { .. } => "Hub",
             Error::Data { .. } => "BadDataset",
             Error::Invalid { .. } => "InvalidSetting",
+            Error::ExportCheck { .. } => "ExportCheckFailed",
             Error::Cancelled => "Cancelled",
             Error::Candle(_) => "Compute",
         }

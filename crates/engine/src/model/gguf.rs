@@ -1,4 +1,4 @@
-//! GGUF import for the `llama` architecture: metadata → [`Config`], tensors → f32 tensors under
+//! GGUF import for the architectures of `model::gguf_arch` (`llama`, `qwen2`): metadata → [`Config`], tensors → f32 tensors under
 //! Hugging Face names ([`GgufSource`]), tokenizer metadata → [`crate::Tokenizer`]
 //! (`model::gguf_tokenizer`). [`open_gguf`] does all three.
 //!
@@ -15,7 +15,10 @@
 //! (`n_head` heads) and `attn_k` (`n_head_kv` heads). Shapes: candle reverses GGUF's
 //! fastest-first dims on read, so a tensor arrives as `[out, in]`, like `nn.Linear.weight`.
 //!
-//! Not supported: other architectures (qwen2, gemma, phi, …; Mistral GGUFs say `llama`), MoE
+//! Per-architecture facts (key prefix, tensor names, whether q/k rows are permuted: `qwen2` uses
+//! NEOX RoPE and is stored unpermuted) come from the table in `model::gguf_arch`.
+//!
+//! Not supported: other architectures (gemma, phi, …; Mistral GGUFs say `llama`), MoE
 //! llamas, rope scaling (`rope_freqs.weight`, `llama.rope.scaling.type`), partial rotary,
 //! tensor types candle 0.11 cannot dequantize (Q8_1, Q8_K, the IQ* and TQ* families).
 //! Writing GGUF files is not this module (see [`permute_rope_rows`] for the q/k row order).
@@ -24,6 +27,7 @@ mod types;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Config, RawConfig};
+use crate::model::gguf_arch::{self, GgufArch};
 use crate::model::gguf_tokenizer::{gguf_tokenizer, Meta};
 use crate::model::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
@@ -36,8 +40,8 @@ use std::path::{Path, PathBuf};
 use types::{dtype_supported, file_type_name, find_unknown_type, type_id_name};
 pub use types::{type_name, SUPPORTED_TYPES};
 
-/// Architectures [`open_gguf`] imports (`general.architecture`).
-pub const SUPPORTED_ARCHS: &str = "llama";
+/// Architectures [`open_gguf`] imports (`general.architecture`; rows of `model::gguf_arch`).
+pub const SUPPORTED_ARCHS: &str = "llama, qwen2";
 
 /// A GGUF model ready to build our decoder from.
 pub struct GgufModel {
@@ -64,17 +68,10 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
     let file = path.display().to_string();
     let content = read_content(path)?;
     let meta = Meta::new(&content.metadata, &file);
-    let arch = meta.string("general.architecture")?;
-    if arch != "llama" {
-        return Err(Error::Unsupported {
-            what: format!("{file}: general.architecture"),
-            found: arch.to_string(),
-            supported: SUPPORTED_ARCHS.into(),
-        });
-    }
+    let row = arch_row(&meta)?;
     let source = GgufSource::from_content(path, &content)?;
     let tokenizer = gguf_tokenizer(&meta)?;
-    let config = llama_config(&meta, &source, &tokenizer)?;
+    let config = llama_config(&meta, row, &source, &tokenizer)?;
     let file_type = match meta.opt_u64("general.file_type")? {
         Some(ft) => file_type_name(ft),
         None => source.dominant_type(),
@@ -94,12 +91,28 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
     })
 }
 
-/// `llama.*` metadata → the same [`RawConfig`] a `config.json` gives, validated the same way.
-fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Config> {
+/// The `model::gguf_arch` row of the file's `general.architecture`.
+fn arch_row(meta: &Meta) -> Result<&'static GgufArch> {
+    let arch = meta.string("general.architecture")?;
+    gguf_arch::by_name(arch).ok_or_else(|| Error::Unsupported {
+        what: format!("{}: general.architecture", meta.file),
+        found: arch.to_string(),
+        supported: gguf_arch::supported_names(),
+    })
+}
+
+/// `{arch}.*` metadata → the same [`RawConfig`] a `config.json` gives, validated the same way.
+fn llama_config(
+    meta: &Meta,
+    row: &GgufArch,
+    source: &GgufSource,
+    tok: &Tokenizer,
+) -> Result<Config> {
     let file = meta.file;
-    if meta.opt_u64("llama.expert_count")?.unwrap_or(0) > 0 {
+    let k = |suffix: &str| row.key(suffix);
+    if meta.opt_u64(&k("expert_count"))?.unwrap_or(0) > 0 {
         return Err(Error::Unsupported {
-            what: format!("{file}: llama.expert_count"),
+            what: format!("{file}: {}", k("expert_count")),
             found: "mixture of experts".into(),
             supported: "dense llama models".into(),
         });
@@ -111,35 +124,35 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
             supported: "none".into(),
         });
     }
-    let head_count = meta.usize("llama.attention.head_count")?;
+    let head_count = meta.usize(&k("attention.head_count"))?;
     let key_length = meta
-        .opt_u64("llama.attention.key_length")?
+        .opt_u64(&k("attention.key_length"))?
         .map(|v| v as usize);
     let value_length = meta
-        .opt_u64("llama.attention.value_length")?
+        .opt_u64(&k("attention.value_length"))?
         .map(|v| v as usize);
-    let hidden = meta.usize("llama.embedding_length")?;
+    let hidden = meta.usize(&k("embedding_length"))?;
     // Without key_length, validation derives head_dim (and checks divisibility); this copy is
     // only for the rotary check.
     let head_dim = key_length.unwrap_or(hidden / head_count.max(1));
     if value_length.is_some_and(|v| v != head_dim) {
         return Err(Error::Unsupported {
-            what: format!("{file}: llama.attention.value_length"),
+            what: format!("{file}: {}", k("attention.value_length")),
             found: format!("value length {value_length:?} differs from key length {head_dim}"),
             supported: "equal key and value head sizes".into(),
         });
     }
-    if let Some(rot) = meta.opt_u64("llama.rope.dimension_count")? {
+    if let Some(rot) = meta.opt_u64(&k("rope.dimension_count"))? {
         if rot as usize != head_dim {
             return Err(Error::Unsupported {
-                what: format!("{file}: llama.rope.dimension_count"),
+                what: format!("{file}: {}", k("rope.dimension_count")),
                 found: format!("partial rotary ({rot} of {head_dim} dims)"),
                 supported: "rotary over the whole head".into(),
             });
         }
     }
     // Hand scaling to the shared validation, which refuses anything but none.
-    let rope_scaling = match meta.opt_string("llama.rope.scaling.type")? {
+    let rope_scaling = match meta.opt_string(&k("rope.scaling.type"))? {
         Some(t) if t != "none" => Some(serde_json::json!({ "rope_type": t })),
         _ => None,
     };
@@ -155,20 +168,20 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
         }
     }
     let raw = RawConfig {
-        model_type: Some("llama".into()),
+        model_type: Some(row.arch.as_str().into()),
         vocab_size: Some(vocab),
         hidden_size: Some(hidden),
-        intermediate_size: Some(meta.usize("llama.feed_forward_length")?),
-        num_hidden_layers: Some(meta.usize("llama.block_count")?),
+        intermediate_size: Some(meta.usize(&k("feed_forward_length"))?),
+        num_hidden_layers: Some(meta.usize(&k("block_count"))?),
         num_attention_heads: Some(head_count),
         num_key_value_heads: meta
-            .opt_u64("llama.attention.head_count_kv")?
+            .opt_u64(&k("attention.head_count_kv"))?
             .map(|v| v as usize),
         head_dim: key_length,
-        rms_norm_eps: Some(meta.f64("llama.attention.layer_norm_rms_epsilon")?),
-        rope_theta: meta.opt_f64("llama.rope.freq_base")?,
+        rms_norm_eps: Some(meta.f64(&k("attention.layer_norm_rms_epsilon"))?),
+        rope_theta: meta.opt_f64(&k("rope.freq_base"))?,
         rope_scaling,
-        max_position_embeddings: meta.opt_u64("llama.context_length")?.map(|v| v as usize),
+        max_position_embeddings: meta.opt_u64(&k("context_length"))?.map(|v| v as usize),
         tie_word_embeddings: Some(!source.contains("lm_head.weight")),
         attention_bias: Some(source.contains("model.layers.0.self_attn.q_proj.bias")),
         hidden_act: Some("silu".into()),
@@ -180,34 +193,10 @@ fn llama_config(meta: &Meta, source: &GgufSource, tok: &Tokenizer) -> Result<Con
     raw.validate(file)
 }
 
-/// Maps a llama.cpp tensor name to its Hugging Face name; `None` for names we do not import.
+/// Maps a llama.cpp tensor name of the `llama` architecture to its Hugging Face name; `None`
+/// for names we do not import. (Other architectures: `GgufArch::hf_name`.)
 pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    match gguf_name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, suffix) = rest.split_once('.')?;
-    let hf_part = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" if suffix == "weight" => "input_layernorm",
-        "ffn_norm" if suffix == "weight" => "post_attention_layernorm",
-        _ => return None,
-    };
-    match suffix {
-        "weight" | "bias" => Some(format!("model.layers.{layer}.{hf_part}.{suffix}")),
-        _ => None,
-    }
+    gguf_arch::for_arch(crate::model::config::Arch::Llama).hf_name(gguf_name)
 }
 
 /// Reorders rows HF → GGUF, as llama.cpp's converter does for q/k:
@@ -283,9 +272,10 @@ impl GgufSource {
     pub fn from_content(path: &Path, content: &Content) -> Result<Self> {
         let file = path.display().to_string();
         let meta = Meta::new(&content.metadata, &file);
-        let n_head = meta.usize("llama.attention.head_count")?;
+        let row = arch_row(&meta)?;
+        let n_head = meta.usize(&row.key("attention.head_count"))?;
         let n_head_kv = meta
-            .opt_u64("llama.attention.head_count_kv")?
+            .opt_u64(&row.key("attention.head_count_kv"))?
             .map_or(n_head, |v| v as usize);
         let file_len = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
@@ -329,22 +319,16 @@ impl GgufSource {
                 tensors.insert(gguf_name.clone(), entry(gguf_name, info, None));
                 continue;
             }
-            let Some(hf) = hf_tensor_name(gguf_name) else {
+            let Some(hf) = row.hf_name(gguf_name) else {
                 return Err(Error::Unsupported {
                     what: format!("{file}: tensor `{gguf_name}`"),
-                    found: "a tensor name the llama importer does not know".into(),
+                    found: format!("a tensor name the {} importer does not know", row.name),
                     supported: "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,\
                                 attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}"
                         .into(),
                 });
             };
-            let rope_heads = if gguf_name.contains(".attn_q.") {
-                Some(n_head)
-            } else if gguf_name.contains(".attn_k.") {
-                Some(n_head_kv)
-            } else {
-                None
-            };
+            let rope_heads = row.rope_heads(gguf_name, n_head, n_head_kv);
             tensors.insert(hf, entry(gguf_name, info, rope_heads));
         }
         Ok(Self {

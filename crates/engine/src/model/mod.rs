@@ -4,6 +4,7 @@ pub mod config;
 pub mod count;
 pub mod decoder;
 pub mod gguf;
+pub mod gguf_arch;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod linear;

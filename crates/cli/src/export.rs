@@ -1,0 +1,185 @@
+//! `peft export`: take the tuned model home — a merged GGUF, a LoRA adapter GGUF, an Ollama
+//! folder, LM Studio's layout or a merged Hugging Face folder — then print the self-check
+//! (`peft_engine::export::run`; a failed check is an error).
+
+use crate::load::{load_model, ModelArgs};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use peft_engine::export::gguf::{ExportModel, ExportProgress};
+use peft_engine::export::gguf_quant::GgufQuant;
+use peft_engine::export::run::{export, export_hf, ExportFormat, ExportReport, ExportRequest};
+use peft_engine::export::selfcheck::CheckOptions;
+use peft_engine::peft::adapter_io::apply_adapter;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    /// One merged .gguf file (llama.cpp, LM Studio, Ollama).
+    Gguf,
+    /// The LoRA adapter alone as a llama.cpp adapter .gguf.
+    GgufAdapter,
+    /// A folder with the merged .gguf, a Modelfile and the `ollama create` command.
+    Ollama,
+    /// The merged .gguf placed as <out>/<publisher>/<name>/file.gguf (--out: LM Studio's models folder).
+    Lmstudio,
+    /// A merged Hugging Face folder (safetensors, f32).
+    Hf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum QuantArg {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k_m")]
+    Q4KM,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The adapter folder (`peft train --out`, or a PEFT adapter); without it the base is exported.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "gguf")]
+    format: FormatArg,
+    /// Weight type of GGUF files (q4_k_m is llama.cpp's per-tensor mix; adapters: f32/f16/bf16).
+    #[arg(long, value_enum, default_value = "f16")]
+    quant: QuantArg,
+    /// A .gguf file or a folder (gguf, gguf-adapter), the folder to fill (ollama, hf), or LM
+    /// Studio's models folder (lmstudio).
+    #[arg(long)]
+    out: PathBuf,
+    /// Model name (file names, general.name, the Ollama tag); default: from the model and adapter.
+    #[arg(long)]
+    name: Option<String>,
+    /// LM Studio publisher folder.
+    #[arg(long, default_value = "peft-studio")]
+    publisher: String,
+    /// Tokens each self-check conversation may generate.
+    #[arg(long, default_value_t = 32)]
+    check_tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_name(a: &ExportArgs) -> String {
+    let stem = |p: &std::path::Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    let base = match a.model.model.as_str() {
+        "demo" | "" | "bundled" => "stories260k".to_string(),
+        m => stem(std::path::Path::new(m.trim_end_matches('/'))),
+    };
+    match &a.adapter {
+        Some(dir) => format!("{base}-{}", stem(dir)),
+        None => base,
+    }
+}
+
+pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
+    let mut m = load_model(&a.model)?;
+    if let Some(dir) = &a.adapter {
+        apply_adapter(&mut m.decoder, dir)?;
+    }
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a));
+    let check = CheckOptions {
+        max_new_tokens: a.check_tokens,
+        ..CheckOptions::default()
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut on_progress = |p: ExportProgress| {
+        if p.stage == "checking" {
+            bar.set_style(ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(format!("{} {}", p.stage, p.item));
+    };
+    let report = match a.format {
+        FormatArg::Hf => export_hf(&mut m, &a.out, &name, &check, &mut on_progress)?,
+        f => {
+            let req = ExportRequest {
+                format: match f {
+                    FormatArg::Gguf => ExportFormat::Gguf,
+                    FormatArg::GgufAdapter => ExportFormat::GgufAdapter,
+                    FormatArg::Ollama => ExportFormat::Ollama,
+                    FormatArg::Lmstudio => ExportFormat::Lmstudio,
+                    FormatArg::Hf => ExportFormat::Hf,
+                },
+                quant: match a.quant {
+                    QuantArg::F32 => GgufQuant::F32,
+                    QuantArg::F16 => GgufQuant::F16,
+                    QuantArg::Bf16 => GgufQuant::Bf16,
+                    QuantArg::Q8_0 => GgufQuant::Q8_0,
+                    QuantArg::Q4KM => GgufQuant::Q4KM,
+                },
+                out: a.out.clone(),
+                name: name.clone(),
+                publisher: a.publisher.clone(),
+                check,
+            };
+            export(&ExportModel::of(&m, &name), &req, &mut on_progress)?
+        }
+    };
+    bar.finish_and_clear();
+    print_report(&report, a.json);
+    Ok(())
+}
+
+fn print_report(r: &ExportReport, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        );
+        return;
+    }
+    for f in &r.files {
+        println!("wrote {}", f.display());
+    }
+    if let Some(g) = &r.gguf {
+        let types: Vec<String> = g.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        println!(
+            "  {} tensors ({}), {:.1} MiB, {} fallback type(s)",
+            g.tensors,
+            types.join(", "),
+            g.bytes as f64 / (1024.0 * 1024.0),
+            g.fallbacks
+        );
+    }
+    if let Some(ad) = &r.adapter {
+        println!(
+            "  {} adapted layers, rank {}, alpha {}",
+            ad.layers, ad.rank, ad.alpha
+        );
+    }
+    if let Some(t) = &r.ollama_template {
+        println!("  Ollama template: {} family", t.family);
+    }
+    let c = &r.self_check;
+    println!(
+        "self-check ({}, {} tokens per conversation):",
+        if c.strict {
+            "tokens must be identical"
+        } else {
+            "quantized: first tokens compared"
+        },
+        c.max_new_tokens
+    );
+    print!("{}", c.summary());
+    for s in &r.next_steps {
+        println!("next: {s}");
+    }
+}
