@@ -101,7 +101,11 @@ pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
     );
     let mut on_progress = |p: ExportProgress| {
         if p.stage == "checking" {
-            bar.set_style(ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+            bar.set_style(
+                ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
         }
         bar.set_length(p.total);
         bar.set_position(p.done);

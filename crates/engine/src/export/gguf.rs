@@ -106,16 +106,21 @@ fn lookup<'a>(d: &'a Decoder, hf: &str) -> Option<Item<'a>> {
     let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
     let b = d.layers.get(n.parse::<usize>().ok()?)?;
     let (path, suffix) = rest.rsplit_once('.')?;
-    let lin = match path {
-        "input_layernorm" => return Some(Item::Plain(&b.input_layernorm)),
-        "post_attention_layernorm" => return Some(Item::Plain(&b.post_attention_layernorm)),
-        "self_attn.q_proj" => &b.self_attn.q_proj,
-        "self_attn.k_proj" => &b.self_attn.k_proj,
-        "self_attn.v_proj" => &b.self_attn.v_proj,
-        "self_attn.o_proj" => &b.self_attn.o_proj,
-        "mlp.gate_proj" => &b.mlp.gate_proj,
-        "mlp.up_proj" => &b.mlp.up_proj,
-        "mlp.down_proj" => &b.mlp.down_proj,
+    let lin = match (path, suffix) {
+        ("input_layernorm", "weight") => return Some(Item::Plain(&b.input_layernorm)),
+        ("post_attention_layernorm", "weight") => {
+            return Some(Item::Plain(&b.post_attention_layernorm))
+        }
+        (_, "weight" | "bias") => match path {
+            "self_attn.q_proj" => &b.self_attn.q_proj,
+            "self_attn.k_proj" => &b.self_attn.k_proj,
+            "self_attn.v_proj" => &b.self_attn.v_proj,
+            "self_attn.o_proj" => &b.self_attn.o_proj,
+            "mlp.gate_proj" => &b.mlp.gate_proj,
+            "mlp.up_proj" => &b.mlp.up_proj,
+            "mlp.down_proj" => &b.mlp.down_proj,
+            _ => return None,
+        },
         _ => return None,
     };
     match suffix {

@@ -110,8 +110,8 @@ pub fn tensor_type(quant: GgufQuant, role: &TensorRole) -> (GgmlDType, bool) {
         GgufQuant::Q8_0 => (GgmlDType::F16, true),
         GgufQuant::Q4KM => {
             let name = role.name;
-            let is_output = name == "output.weight"
-                || (role.tied_output && name == "token_embd.weight");
+            let is_output =
+                name == "output.weight" || (role.tied_output && name == "token_embd.weight");
             let more_bits = |part: &str| {
                 name.contains(part)
                     && layer_of(name).is_some_and(|i| use_more_bits(i, role.n_layers))

@@ -62,7 +62,7 @@ fn merges(model: &Json) -> Result<Vec<String>> {
 }
 
 /// The pieces of a Hugging Face `pre_tokenizer` that decide splitting (see [`PrePiece`]).
-fn pre_pieces(pre: &Json, out: &mut Vec<Result<PrePiece, String>>) {
+fn pre_pieces(pre: &Json, out: &mut Vec<std::result::Result<PrePiece, String>>) {
     match pre.get("type").and_then(|t| t.as_str()) {
         Some("Sequence") => {
             for p in pre
@@ -122,7 +122,10 @@ fn pre_name(json: &Json) -> Result<&'static str> {
 /// Whether SentencePiece-style normalization prepends `▁` (Llama 2's legacy normalizer, or a
 /// Metaspace pre-tokenizer that prepends).
 fn adds_space_prefix(json: &Json) -> bool {
-    let text = json.get("normalizer").map(|n| n.to_string()).unwrap_or_default();
+    let text = json
+        .get("normalizer")
+        .map(|n| n.to_string())
+        .unwrap_or_default();
     let meta = json
         .get("pre_tokenizer")
         .map(|n| n.to_string())
@@ -169,14 +172,19 @@ pub fn tokenizer_metadata(
     };
     for (text, id) in model["vocab"].as_object().into_iter().flatten() {
         let id = id.as_u64().unwrap_or(u64::MAX) as usize;
-        let byte = byte_fallback && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>');
+        let byte =
+            byte_fallback && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>');
         put(id, text, byte.then_some(BYTE))?;
     }
     for added in json["added_tokens"].as_array().into_iter().flatten() {
         let id = added["id"].as_u64().unwrap_or(u64::MAX) as usize;
         let content = added["content"].as_str().unwrap_or_default();
         let special = added["special"].as_bool().unwrap_or(false);
-        put(id, content, Some(if special { CONTROL } else { USER_DEFINED }))?;
+        put(
+            id,
+            content,
+            Some(if special { CONTROL } else { USER_DEFINED }),
+        )?;
     }
     let unk = model["unk_token"].as_str().and_then(|u| tok.token_to_id(u));
     if let Some(u) = unk {
@@ -255,7 +263,9 @@ fn special_ids(
         .end_of_turn()
         .and_then(|t| id_of(&t))
         .filter(|id| Some(*id) != eos);
-    let eom = tok.token_to_id("<|eom_id|>").filter(|id| tok.eos_ids.contains(id));
+    let eom = tok
+        .token_to_id("<|eom_id|>")
+        .filter(|id| tok.eos_ids.contains(id));
     let pad = json
         .get("padding")
         .and_then(|p| p.get("pad_id"))
@@ -277,7 +287,9 @@ fn special_ids(
     let probe = "Hello";
     let plain = tok.encode(probe, false)?;
     let special = tok.encode(probe, true)?;
-    let add_bos = tok.bos_id.is_some() && special.first() == tok.bos_id.as_ref() && plain.first() != special.first();
+    let add_bos = tok.bos_id.is_some()
+        && special.first() == tok.bos_id.as_ref()
+        && plain.first() != special.first();
     let add_eos = special.len() > plain.len() && eos.is_some() && special.last() == eos.as_ref();
     kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
     kv.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos)));

@@ -383,7 +383,10 @@ impl Env<'_> {
                 Node::Set(name, p, declare) => {
                     let v = self.pipeline(p, dot)?;
                     if *declare {
-                        self.scopes.last_mut().expect("a scope").push((name.clone(), v));
+                        self.scopes
+                            .last_mut()
+                            .expect("a scope")
+                            .push((name.clone(), v));
                     } else {
                         self.assign(name, v)?;
                     }

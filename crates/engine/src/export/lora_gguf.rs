@@ -90,12 +90,10 @@ pub fn write_lora_gguf(
         GgufQuant::F32 => GgmlDType::F32,
         GgufQuant::F16 => GgmlDType::F16,
         GgufQuant::Bf16 => GgmlDType::BF16,
-        other => {
-            return Err(refuse(format!(
-                "adapter tensors in {} (LoRA ranks are too small for quantized blocks; use f16 or f32)",
-                other.label()
-            )))
-        }
+        other => return Err(refuse(format!(
+            "adapter tensors in {} (LoRA ranks are too small for quantized blocks; use f16 or f32)",
+            other.label()
+        ))),
     };
     let c = &d.config;
     let row = gguf_arch::for_arch(c.arch);
@@ -158,7 +156,13 @@ pub fn write_lora_gguf(
             item: headers[i].name.clone(),
         })
     };
-    let bytes = write_gguf(out, &metadata, &headers.clone(), &mut produce, &mut on_tensor)?;
+    let bytes = write_gguf(
+        out,
+        &metadata,
+        &headers.clone(),
+        &mut produce,
+        &mut on_tensor,
+    )?;
     Ok(LoraGgufSummary {
         path: out.to_path_buf(),
         bytes,
@@ -191,7 +195,9 @@ pub fn attach_lora_gguf(base: &Decoder, path: &Path) -> Result<Decoder> {
     if get_str("general.type").as_deref() != Some("adapter")
         || get_str("adapter.type").as_deref() != Some("lora")
     {
-        return Err(bad("not a LoRA adapter (general.type / adapter.type)".into()));
+        return Err(bad(
+            "not a LoRA adapter (general.type / adapter.type)".into()
+        ));
     }
     if get_str("general.architecture").as_deref() != Some(row.name) {
         return Err(bad(format!(
@@ -222,7 +228,10 @@ pub fn attach_lora_gguf(base: &Decoder, path: &Path) -> Result<Decoder> {
         let gname = row
             .gguf_name(&format!("{path}.weight"))
             .ok_or_else(|| bad(format!("{path}: no GGUF name")))?;
-        let (a, b) = match (load(&format!("{gname}.lora_a"))?, load(&format!("{gname}.lora_b"))?) {
+        let (a, b) = match (
+            load(&format!("{gname}.lora_a"))?,
+            load(&format!("{gname}.lora_b"))?,
+        ) {
             (Some(a), Some(b)) => (a, b),
             (None, None) => continue,
             _ => return Err(bad(format!("{gname}: only one of lora_a / lora_b"))),

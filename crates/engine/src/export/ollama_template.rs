@@ -124,7 +124,9 @@ fn llama2(p: &Probe) -> Option<(String, Option<String>)> {
     // `[INST] U1 [/INST] A1 </s><s>[INST] U2 [/INST]`: what joins an answer to the next turn.
     let (_, after) = text.split_once("A1")?;
     let (join, _) = after.split_once("[INST]")?;
-    p.jinja(&[s("S"), u("U1")])?.contains("<<SYS>>").then_some(())?;
+    p.jinja(&[s("S"), u("U1")])?
+        .contains("<<SYS>>")
+        .then_some(())?;
     let head = leading(p, "[INST]")?;
     let t = format!(
         "{head}{{{{- range $i, $_ := .Messages }}}}\

@@ -91,11 +91,13 @@ fn implicit_bos(m: &ExportModel) -> Result<String> {
     };
     let with = m.tokenizer.encode("Hello", true)?;
     let without = m.tokenizer.encode("Hello", false)?;
-    Ok(if with.first() == Some(&bos) && without.first() != Some(&bos) {
-        m.tokenizer.id_to_token(bos).unwrap_or_default()
-    } else {
-        String::new()
-    })
+    Ok(
+        if with.first() == Some(&bos) && without.first() != Some(&bos) {
+            m.tokenizer.id_to_token(bos).unwrap_or_default()
+        } else {
+            String::new()
+        },
+    )
 }
 
 /// Runs one export of `m` (the decoder carrying its adapter) as `req` says.
@@ -111,7 +113,7 @@ pub fn export(
 ) -> Result<ExportReport> {
     let file = format!("{}-{}.gguf", safe_name(&req.name), req.quant.label());
     let strict = req.quant.is_lossless();
-    let mut report = |files: Vec<PathBuf>, check: SelfCheckReport| ExportReport {
+    let report = |files: Vec<PathBuf>, check: SelfCheckReport| ExportReport {
         format: req.format,
         files,
         gguf: None,

@@ -204,7 +204,9 @@ pub fn compare(
         let exported_text = match exported.template.render(conv, true) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(format!("conversation {n}: the exported chat template fails: {e}"));
+                problems.push(format!(
+                    "conversation {n}: the exported chat template fails: {e}"
+                ));
                 prompts.push(check);
                 continue;
             }
@@ -249,8 +251,11 @@ pub fn compare(
             ));
         }
         (check.tuned_tokens, check.tuned_stopped, check.tuned_text) = (t_ids, t_stop, t_text);
-        (check.exported_tokens, check.exported_stopped, check.exported_text) =
-            (e_ids, e_stop, e_text);
+        (
+            check.exported_tokens,
+            check.exported_stopped,
+            check.exported_text,
+        ) = (e_ids, e_stop, e_text);
         prompts.push(check);
         on_progress(ExportProgress {
             stage: "checking",

@@ -160,7 +160,10 @@ impl GgufArch {
             (self.key("block_count"), u(c.num_hidden_layers)),
             (self.key("feed_forward_length"), u(c.intermediate_size)),
             (self.key("attention.head_count"), u(c.num_attention_heads)),
-            (self.key("attention.head_count_kv"), u(c.num_key_value_heads)),
+            (
+                self.key("attention.head_count_kv"),
+                u(c.num_key_value_heads),
+            ),
             (self.key("rope.freq_base"), Value::F32(c.rope_theta as f32)),
             (
                 self.key("attention.layer_norm_rms_epsilon"),
@@ -204,7 +207,10 @@ pub const PRE_TOKENIZERS: &[(&str, &[PrePiece])] = &[
         "llama-bpe",
         &[PrePiece::Regex(LLAMA3_REGEX), PrePiece::ByteLevel],
     ),
-    ("qwen2", &[PrePiece::Regex(QWEN2_REGEX), PrePiece::ByteLevel]),
+    (
+        "qwen2",
+        &[PrePiece::Regex(QWEN2_REGEX), PrePiece::ByteLevel],
+    ),
 ];
 
 /// The `tokenizer.ggml.pre` name for a pre-tokenizer, if llama.cpp has one we know.

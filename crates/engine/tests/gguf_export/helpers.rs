@@ -31,7 +31,11 @@ pub fn smollm_dir() -> PathBuf {
 
 pub fn smollm_gguf() -> PathBuf {
     let p = smollm_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "missing test model {} (see shared/models)", p.display());
+    assert!(
+        p.exists(),
+        "missing test model {} (see shared/models)",
+        p.display()
+    );
     p
 }
 
@@ -88,13 +92,13 @@ pub fn config(d: Dims) -> Config {
 /// A random decoder (weights ~U(±0.1), norms ~1 ± 0.1, biases where the architecture has them).
 pub fn random_decoder(d: Dims, seed: u64) -> Decoder {
     let c = config(d);
-    let mut k = seed * 1000;
-    let mut next = |shape: &[usize]| {
-        k += 1;
-        random(shape, k, 0.1)
+    let k = std::cell::Cell::new(seed * 1000);
+    let next = |shape: &[usize]| {
+        k.set(k.get() + 1);
+        random(shape, k.get(), 0.1)
     };
     let norm = |t: Tensor| (t + 1.0).unwrap();
-    let mut lin = |o: usize, i: usize, bias: bool| {
+    let lin = |o: usize, i: usize, bias: bool| {
         let w = next(&[o, i]);
         let b = bias.then(|| next(&[o]));
         Linear::dense(w, b)
@@ -102,14 +106,14 @@ pub fn random_decoder(d: Dims, seed: u64) -> Decoder {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let layers = (0..c.num_hidden_layers)
         .map(|_| Block {
-            input_layernorm: norm(random(&[h], k + 7, 0.1)),
+            input_layernorm: norm(next(&[h])),
             self_attn: Attention {
                 q_proj: lin(c.q_dim(), h, c.qkv_bias),
                 k_proj: lin(c.kv_dim(), h, c.qkv_bias),
                 v_proj: lin(c.kv_dim(), h, c.qkv_bias),
                 o_proj: lin(h, c.q_dim(), c.o_bias),
             },
-            post_attention_layernorm: norm(random(&[h], k + 9, 0.1)),
+            post_attention_layernorm: norm(next(&[h])),
             mlp: Mlp {
                 gate_proj: lin(i, h, false),
                 up_proj: lin(i, h, false),
