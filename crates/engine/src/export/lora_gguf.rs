@@ -90,10 +90,12 @@ pub fn write_lora_gguf(
         GgufQuant::F32 => GgmlDType::F32,
         GgufQuant::F16 => GgmlDType::F16,
         GgufQuant::Bf16 => GgmlDType::BF16,
-        other => return Err(refuse(format!(
+        other => {
+            return Err(refuse(format!(
             "adapter tensors in {} (LoRA ranks are too small for quantized blocks; use f16 or f32)",
             other.label()
-        ))),
+        )))
+        }
     };
     let c = &d.config;
     let row = gguf_arch::for_arch(c.arch);
