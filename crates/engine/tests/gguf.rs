@@ -264,13 +264,13 @@ fn bad_files_give_errors_naming_file_and_cause() {
     std::fs::write(&junk, b"{\"not\": \"gguf\"}").unwrap();
     assert_eq!(expect_err(open_gguf(&junk), &junk).1, "BadGguf");
 
-    // Another architecture.
-    let qwen = dir.path().join("qwen.gguf");
-    write_gguf(&qwen, &tiny_metadata("qwen2"), &tiny_weights());
-    let (msg, code) = expect_err(open_gguf(&qwen), &qwen);
+    // An architecture without a row in model::gguf_arch.
+    let gemma = dir.path().join("gemma.gguf");
+    write_gguf(&gemma, &tiny_metadata("gemma"), &tiny_weights());
+    let (msg, code) = expect_err(open_gguf(&gemma), &gemma);
     assert_eq!(code, "NotSupported");
     assert!(
-        msg.contains("qwen2") && msg.contains("Supported: llama"),
+        msg.contains("gemma") && msg.contains("Supported: llama, qwen2"),
         "{msg}"
     );
 
