@@ -321,13 +321,12 @@ fn tokenizer_metadata_equals_a_real_gguf() {
     ] {
         assert_eq!(ours[key].to_u32().unwrap(), meta_u32(&src, key), "{key}");
     }
-    for key in ["tokenizer.ggml.add_bos_token"] {
-        assert_eq!(
-            ours[key].to_bool().unwrap(),
-            src.metadata[key].to_bool().unwrap(),
-            "{key}"
-        );
-    }
+    let key = "tokenizer.ggml.add_bos_token";
+    assert_eq!(
+        ours[key].to_bool().unwrap(),
+        src.metadata[key].to_bool().unwrap(),
+        "{key}"
+    );
 }
 
 #[test]
