@@ -105,7 +105,7 @@ impl SelfCheckReport {
             }
             let stop = |b: bool| if b { "stops" } else { "no stop" };
             s.push_str(&format!(
-                "  {}. {:?}: {}/{} first tokens agree; tuned {} , exported {}\n",
+                "  {}. {:?}: {}/{} first tokens agree; tuned {}, exported {}\n",
                 i + 1,
                 p.prompt,
                 p.agreeing_tokens,
