@@ -1,5 +1,6 @@
-//! The TypeScript types of every DTO, generated from the Rust types with ts-rs into
-//! `ui/src/lib/bindings/` and checked in. `cargo test -p peft-studio bindings` fails when the
+//! The TypeScript types of everything that crosses the IPC boundary, generated with ts-rs into
+//! `ui/src/lib/bindings/` and checked in: the engine's own types (its `ts` feature) and the
+//! few wrappers the shell adds around them. Nothing is hand-copied. `cargo test -p peft-studio bindings` fails when the
 //! checked-in files are stale; `UPDATE_BINDINGS=1` with the same command rewrites them.
 
 use std::path::{Path, PathBuf};
@@ -22,19 +23,20 @@ pub fn export_all(dir: &Path) -> Result<(), String> {
     export!(
         crate::error::ApiError,
         crate::AppInfo,
-        crate::settings::TrainSettings,
-        crate::history::RunRecord,
-        hardware::HardwareDto,
-        model::ModelInfoDto,
-        model::DownloadProgress,
-        data::DatasetReportDto,
-        plan::PlanDto,
-        plan::EstimateDto,
+        hardware::HardwareView,
+        model::OpenedModel,
+        peft_engine::model::hub::DownloadEvent,
+        data::DatasetView,
+        plan::PlanView,
+        peft_engine::plan::Candidate,
+        peft_engine::train::TrainConfig,
+        peft_engine::train::RunRecord,
         train::TrainUpdate,
         chat::ChatSide,
-        chat::ChatMessage,
-        chat::Sampling,
-        chat::ChatReply,
+        peft_engine::template::Message,
+        peft_engine::infer::generate::GenerateOptions,
+        peft_engine::infer::generate::Generation,
+        peft_engine::train::WhichAdapter,
         export::ExportKind,
         export::ExportResult,
         dialogs::PickWhat,
@@ -69,6 +71,9 @@ mod tests {
         if std::env::var_os("UPDATE_BINDINGS").is_some() {
             let dir = bindings_dir();
             std::fs::create_dir_all(&dir).unwrap();
+            for name in read_dir(&dir).keys() {
+                std::fs::remove_file(dir.join(name)).unwrap();
+            }
             for (name, text) in read_dir(fresh.path()) {
                 std::fs::write(dir.join(name), text).unwrap();
             }

@@ -1,14 +1,12 @@
 //! PEFT Studio's desktop shell: Tauri commands that translate between the wizard (`ui/`) and
 //! `peft_engine`, nothing more. See `commands/` (one module per wizard step), `state.rs` (what
-//! is remembered between commands), `history.rs` (runs on disk) and `bindings.rs` (the
-//! TypeScript types generated from these DTOs).
+//! is remembered between commands) and `bindings.rs` (the TypeScript types, generated from the
+//! engine's types and the few wrappers the shell adds).
 
 pub mod bindings;
 pub mod commands;
 pub mod error;
-pub mod history;
 pub mod paths;
-pub mod settings;
 pub mod state;
 
 pub use error::{ApiError, ApiResult};
@@ -50,7 +48,7 @@ pub struct AppInfo {
     /// The preselected starting point that works offline.
     pub default_model: String,
     /// Settings that make the bundled demo learn visibly in about a minute on a laptop CPU.
-    pub demo_settings: settings::TrainSettings,
+    pub demo_settings: peft_engine::train::TrainConfig,
 }
 
 #[tauri::command]
@@ -59,7 +57,7 @@ fn app_info(state: tauri::State<'_, AppState>) -> AppInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         data_dir: state.data_dir.display().to_string(),
         default_model: peft_engine::model::load::BUNDLED_NAME.into(),
-        demo_settings: settings::TrainSettings::demo(),
+        demo_settings: peft_engine::train::TrainConfig::demo(),
     }
 }
 

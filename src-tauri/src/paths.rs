@@ -1,8 +1,8 @@
 //! Every path the UI sends is checked here before the engine sees it: it must exist, be the
 //! expected kind (file or folder), and is canonicalised so symlinks and `..` cannot make the
 //! backend touch something other than what the user picked. Paths the shell creates itself
-//! (run folders, exports) are derived from the app data dir and ids that are checked to be
-//! plain names.
+//! (run folders, exports) are derived from the app data dir and run ids the engine checks
+//! to be plain names (`train::history::check_id`).
 
 use crate::error::{ApiError, ApiResult};
 use std::path::{Path, PathBuf};
@@ -83,24 +83,6 @@ pub fn output_dir(raw: &str) -> ApiResult<PathBuf> {
     Ok(out)
 }
 
-/// An id the shell generated (a run id): letters, digits, `-` and `_` only, so joining it to a
-/// folder can never leave that folder.
-///
-/// # Errors
-/// `BadPath` for anything else.
-pub fn plain_id(id: &str) -> ApiResult<&str> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(id)
-    } else {
-        Err(ApiError::new("BadPath", format!("`{id}` is not a run id")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,8 +99,6 @@ mod tests {
             "BadPath"
         );
         assert_eq!(existing("/", Kind::File).unwrap_err().code, "BadPath");
-        assert_eq!(plain_id("../etc").unwrap_err().code, "BadPath");
-        assert!(plain_id("run-20240101-1").is_ok());
     }
 
     #[test]

@@ -1,24 +1,24 @@
 //! What the shell remembers between commands: the open model, the inspected dataset, the last
-//! hardware scan, and one cancel token per kind of long job. Everything here is either an
-//! engine value or a token; the shell computes nothing from it.
+//! hardware scan, the running job and one cancel token per kind of long job. Everything here
+//! is an engine value or a token; the shell computes nothing from it.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{internal, no_model, ApiResult};
 use peft_engine::data::inspect::DatasetReport;
 use peft_engine::hardware::Hardware;
-use peft_engine::model::load::ModelSource;
+use peft_engine::model::decoder::Decoder;
 use peft_engine::model::loaded::LoadedModel;
 use peft_engine::plan::Throughput;
+use peft_engine::train::{RunRecord, WhichAdapter};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The model the wizard works on.
+/// The model the wizard works on, opened once: training, chat and export all use it (the
+/// engine builds its weights in the storage each use needs and keeps them).
 pub struct ModelSlot {
     /// What the user typed or picked (`demo`, a folder, a .gguf, `org/name`).
     pub spec: String,
-    pub source: ModelSource,
-    /// Shared with chat threads; training loads its own copy (the recipe consumes it).
-    pub base: Arc<LoadedModel>,
+    pub model: Arc<LoadedModel>,
 }
 
 /// The dataset the wizard works on.
@@ -33,8 +33,15 @@ pub struct TrainJob {
     pub cancel: Arc<AtomicBool>,
     /// Cleared by the training thread when it ends.
     pub running: Arc<AtomicBool>,
-    /// Kept current by the training thread (steps, curves, final status).
-    pub record: Arc<Mutex<crate::history::RunRecord>>,
+    /// The engine's record of the run, as of its last event.
+    pub record: Arc<Mutex<RunRecord>>,
+}
+
+/// The tuned model for chat: base + one run's adapter.
+pub struct TunedSlot {
+    pub run_id: String,
+    pub which: WhichAdapter,
+    pub decoder: Arc<Decoder>,
 }
 
 /// Managed state of the app.
@@ -42,8 +49,7 @@ pub struct AppState {
     /// Run history, the demo dataset copy and default export folders live here.
     pub data_dir: PathBuf,
     pub model: Mutex<Option<ModelSlot>>,
-    /// The tuned model for chat: (run id, base + that run's adapter).
-    pub tuned: Mutex<Option<(String, Arc<LoadedModel>)>>,
+    pub tuned: Mutex<Option<TunedSlot>>,
     pub dataset: Mutex<Option<DatasetSlot>>,
     pub hardware: Mutex<Option<Hardware>>,
     /// Measured once per app start (a third of a second), for the plan's time estimate.
@@ -73,16 +79,16 @@ impl AppState {
         self.data_dir.join("runs")
     }
 
-    /// The open model's source and shared copy.
-    pub fn current_model(&self) -> ApiResult<(String, ModelSource, Arc<LoadedModel>)> {
+    /// The open model and what the user called it.
+    pub fn current_model(&self) -> ApiResult<(String, Arc<LoadedModel>)> {
         let slot = lock(&self.model)?;
-        let m = slot.as_ref().ok_or_else(ApiError::no_model)?;
-        Ok((m.spec.clone(), m.source.clone(), m.base.clone()))
+        let m = slot.as_ref().ok_or_else(no_model)?;
+        Ok((m.spec.clone(), m.model.clone()))
     }
 }
 
 /// Locks a mutex, turning a poisoned lock (a panicked job) into an error instead of a panic.
 pub fn lock<T>(m: &Mutex<T>) -> ApiResult<MutexGuard<'_, T>> {
     m.lock()
-        .map_err(|_| ApiError::internal("an earlier job crashed; restart the app"))
+        .map_err(|_| internal("an earlier job crashed; restart the app"))
 }

@@ -1,110 +1,22 @@
-//! The shell's commands through Tauri's mock runtime and the real IPC path (the same
-//! deserialisation, state and error mapping the app uses), on the bundled demo model.
+//! The shell's commands through Tauri's mock runtime and the real IPC path, on the bundled demo
+//! model: each wizard step, errors with their codes, and the whole train → pause → resume →
+//! chat → export flow. What each training method does to the model is `tests/methods.rs`.
 
-use peft_studio::AppState;
-use serde::de::DeserializeOwned;
+mod common;
+
+use common::app;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-use tauri::ipc::{CallbackFn, InvokeBody};
-use tauri::test::{
-    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
-};
-use tauri::webview::InvokeRequest;
-use tauri::WebviewWindow;
-
-struct App {
-    _app: tauri::App<MockRuntime>,
-    webview: WebviewWindow<MockRuntime>,
-    dir: tempfile::TempDir,
-}
-
-fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let app = peft_studio::with_commands(mock_builder())
-        .manage(AppState::new(dir.path().to_path_buf()))
-        .build(mock_context(noop_assets()))
-        .unwrap();
-    let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
-        .build()
-        .unwrap();
-    App {
-        _app: app,
-        webview,
-        dir,
-    }
-}
-
-impl App {
-    /// Invokes `cmd` like the UI does; `Err` is the `{code, message, details}` the UI gets.
-    fn call<T: DeserializeOwned>(&self, cmd: &str, args: Value) -> Result<T, Value> {
-        let req = InvokeRequest {
-            cmd: cmd.into(),
-            callback: CallbackFn(0),
-            error: CallbackFn(1),
-            // tauri://localhost, not http://tauri.localhost: on Linux the latter is remote.
-            url: "tauri://localhost".parse().unwrap(),
-            body: InvokeBody::Json(args),
-            headers: Default::default(),
-            invoke_key: INVOKE_KEY.to_string(),
-        };
-        get_ipc_response(&self.webview, req).map(|b| b.deserialize::<T>().unwrap())
-    }
-
-    fn ok<T: DeserializeOwned>(&self, cmd: &str, args: Value) -> T {
-        self.call(cmd, args)
-            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-    }
-
-    fn err(&self, cmd: &str, args: Value) -> Value {
-        match self.call::<Value>(cmd, args) {
-            Ok(v) => panic!("{cmd} succeeded with {v}"),
-            Err(e) => e,
-        }
-    }
-
-    fn open_demo(&self) -> Value {
-        self.ok(
-            "model_open",
-            json!({"spec": "demo", "onProgress": "__CHANNEL__:1"}),
-        )
-    }
-
-    fn demo_data(&self) -> String {
-        self.open_demo();
-        let path: String = self.ok("data_demo_path", json!({}));
-        let _: Value = self.ok(
-            "data_inspect",
-            json!({"path": path, "maxLen": 128, "skipBadRows": false}),
-        );
-        path
-    }
-
-    fn wait_run(&self, id: &str) -> Value {
-        let t0 = Instant::now();
-        loop {
-            let r: Value = self.ok("train_status", json!({}));
-            assert_eq!(r["id"], id);
-            if r["status"] != "running" {
-                return r;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(300),
-                "training did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn app_starts_with_the_demo_defaults() {
     let a = app();
     let info: Value = a.ok("app_info", json!({}));
     assert_eq!(info["default_model"], "demo");
-    assert_eq!(info["demo_settings"]["method"], "lora");
+    assert_eq!(info["demo_settings"]["method"]["kind"], "lora");
     // No model yet: null, and commands that need one answer with a coded error.
     assert!(a.ok::<Value>("model_current", json!({})).is_null());
-    let e = a.err("plan_estimate", json!({"settings": info["demo_settings"]}));
+    let e = a.err("plan_estimate", json!({"config": info["demo_settings"]}));
     assert_eq!(e["code"], "NoModel");
 }
 
@@ -112,24 +24,32 @@ fn app_starts_with_the_demo_defaults() {
 fn hardware_scan_works_without_a_gpu() {
     let a = app();
     let hw: Value = a.ok("hardware_scan", json!({}));
-    assert!(hw["logical_cores"].as_u64().unwrap() >= 1);
-    assert!(hw["summary"]
+    assert!(hw["hardware"]["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
+    assert!(hw["verdict"]["summary"]
         .as_str()
         .unwrap()
         .starts_with("Training runs on the"));
+    // Without a GPU the note is a sentence for a person, not a library loader's error.
+    for n in hw["hardware"]["gpu"]["notes"].as_array().unwrap() {
+        let n = n.as_str().unwrap();
+        assert!(!n.contains("libloading") && !n.contains(".so"), "{n}");
+    }
 }
 
 #[test]
 fn model_open_reports_facts_and_rejects_bad_sources() {
     let a = app();
     let m = a.open_demo();
-    assert_eq!(m["bundled"], true);
-    assert_eq!(m["architecture"], "llama");
-    assert_eq!(m["context_length"], 512);
-    assert!(m["chat_template"]
+    assert_eq!(m["info"]["bundled"], true);
+    assert_eq!(m["info"]["architecture"], "llama");
+    assert_eq!(m["info"]["context_length"], 512);
+    assert!(m["info"]["chat_template"]
         .as_str()
         .unwrap()
         .contains("### Response"));
+    // Opening reads no weights: the engine builds them when a use needs them.
+    let (_, model) = a.state().current_model().unwrap();
+    assert!(model.kept_storage().is_none());
     let current: Value = a.ok("model_current", json!({}));
     assert_eq!(current["spec"], "demo");
 
@@ -170,9 +90,10 @@ fn data_inspect_reports_the_demo_dataset_and_errors_with_lines() {
         "data_inspect",
         json!({"path": path, "maxLen": 128, "skipBadRows": false}),
     );
+    assert_eq!(r["bundled"], true);
+    let r = &r["report"];
     assert_eq!(r["format"], "Chat");
     assert_eq!(r["rows"], 56);
-    assert_eq!(r["bundled"], true);
     assert_eq!(r["truncated"], 0);
     assert!(r["example"]
         .as_array()
@@ -199,11 +120,12 @@ fn data_inspect_reports_the_demo_dataset_and_errors_with_lines() {
 fn plan_recommends_and_estimates_edits_live() {
     let a = app();
     a.demo_data();
-    let info: Value = a.ok("app_info", json!({}));
-    let plan: Value = a.ok("plan_recommend", json!({"base": info["demo_settings"]}));
-    assert_eq!(plan["device"], "cpu");
-    let best = &plan["candidates"][0];
-    assert_eq!(best["estimate"]["fits"], true);
+    let base = a.settings(json!({}));
+    let plan: Value = a.ok("plan_recommend", json!({"base": base}));
+    let rec = &plan["recommendation"];
+    assert_eq!(rec["device"], "cpu");
+    let best = &rec["candidates"][0];
+    assert_eq!(best["fits"], true);
     let bands: Vec<&str> = best["estimate"]["bands"]
         .as_array()
         .unwrap()
@@ -221,6 +143,7 @@ fn plan_recommends_and_estimates_edits_live() {
             "overhead"
         ]
     );
+    // Bands are the engine's grouping of its own lines: they add up to the peak exactly.
     let sum: u64 = best["estimate"]["bands"]
         .as_array()
         .unwrap()
@@ -228,13 +151,26 @@ fn plan_recommends_and_estimates_edits_live() {
         .map(|b| b["bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(sum, best["estimate"]["peak_bytes"].as_u64().unwrap());
+    // Each candidate comes with the full settings it stands for, the user's others kept.
+    let cfg = &plan["configs"][0];
+    assert_eq!(cfg["seq_len"], best["request"]["seq_len"]);
+    assert_eq!(cfg["method"], best["request"]["method"]);
+    assert_eq!(cfg["lr"], base["lr"]);
 
-    let mut s = best["settings"].clone();
-    let small: Value = a.ok("plan_estimate", json!({"settings": s}));
+    let mut s = cfg.clone();
+    let small: Value = a.ok("plan_estimate", json!({"config": s}));
     s["seq_len"] = json!(512);
     s["batch_size"] = json!(64);
-    let big: Value = a.ok("plan_estimate", json!({"settings": s}));
-    assert!(big["peak_bytes"].as_u64() > small["peak_bytes"].as_u64());
+    let big: Value = a.ok("plan_estimate", json!({"config": s}));
+    assert!(big["estimate"]["peak_bytes"].as_u64() > small["estimate"]["peak_bytes"].as_u64());
+    // QLoRA plans 4-bit weights.
+    s["method"]["kind"] = json!("qlora");
+    let q: Value = a.ok("plan_estimate", json!({"config": s}));
+    assert!(q["estimate"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "base_weights.nf4"));
 }
 
 #[test]
@@ -243,22 +179,23 @@ fn train_pause_resume_chat_and_export_on_the_demo() {
     a.demo_data();
     let e = a.err(
         "train_start",
-        json!({"settings": {}, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
+        json!({"config": {}, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
     );
     // Malformed arguments are refused by Tauri before the command runs (a plain string).
     assert!(e.as_str().unwrap().contains("missing field"), "{e}");
+    let bad = a.settings(json!({"seq_len": 0}));
+    let e = a.err(
+        "train_start",
+        json!({"config": bad, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
+    );
+    assert_eq!(e["code"], "InvalidSetting");
 
     // Pause right away: the engine checkpoints and the run is resumable.
-    let mut s: Value = a.ok::<Value>("app_info", json!({}))["demo_settings"].clone();
-    s["max_steps"] = json!(60);
-    let rec: Value = a.ok(
-        "train_start",
-        json!({"settings": s, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
-    );
-    let id = rec["id"].as_str().unwrap().to_string();
+    let s = a.settings(json!({"max_steps": 40, "eval_every": 10}));
+    let id = a.start(&s);
     let busy = a.err(
         "train_start",
-        json!({"settings": s, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
+        json!({"config": s, "resumeRun": null, "onEvent": "__CHANNEL__:2"}),
     );
     assert_eq!(busy["code"], "Busy");
     while a.ok::<Value>("train_status", json!({}))["losses"]
@@ -272,44 +209,53 @@ fn train_pause_resume_chat_and_export_on_the_demo() {
     let paused = a.wait_run(&id);
     assert_eq!(paused["status"], "paused", "{paused}");
     let paused_at = paused["step"].as_u64().unwrap();
-    assert!(paused_at < 60);
-    let e = a.err("chat_generate", json!({"side": "tuned", "runId": id, "messages": [{"role": "user", "content": "hi"}],
-        "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repeat_penalty": 1.0, "max_new_tokens": 5, "seed": 0}, "onText": "__CHANNEL__:3"}));
+    assert!(paused_at < 40);
+    let e = a.err("chat_generate", json!({"side": "tuned", "runId": id, "which": "final", "messages": [{"role": "user", "content": "hi"}],
+        "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repeat_penalty": 1.0, "repeat_last_n": 64, "max_new_tokens": 5, "seed": 0}, "onText": "__CHANNEL__:3"}));
     assert_eq!(e["code"], "NoRun");
 
     let _: Value = a.ok(
         "train_start",
-        json!({"settings": s, "resumeRun": id, "onEvent": "__CHANNEL__:2"}),
+        json!({"config": s, "resumeRun": id, "onEvent": "__CHANNEL__:2"}),
     );
     let done = a.wait_run(&id);
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["step"], 60);
+    assert_eq!(done["step"], 40);
     let losses = done["losses"].as_array().unwrap();
     assert_eq!(
         losses.len(),
-        60,
+        40,
         "one point per step across pause and resume"
     );
     let first = losses[0][1].as_f64().unwrap();
-    let last = losses[59][1].as_f64().unwrap();
+    let last = losses[39][1].as_f64().unwrap();
     assert!(last < first, "loss went down: {first} → {last}");
+    // The best evaluation is kept, and the memory figures compare like with like.
+    let best = &done["best"];
+    assert!(best["step"].as_u64().unwrap() % 10 == 0, "{best}");
+    let mem = &done["memory"];
+    assert_eq!(
+        mem["planned_growth_bytes"].as_u64().unwrap(),
+        mem["planned_peak_bytes"].as_u64().unwrap() - mem["already_loaded_bytes"].as_u64().unwrap()
+    );
     let runs: Vec<Value> = a.ok("runs_list", json!({}));
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["status"], "completed");
 
-    // Chat: tuned and base on the same prompt.
-    let sampling = json!({"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repeat_penalty": 1.0, "max_new_tokens": 40, "seed": 0});
+    // Chat: tuned (final and best) and base on the same prompt.
+    let sampling = json!({"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repeat_penalty": 1.0, "repeat_last_n": 64, "max_new_tokens": 40, "seed": 0});
     let msgs = json!([{"role": "user", "content": "Tell me a story."}]);
-    let tuned: Value = a.ok("chat_generate", json!({"side": "tuned", "runId": id, "messages": msgs, "sampling": sampling, "onText": "__CHANNEL__:3"}));
-    let base: Value = a.ok("chat_generate", json!({"side": "base", "runId": null, "messages": msgs, "sampling": sampling, "onText": "__CHANNEL__:4"}));
-    assert!(tuned["tokens"].as_u64().unwrap() > 0);
+    let tuned: Value = a.ok("chat_generate", json!({"side": "tuned", "runId": id, "which": "final", "messages": msgs, "sampling": sampling, "onText": "__CHANNEL__:3"}));
+    let base: Value = a.ok("chat_generate", json!({"side": "base", "runId": null, "which": "final", "messages": msgs, "sampling": sampling, "onText": "__CHANNEL__:4"}));
+    let _: Value = a.ok("chat_generate", json!({"side": "tuned", "runId": id, "which": "best", "messages": msgs, "sampling": sampling, "onText": "__CHANNEL__:3"}));
+    assert!(!tuned["token_ids"].as_array().unwrap().is_empty());
     assert_ne!(tuned["text"], base["text"], "the adapter changes the reply");
     assert_eq!(a.ok::<u32>("chat_stop", json!({})), 0);
 
     // Export: adapter files and a merged folder.
     let x: Value = a.ok(
         "export_run",
-        json!({"runId": id, "kind": "adapter", "dest": null}),
+        json!({"runId": id, "which": "final", "kind": "adapter", "dest": null}),
     );
     let dir = std::path::PathBuf::from(x["dir"].as_str().unwrap());
     assert!(dir.join("adapter_config.json").is_file());
@@ -317,7 +263,7 @@ fn train_pause_resume_chat_and_export_on_the_demo() {
     let dest = a.dir.path().join("merged-out");
     let m: Value = a.ok(
         "export_run",
-        json!({"runId": id, "kind": "merged", "dest": dest}),
+        json!({"runId": id, "which": "best", "kind": "merged", "dest": dest}),
     );
     assert!(m["files"]
         .as_array()
@@ -326,9 +272,9 @@ fn train_pause_resume_chat_and_export_on_the_demo() {
         .any(|f| f["name"] == "model.safetensors"));
     let e = a.err(
         "export_run",
-        json!({"runId": "../../etc", "kind": "adapter", "dest": null}),
+        json!({"runId": "../../etc", "which": "final", "kind": "adapter", "dest": null}),
     );
-    assert_eq!(e["code"], "BadPath");
+    assert_eq!(e["code"], "InvalidSetting");
 
     let _: Value = a.ok("run_delete", json!({"runId": id}));
     assert!(a.ok::<Vec<Value>>("runs_list", json!({})).is_empty());

@@ -122,6 +122,7 @@ fn child_generate(model: &str, prompt_tokens: usize, new_tokens: usize) -> peft_
         OpenOptions::default(),
         &LoadOptions::default(),
     )?;
+    let d = m.weights(&LoadOptions::default())?;
     let load_s = t0.elapsed().as_secs_f64();
     // A fixed, model-independent prompt: ids cycling over the vocabulary's middle.
     let vocab = m.info.vocab_size as u32;
@@ -131,15 +132,7 @@ fn child_generate(model: &str, prompt_tokens: usize, new_tokens: usize) -> peft_
     let mut opts = GenerateOptions::greedy(new_tokens);
     opts.max_new_tokens = new_tokens;
     // No stop ids: always generate the full count so runs are comparable.
-    let g = generate(
-        &m.decoder,
-        &m.tokenizer,
-        &ids,
-        &opts,
-        &[],
-        None,
-        &mut |_| {},
-    )?;
+    let g = generate(&d, &m.tokenizer, &ids, &opts, &[], None, &mut |_| {})?;
     let v = serde_json::json!({
         "prompt_tokens": g.prompt_tokens,
         "prompt_tokens_per_s": g.prompt_tokens_per_s,

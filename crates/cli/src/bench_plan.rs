@@ -10,7 +10,6 @@
 //! the table gives the median of the rounds. The prediction uses the median of the speed probes
 //! every child ran, as `peft plan` uses one calibration of the machine.
 
-use crate::load::{load_model_with, ModelArgs};
 use clap::Args;
 use peft_engine::memory::format_bytes;
 use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
@@ -110,12 +109,12 @@ fn config_for(m: &Method, seq: usize, ckpt: bool) -> TrainConfig {
 
 fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
     let m = method(&a.method)?;
-    let model = load_model_with(
-        &ModelArgs {
-            model: a.model[0].clone(),
-            bf16: false,
-        },
-        &m,
+    // Built in the method's storage before the run, as `peft train` does, so the peak
+    // includes loading.
+    let model = peft_engine::model::loaded::LoadedModel::load(
+        &ModelSource::parse(&a.model[0])?,
+        OpenOptions::default(),
+        &m.base_storage(Default::default()),
     )?;
     let out = tempfile_dir()?;
     let data = a
@@ -126,13 +125,13 @@ fn child(a: &BenchPlanArgs) -> peft_engine::Result<()> {
     let mut durations: Vec<f64> = Vec::new();
     let stop = AtomicBool::new(false);
     let s = train(
-        model,
+        &model,
         &data,
         &out,
         &config_for(&m, a.seq_len, a.ckpt),
         None,
         Some(&stop),
-        &mut |e| {
+        &mut |e, _| {
             if let TrainEvent::Step(_) = e {
                 let now = Instant::now();
                 if let Some(t) = last {

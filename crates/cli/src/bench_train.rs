@@ -71,7 +71,7 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
     let m = LoadedModel::load(
         &ModelSource::parse(model)?,
         OpenOptions::default(),
-        &crate::load::load_options(&method, false),
+        &method.base_storage(Default::default()),
     )?;
     let load_s = t0.elapsed().as_secs_f64();
     // Peak RSS is monotonic, so read now it is the peak while loading (QLoRA quantizes tensor
@@ -102,7 +102,7 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
     // reported beside the mean because a shared machine's neighbours inflate single steps.
     let mut last: Option<Instant> = None;
     let mut durations: Vec<f64> = Vec::new();
-    let mut on_event = |e: &TrainEvent| {
+    let mut on_event = |e: &TrainEvent, _: &peft_engine::train::RunRecord| {
         if let TrainEvent::Step(_) = e {
             let now = Instant::now();
             if let Some(t) = last {
@@ -111,7 +111,7 @@ pub fn child(model: &str, seq_len: usize, steps: usize, config: &str) -> peft_en
             last = Some(now);
         }
     };
-    train(m, &data, &dir.join("out"), &cfg, None, None, &mut on_event)?;
+    train(&m, &data, &dir.join("out"), &cfg, None, None, &mut on_event)?;
     let secs: f64 = durations.iter().sum::<f64>().max(1e-9);
     let tokens = durations.len() * seq_len;
     durations.sort_by(|a, b| a.total_cmp(b));

@@ -1,6 +1,6 @@
 //! `peft data inspect`: what a dataset looks like to the model.
 
-use crate::load::{load_model, ModelArgs};
+use crate::load::{open_model, ModelArgs};
 use clap::{Args, Subcommand};
 use peft_engine::data::formats::LoadOptions;
 use peft_engine::data::inspect::inspect;
@@ -30,7 +30,7 @@ pub struct InspectArgs {
 
 pub fn run(cmd: DataCommand) -> peft_engine::Result<()> {
     let DataCommand::Inspect(a) = cmd;
-    let m = load_model(&a.model)?;
+    let m = open_model(&a.model)?;
     let r = inspect(
         &a.file,
         &m.tokenizer,

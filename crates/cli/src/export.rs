@@ -2,40 +2,17 @@
 //! folder, LM Studio's layout or a merged Hugging Face folder — then print the self-check
 //! (`peft_engine::export::run`; a failed check is an error).
 
-use crate::load::{load_model, ModelArgs};
-use clap::{Args, ValueEnum};
+use crate::load::{open_model, ModelArgs};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_engine::export::gguf::{ExportModel, ExportProgress};
 use peft_engine::export::gguf_quant::GgufQuant;
-use peft_engine::export::run::{export, export_hf, ExportFormat, ExportReport, ExportRequest};
+use peft_engine::export::run::{
+    default_name, export, export_hf, ExportFormat, ExportReport, ExportRequest,
+};
 use peft_engine::export::selfcheck::CheckOptions;
-use peft_engine::peft::adapter_io::apply_adapter;
+use peft_engine::train::tuned::export_weights;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormatArg {
-    /// One merged .gguf file (llama.cpp, LM Studio, Ollama).
-    Gguf,
-    /// The LoRA adapter alone as a llama.cpp adapter .gguf.
-    GgufAdapter,
-    /// A folder with the merged .gguf, a Modelfile and the `ollama create` command.
-    Ollama,
-    /// The merged .gguf placed as <out>/<publisher>/<name>/file.gguf (--out: LM Studio's models folder).
-    Lmstudio,
-    /// A merged Hugging Face folder (safetensors, f32).
-    Hf,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum QuantArg {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_k_m")]
-    Q4KM,
-}
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -45,10 +22,10 @@ pub struct ExportArgs {
     #[arg(long)]
     adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "gguf")]
-    format: FormatArg,
+    format: ExportFormat,
     /// Weight type of GGUF files (q4_k_m is llama.cpp's per-tensor mix; adapters: f32/f16/bf16).
     #[arg(long, value_enum, default_value = "f16")]
-    quant: QuantArg,
+    quant: GgufQuant,
     /// A .gguf file or a folder (gguf, gguf-adapter), the folder to fill (ollama, hf), or LM
     /// Studio's models folder (lmstudio).
     #[arg(long)]
@@ -67,28 +44,14 @@ pub struct ExportArgs {
     json: bool,
 }
 
-fn default_name(a: &ExportArgs) -> String {
-    let stem = |p: &std::path::Path| {
-        p.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default()
-    };
-    let base = match a.model.model.as_str() {
-        "demo" | "" | "bundled" => "stories260k".to_string(),
-        m => stem(std::path::Path::new(m.trim_end_matches('/'))),
-    };
-    match &a.adapter {
-        Some(dir) => format!("{base}-{}", stem(dir)),
-        None => base,
-    }
-}
-
 pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
-    let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        apply_adapter(&mut m.decoder, dir)?;
-    }
-    let name = a.name.clone().unwrap_or_else(|| default_name(&a));
+    let m = open_model(&a.model)?;
+    let mut d = export_weights(&m, a.adapter.as_deref())?;
+    let tag = a.adapter.as_deref().and_then(|d| d.file_name()).map(|s| s.to_string_lossy());
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&m.source, tag.as_deref()));
     let check = CheckOptions {
         max_new_tokens: a.check_tokens,
         ..CheckOptions::default()
@@ -112,29 +75,17 @@ pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
         bar.set_message(format!("{} {}", p.stage, p.item));
     };
     let report = match a.format {
-        FormatArg::Hf => export_hf(&mut m, &a.out, &name, &check, &mut on_progress)?,
-        f => {
+        ExportFormat::Hf => export_hf(&m, &mut d, &a.out, &name, &check, &mut on_progress)?,
+        format => {
             let req = ExportRequest {
-                format: match f {
-                    FormatArg::Gguf => ExportFormat::Gguf,
-                    FormatArg::GgufAdapter => ExportFormat::GgufAdapter,
-                    FormatArg::Ollama => ExportFormat::Ollama,
-                    FormatArg::Lmstudio => ExportFormat::Lmstudio,
-                    FormatArg::Hf => ExportFormat::Hf,
-                },
-                quant: match a.quant {
-                    QuantArg::F32 => GgufQuant::F32,
-                    QuantArg::F16 => GgufQuant::F16,
-                    QuantArg::Bf16 => GgufQuant::Bf16,
-                    QuantArg::Q8_0 => GgufQuant::Q8_0,
-                    QuantArg::Q4KM => GgufQuant::Q4KM,
-                },
+                format,
+                quant: a.quant,
                 out: a.out.clone(),
                 name: name.clone(),
                 publisher: a.publisher.clone(),
                 check,
             };
-            export(&ExportModel::of(&m, &name), &req, &mut on_progress)?
+            export(&ExportModel::of(&m, &d, &name), &req, &mut on_progress)?
         }
     };
     bar.finish_and_clear();

@@ -1,11 +1,12 @@
 //! `peft generate` and `peft chat`.
 
-use crate::load::{load_model, ModelArgs};
+use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use peft_engine::infer::generate::{generate, GenerateOptions};
-use peft_engine::infer::template::Message;
+use peft_engine::model::decoder::Decoder;
 use peft_engine::model::loaded::LoadedModel;
-use peft_engine::peft::adapter_io::apply_adapter;
+use peft_engine::template::Message;
+use peft_engine::train::tuned::with_adapter;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,16 +49,20 @@ impl SamplingArgs {
     }
 }
 
-/// Loads the model and applies `--adapter` if given.
+/// Opens the model and builds the weights to generate with: the base with `--adapter` applied
+/// (over the storage it was trained against), or the base alone.
 fn load_with_adapter(
     model: &ModelArgs,
     adapter: &Option<PathBuf>,
-) -> peft_engine::Result<LoadedModel> {
-    let mut m = load_model(model)?;
-    if let Some(dir) = adapter {
-        apply_adapter(&mut m.decoder, dir)?;
-    }
-    Ok(m)
+) -> peft_engine::Result<(LoadedModel, Arc<Decoder>)> {
+    let m = open_model(model)?;
+    let d = match adapter {
+        Some(dir) => Arc::new(with_adapter(&m, dir)?),
+        None => m.weights(&peft_engine::model::decoder::LoadOptions::dense(
+            model.weight_dtype(),
+        ))?,
+    };
+    Ok((m, d))
 }
 
 #[derive(Args)]
@@ -91,7 +96,7 @@ fn ctrl_c_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run(a: GenerateArgs) -> peft_engine::Result<()> {
-    let m = load_with_adapter(&a.model, &a.adapter)?;
+    let (m, d) = load_with_adapter(&a.model, &a.adapter)?;
     let ids = if a.chat {
         m.chat_ids(&[Message::new("user", &a.prompt)])?
     } else {
@@ -111,7 +116,7 @@ pub fn run(a: GenerateArgs) -> peft_engine::Result<()> {
         }
     };
     let g = generate(
-        &m.decoder,
+        &d,
         &m.tokenizer,
         &ids,
         &a.sampling.options(),
@@ -155,7 +160,7 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> peft_engine::Result<()> {
-    let m = load_with_adapter(&a.model, &a.adapter)?;
+    let (m, d) = load_with_adapter(&a.model, &a.adapter)?;
     if m.template.is_fallback() {
         eprintln!("note: this model has no chat template; using PEFT Studio's fallback format.");
     }
@@ -187,7 +192,7 @@ pub fn chat(a: ChatArgs) -> peft_engine::Result<()> {
             let _ = std::io::stdout().flush();
         };
         let g = generate(
-            &m.decoder,
+            &d,
             &m.tokenizer,
             &ids,
             &a.sampling.options(),

@@ -1,6 +1,6 @@
 //! `peft info`: what a model is.
 
-use crate::load::{load_model, ModelArgs};
+use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use peft_engine::memory::format_bytes;
 
@@ -14,7 +14,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> peft_engine::Result<()> {
-    let m = load_model(&a.model)?;
+    let m = open_model(&a.model)?;
     let i = &m.info;
     if a.json {
         println!("{}", serde_json::to_string_pretty(i).unwrap_or_default());

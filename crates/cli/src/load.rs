@@ -1,8 +1,10 @@
-//! Loading a model from a `--model` argument, with a download progress bar for hub ids.
+//! Opening a model from a `--model` argument, with a download progress bar for hub ids. Which
+//! storage its weights are built in is the engine's choice per use (training asks for what its
+//! method needs), so this only opens.
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use peft_engine::model::decoder::{LoadOptions, WeightDtype};
+use peft_engine::model::decoder::WeightDtype;
 use peft_engine::model::hub::DownloadEvent;
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
@@ -13,20 +15,24 @@ pub struct ModelArgs {
     /// A model folder, a .gguf file, a hub id (org/name[@revision]) or `demo` (bundled).
     #[arg(long, short, default_value = "demo")]
     pub model: String,
-    /// Store base weights as bf16 (half the memory, slightly different numbers).
+    /// Store the dense base weights as bf16 (half the memory, slightly different numbers).
     #[arg(long)]
     pub bf16: bool,
 }
 
-pub fn load_model(args: &ModelArgs) -> peft_engine::Result<LoadedModel> {
-    load_model_with(args, &peft_engine::peft::method::Method::Full)
+impl ModelArgs {
+    /// Storage of dense weights that `--bf16` asks for.
+    pub fn weight_dtype(&self) -> WeightDtype {
+        if self.bf16 {
+            WeightDtype::Bf16
+        } else {
+            WeightDtype::F32
+        }
+    }
 }
 
-/// Loads the model as `method` needs it (QLoRA quantizes the base while loading).
-pub fn load_model_with(
-    args: &ModelArgs,
-    method: &peft_engine::peft::method::Method,
-) -> peft_engine::Result<LoadedModel> {
+/// Opens the model (downloading hub models with a progress bar); reads no weights yet.
+pub fn open_model(args: &ModelArgs) -> peft_engine::Result<LoadedModel> {
     let source = ModelSource::parse(&args.model)?;
     let bar = ProgressBar::hidden();
     bar.set_style(
@@ -49,18 +55,5 @@ pub fn load_model_with(
         on_download: Some(&mut on_event),
         ..Default::default()
     };
-    LoadedModel::load(&source, open, &load_options(method, args.bf16))
-}
-
-/// Storage for the base weights: bf16 when asked, NF4 for QLoRA's block linears.
-pub fn load_options(method: &peft_engine::peft::method::Method, bf16: bool) -> LoadOptions {
-    LoadOptions {
-        dtype: if bf16 {
-            WeightDtype::Bf16
-        } else {
-            WeightDtype::F32
-        },
-        quantize: matches!(method, peft_engine::peft::method::Method::Qlora(_))
-            .then(peft_engine::model::decoder::QuantizeOptions::default),
-    }
+    LoadedModel::open(&source, open)
 }

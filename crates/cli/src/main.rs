@@ -1,6 +1,7 @@
 //! `peft`: PEFT Studio's headless front end. Every command is a thin layer over
 //! `peft_engine`; the desktop app calls the same functions.
 
+mod args;
 mod bench;
 mod bench_plan;
 mod bench_train;

@@ -2,28 +2,21 @@
 //! their itemised estimate; `--json` gives the whole recommendation (each estimate with its
 //! `lines` and `peak_bytes`). Also `--plan auto` for `peft train` ([`auto_train_config`]).
 
-use crate::load::ModelArgs;
-use crate::train::{MethodArgs, SizeArgs};
+use crate::args::{MethodArgs, SizeArgs};
+use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use peft_engine::data::formats::LoadOptions;
 use peft_engine::data::inspect::inspect;
 use peft_engine::hardware::{parse_size, Hardware};
-use peft_engine::infer::template::ChatTemplate;
 use peft_engine::memory::format_bytes;
-use peft_engine::model::decoder::WeightDtype;
-use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
+use peft_engine::model::loaded::LoadedModel;
 use peft_engine::plan::recommend::{recommend, DataStats, RecommendOptions, Recommendation};
 use peft_engine::plan::{measure_throughput, PlanRequest};
 use peft_engine::train::TrainConfig;
-use peft_engine::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Args)]
-#[command(mut_arg("method", |a| a
-    .value_parser(["auto", "lora", "qlora", "selective", "full"])
-    .default_value("auto")
-    .help("auto: the best of LoRA/QLoRA that fits; or lora, qlora, selective, full")))]
 pub struct PlanArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -45,54 +38,33 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
-/// Config, data statistics: reads the model's config, tokenizer and template only (no
-/// weights), and tokenises the data once.
-fn model_and_data(model: &ModelArgs, data: &Path) -> peft_engine::Result<(Config, DataStats)> {
-    let files = open_model(&ModelSource::parse(&model.model)?, OpenOptions::default())?;
-    let bos = files.bos_token.clone().unwrap_or_default();
-    let eos = files.eos_token.clone().unwrap_or_default();
-    let template = match &files.chat_template {
-        Some(src) => ChatTemplate::new(src, &bos, &eos)?,
-        None => ChatTemplate::fallback(&bos, &eos),
-    };
+/// The dataset's token lengths with the model's tokenizer and template.
+fn data_stats(model: &LoadedModel, data: &Path) -> peft_engine::Result<DataStats> {
     let report = inspect(
         data,
-        &files.tokenizer,
-        &template,
-        files.config.max_position_embeddings,
+        &model.tokenizer,
+        &model.template,
+        model.config.max_position_embeddings,
         &LoadOptions::default(),
     )?;
-    Ok((files.config, DataStats::from_report(&report)))
+    Ok(DataStats::from_report(&report))
 }
 
-fn options(
-    method: &MethodArgs,
-    size: &SizeArgs,
-    explicit_size: bool,
-    bf16: bool,
-) -> peft_engine::Result<RecommendOptions> {
-    let mut o = RecommendOptions::default();
-    if method.method != "auto" {
-        o.method = Some(method.method()?);
-    }
-    if let Some(l) = method.method()?.lora() {
-        o.lora = l.clone();
-    }
-    if explicit_size {
-        o.seq_len = Some(size.seq_len);
-        o.batch_size = size.batch_size;
-        o.grad_accum = size.grad_accum;
-    }
-    o.base = PlanRequest {
-        weight_dtype: if bf16 {
-            WeightDtype::Bf16
-        } else {
-            WeightDtype::F32
+fn options(a: &PlanArgs) -> peft_engine::Result<RecommendOptions> {
+    let d = RecommendOptions::default();
+    Ok(RecommendOptions {
+        method: a.method.method.map(|k| a.method.method_of(k)).transpose()?,
+        lora: a.method.lora(),
+        seq_len: a.size.seq_len,
+        batch_size: a.size.batch_size.unwrap_or(d.batch_size),
+        grad_accum: a.size.grad_accum.unwrap_or(d.grad_accum),
+        base: PlanRequest {
+            weight_dtype: a.model.weight_dtype(),
+            throughput: measure_throughput(Duration::from_millis(150))?,
+            ..PlanRequest::default()
         },
-        throughput: measure_throughput(Duration::from_millis(150))?,
-        ..PlanRequest::default()
-    };
-    Ok(o)
+        ..d
+    })
 }
 
 fn hardware(ram: &Option<String>, vram: &Option<String>) -> peft_engine::Result<Hardware> {
@@ -114,12 +86,10 @@ fn hardware(ram: &Option<String>, vram: &Option<String>) -> peft_engine::Result<
 }
 
 pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
-    let (config, stats) = model_and_data(&a.model, &a.data)?;
+    let model = open_model(&a.model)?;
+    let stats = data_stats(&model, &a.data)?;
     let hw = hardware(&a.assume_ram, &a.assume_vram)?;
-    let explicit =
-        std::env::args().any(|x| x.starts_with("--seq-len") || x.starts_with("--batch-size"));
-    let o = options(&a.method, &a.size, explicit, a.model.bf16)?;
-    let r = recommend(&config, &hw, &stats, &o);
+    let r = recommend(&model.config, &hw, &stats, &options(&a)?);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return Ok(());
@@ -130,9 +100,9 @@ pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
 
 fn print_recommendation(r: &Recommendation) {
     println!(
-        "budget: {} free {:?} memory − {} safety margin = {} usable\n",
+        "budget: {} free {} memory − {} safety margin = {} usable\n",
         format_bytes(r.available_bytes),
-        r.device,
+        r.device.as_str(),
         format_bytes(r.margin_bytes),
         format_bytes(r.usable_bytes)
     );
@@ -189,46 +159,28 @@ fn print_recommendation(r: &Recommendation) {
     println!("\n{}", r.summary);
 }
 
-/// `peft train --plan auto`: replaces method and size settings with the top recommendation.
+/// `peft train --plan auto`: `cfg` with the top recommendation's method and sizes (the
+/// engine's `TrainConfig::with_plan`).
 ///
 /// # Errors
-/// [`peft_engine::Error::Invalid`] when the plan is not `auto` or nothing fits (with the
-/// recommender's reason).
+/// [`peft_engine::Error::Invalid`] when nothing fits (with the recommender's reason).
 pub fn auto_train_config(
-    plan: &str,
-    model: &ModelArgs,
+    model: &LoadedModel,
     data: &Path,
-    mut cfg: TrainConfig,
+    cfg: TrainConfig,
 ) -> peft_engine::Result<TrainConfig> {
-    if plan != "auto" {
-        return Err(peft_engine::Error::invalid(
-            "plan",
-            format!("`{plan}`: only `auto` is supported"),
-        ));
-    }
-    let (config, stats) = model_and_data(model, data)?;
+    let stats = data_stats(model, data)?;
     let o = RecommendOptions {
-        base: PlanRequest {
-            evaluation: cfg.val_fraction > 0.0,
-            weight_dtype: if model.bf16 {
-                WeightDtype::Bf16
-            } else {
-                WeightDtype::F32
-            },
-            throughput: measure_throughput(Duration::from_millis(150))?,
-            ..PlanRequest::default()
-        },
+        base: cfg.plan_request(
+            Default::default(),
+            measure_throughput(Duration::from_millis(150))?,
+        ),
         ..RecommendOptions::default()
     };
-    let r = recommend(&config, &Hardware::scan(), &stats, &o);
+    let r = recommend(&model.config, &Hardware::scan(), &stats, &o);
     let best = r
         .best()
         .ok_or_else(|| peft_engine::Error::invalid("plan", r.summary.clone()))?;
     eprintln!("plan: {} — {}", best.label, r.summary);
-    cfg.method = best.request.method.clone();
-    cfg.seq_len = best.request.seq_len;
-    cfg.batch_size = best.request.batch_size;
-    cfg.grad_accum = best.request.grad_accum;
-    cfg.grad_checkpointing = best.request.grad_checkpointing;
-    Ok(cfg)
+    Ok(cfg.with_plan(&best.request))
 }

@@ -4,11 +4,10 @@
 //! `cargo run --release -p peft-engine --example train_and_chat`
 
 use peft_engine::infer::generate::{generate, GenerateOptions};
-use peft_engine::model::decoder::LoadOptions;
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
-use peft_engine::peft::adapter_io::apply_adapter;
 use peft_engine::peft::method::{LoraSettings, Method};
+use peft_engine::train::tuned::with_adapter;
 use peft_engine::train::{train, TrainConfig, TrainEvent};
 
 fn main() -> peft_engine::Result<()> {
@@ -26,13 +25,8 @@ fn main() -> peft_engine::Result<()> {
         .collect();
     std::fs::write(&data, body).map_err(|e| peft_engine::Error::io(&data, e))?;
 
-    let load = || {
-        LoadedModel::load(
-            &ModelSource::Bundled,
-            OpenOptions::default(),
-            &LoadOptions::default(),
-        )
-    };
+    // Opened once; training builds the weights in the storage LoRA needs and chat reuses them.
+    let model = LoadedModel::open(&ModelSource::Bundled, OpenOptions::default())?;
     let cfg = TrainConfig {
         method: Method::Lora(LoraSettings {
             rank: 8,
@@ -46,8 +40,8 @@ fn main() -> peft_engine::Result<()> {
         val_fraction: 0.0,
         ..Default::default()
     };
-    let out = dir.join("adapter");
-    let summary = train(load()?, &data, &out, &cfg, None, None, &mut |e| {
+    let out = dir.join(format!("adapter-{}", std::process::id()));
+    let summary = train(&model, &data, &out, &cfg, None, None, &mut |e, _record| {
         if let TrainEvent::Step(s) = e {
             if s.step % 10 == 0 {
                 println!("step {:>3}  loss {:.3}", s.step, s.loss);
@@ -61,15 +55,14 @@ fn main() -> peft_engine::Result<()> {
         out.display()
     );
 
-    let mut tuned = load()?;
-    apply_adapter(&mut tuned.decoder, &out)?;
-    let ids = tuned.prompt_ids("Bolt the robot")?;
+    let tuned = with_adapter(&model, &out)?;
+    let ids = model.prompt_ids("Bolt the robot")?;
     let g = generate(
-        &tuned.decoder,
-        &tuned.tokenizer,
+        &tuned,
+        &model.tokenizer,
         &ids,
         &GenerateOptions::greedy(30),
-        &tuned.stop_ids(),
+        &model.stop_ids(),
         None,
         &mut |t| print!("{t}"),
     )?;

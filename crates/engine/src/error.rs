@@ -107,3 +107,55 @@ impl Error {
         }
     }
 }
+
+/// An error as front ends show and store it: a stable `code` (see [`Error::code`]), one
+/// sentence naming what is wrong and where, and the cause chain when there is one. Run records
+/// keep it; the app sends it over IPC unchanged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct ErrorReport {
+    /// Stable, machine-readable (`BadDataset`, `Hub`, `NoModel`, `Busy`, `BadPath`, …).
+    pub code: String,
+    /// One sentence for the user, naming the file/line/field at fault when there is one.
+    pub message: String,
+    /// Extra context (the cause chain), or null.
+    pub details: Option<String>,
+}
+
+impl ErrorReport {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl From<&Error> for ErrorReport {
+    fn from(e: &Error) -> Self {
+        let mut details = Vec::new();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            details.push(s.to_string());
+            source = s.source();
+        }
+        Self {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            details: (!details.is_empty()).then(|| details.join("\n")),
+        }
+    }
+}
+
+impl From<Error> for ErrorReport {
+    fn from(e: Error) -> Self {
+        Self::from(&e)
+    }
+}
+
+impl std::fmt::Display for ErrorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}

@@ -114,3 +114,47 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         message: e.to_string(),
     })
 }
+
+/// Replaces the folder `dir` with one that `fill` writes: `fill` writes into `<dir>.partial`,
+/// which then takes `dir`'s place (the old one is moved aside and removed after), so readers
+/// see the old folder or the complete new one, never a mix of both.
+///
+/// # Errors
+/// `fill`'s error (the partial folder is removed), or I/O failures naming the folder.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = dir.with_file_name(format!("{name}.partial"));
+    let old = dir.with_file_name(format!("{name}.old"));
+    for stale in [&partial, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(|e| Error::io(stale, e))?;
+        }
+    }
+    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    if let Err(e) = fill(&partial) {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, e))?;
+    if old.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` through a temporary file renamed into place, so `to` is never half
+/// written.
+///
+/// # Errors
+/// I/O failures naming the file.
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_path(to);
+    std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
+}

@@ -6,12 +6,13 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::Decoder;
-use peft_engine::model::linear::ForwardCtx;
 use peft_engine::peft::adapter_io::{
     apply_adapter, load_lora_adapter, save_lora_adapter, AdapterDtype,
 };
 use peft_engine::peft::method::{apply_method, LoraSettings, Method, Trainable};
+use peft_engine::test_support::max_diff;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
@@ -29,19 +30,6 @@ fn logits(m: &Decoder) -> Tensor {
         .unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn settings(targets: &[&str], layers: Option<Vec<usize>>, rslora: bool) -> LoraSettings {
     LoraSettings {
         rank: 4,
@@ -55,7 +43,7 @@ fn settings(targets: &[&str], layers: Option<Vec<usize>>, rslora: bool) -> LoraS
 
 /// The bundled model with a trained-looking adapter (seeded non-zero B).
 fn adapted(s: &LoraSettings) -> (Decoder, Trainable) {
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     let t = apply_method(&mut m, &Method::Lora(s.clone()), 3).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     for (name, v) in &t.params {
@@ -82,13 +70,13 @@ fn save_then_load_gives_identical_logits() {
     let (m, t) = adapted(&s);
     let want = logits(&m);
     assert!(
-        max_abs_diff(&want, &logits(&common::bundled().decoder)) > 0.1,
+        max_diff(&want, &logits(&common::decoder())) > 0.1,
         "adapter has no effect"
     );
     let dir = tempfile::tempdir().unwrap();
     save_lora_adapter(dir.path(), &t, &s, "demo", AdapterDtype::F32).unwrap();
 
-    let mut fresh = common::bundled().decoder;
+    let mut fresh = common::decoder();
     let (cfg, none) = load_lora_adapter(&mut fresh, dir.path(), false).unwrap();
     assert!(
         none.params.is_empty(),
@@ -96,19 +84,19 @@ fn save_then_load_gives_identical_logits() {
     );
     assert!(cfg.use_rslora && cfg.r == 4 && cfg.lora_alpha == 8.0);
     assert_eq!(
-        max_abs_diff(&logits(&fresh), &want),
+        max_diff(&logits(&fresh), &want),
         0.0,
         "f32 round trip must be exact"
     );
     // Loading for further training gives back Vars with the same values.
-    let mut again = common::bundled().decoder;
+    let mut again = common::decoder();
     let (_, tr) = load_lora_adapter(&mut again, dir.path(), true).unwrap();
     assert_eq!(tr.params.len(), t.params.len());
-    assert_eq!(max_abs_diff(&logits(&again), &want), 0.0);
+    assert_eq!(max_diff(&logits(&again), &want), 0.0);
     // `apply_adapter` (what `--adapter DIR` uses) picks the LoRA path.
-    let mut applied = common::bundled().decoder;
+    let mut applied = common::decoder();
     apply_adapter(&mut applied, dir.path()).unwrap();
-    assert_eq!(max_abs_diff(&logits(&applied), &want), 0.0);
+    assert_eq!(max_diff(&logits(&applied), &want), 0.0);
 }
 
 #[test]
@@ -116,7 +104,7 @@ fn bf16_adapter_is_half_the_size_and_within_bf16_rounding() {
     let s = settings(&["all-linear"], None, false);
     let (m, t) = adapted(&s);
     let want = logits(&m);
-    let base = logits(&common::bundled().decoder);
+    let base = logits(&common::decoder());
     let dir = tempfile::tempdir().unwrap();
     let (d32, d16) = (dir.path().join("f32"), dir.path().join("bf16"));
     save_lora_adapter(&d32, &t, &s, "demo", AdapterDtype::F32).unwrap();
@@ -133,10 +121,10 @@ fn bf16_adapter_is_half_the_size_and_within_bf16_rounding() {
         .unwrap();
     assert!(st.values().all(|t| t.dtype() == DType::BF16));
 
-    let mut m16 = common::bundled().decoder;
+    let mut m16 = common::decoder();
     load_lora_adapter(&mut m16, &d16, false).unwrap();
     let got = logits(&m16);
-    let (d, effect) = (max_abs_diff(&got, &want), max_abs_diff(&want, &base));
+    let (d, effect) = (max_diff(&got, &want), max_diff(&want, &base));
     eprintln!("bf16 adapter: max |Δlogit| {d:.2e}, adapter effect {effect:.3}");
     // bf16 rounds each A and B entry by at most 2^-9 relative, so the delta moves by
     // about 2·2^-9 ≈ 0.4 % of itself; allow 2 % of the adapter's effect on the logits.
@@ -242,12 +230,12 @@ fn matches_peft_reference(name: &str) -> (f32, f32) {
         .collect();
     let want = Tensor::from_vec(rows, (TOKENS.len(), 512), &Device::Cpu).unwrap();
 
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     let (cfg, _) = load_lora_adapter(&mut m, &dir, false).unwrap();
     assert_eq!(cfg.peft_type, "LORA");
     let got = logits(&m);
-    let d = max_abs_diff(&got, &want);
-    let effect = max_abs_diff(&logits(&common::bundled().decoder), &want);
+    let d = max_diff(&got, &want);
+    let effect = max_diff(&logits(&common::decoder()), &want);
     eprintln!("{name}: max |Δlogit| vs peft {d:.2e} (adapter effect {effect:.3})");
     assert!(
         effect > 1.0,
@@ -263,7 +251,7 @@ fn matches_peft_reference(name: &str) -> (f32, f32) {
 fn adapter_written_by_python_peft_gives_peft_logits() {
     // r 4, alpha 8, q_proj + v_proj: scale alpha/r = 2.
     matches_peft_reference("peft_lora_stories");
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     load_lora_adapter(&mut m, &fixture("peft_lora_stories"), false).unwrap();
     assert_eq!(
         m.layers[2].self_attn.q_proj.lora.as_ref().unwrap().scale,
@@ -276,7 +264,7 @@ fn adapter_written_by_python_peft_gives_peft_logits() {
 fn rslora_adapter_written_by_python_peft_gives_peft_logits() {
     // r 4, alpha 8, all-linear, use_rslora: scale alpha/√r = 4.
     matches_peft_reference("peft_rslora_stories");
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     load_lora_adapter(&mut m, &fixture("peft_rslora_stories"), false).unwrap();
     assert_eq!(m.layers[4].mlp.down_proj.lora.as_ref().unwrap().scale, 4.0);
 }
@@ -306,7 +294,7 @@ fn edit_tensors(dir: &Path, f: impl FnOnce(&mut std::collections::HashMap<String
 }
 
 fn load_err(dir: &Path) -> String {
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     match load_lora_adapter(&mut m, dir, false) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
         Err(e) => e.to_string(),
@@ -322,7 +310,7 @@ fn missing_config_is_an_error_naming_the_file() {
     assert!(err.contains("adapter_config.json"), "{err}");
     // `apply_adapter` on a folder with neither an adapter nor a delta says what it looked for.
     std::fs::remove_file(dir.join("adapter_model.safetensors")).unwrap();
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     let err = apply_adapter(&mut m, &dir).unwrap_err().to_string();
     assert!(
         err.contains("adapter_config.json") && err.contains("model_delta.safetensors"),
@@ -377,7 +365,7 @@ fn unsupported_adapter_kinds_are_rejected_by_name() {
         c["alora_invocation_tokens"] = serde_json::Value::Null;
         c["peft_version"] = serde_json::json!("0.21.2");
     });
-    load_lora_adapter(&mut common::bundled().decoder, &dir, false).unwrap();
+    load_lora_adapter(&mut common::decoder(), &dir, false).unwrap();
 }
 
 #[test]
@@ -436,12 +424,12 @@ fn misshaped_tensor_is_an_error_with_both_shapes() {
 fn loading_onto_a_merged_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = saved_adapter(tmp.path());
-    let mut m = common::bundled().decoder;
+    let mut m = common::decoder();
     load_lora_adapter(&mut m, &dir, false).unwrap();
     peft_engine::export::merge::merge_adapters(&mut m).unwrap();
-    let err = load_lora_adapter(&mut m, &dir, false)
-        .err()
-        .expect("loading onto a merged model must fail")
-        .to_string();
+    let Err(err) = load_lora_adapter(&mut m, &dir, false) else {
+        panic!("loading onto a merged model must fail");
+    };
+    let err = err.to_string();
     assert!(err.contains("merged"), "{err}");
 }

@@ -4,7 +4,7 @@ use peft_engine::data::batch::{batch_indices, epoch_order, make_batch, split};
 use peft_engine::data::formats::{load, DataFormat, Example, LoadOptions};
 use peft_engine::data::inspect::inspect;
 use peft_engine::data::render::{RenderOptions, Renderer, TokenizedExample, TrainOn};
-use peft_engine::infer::template::{ChatTemplate, Message};
+use peft_engine::template::{ChatTemplate, Message};
 use peft_engine::{Error, Tokenizer};
 use std::path::{Path, PathBuf};
 

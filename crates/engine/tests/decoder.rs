@@ -4,9 +4,10 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use peft_engine::model::config::Config;
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::{Decoder, KvCache, LoadOptions};
-use peft_engine::model::linear::ForwardCtx;
 use peft_engine::model::tensors::{MemorySource, SafetensorsSource, TensorSource};
+use peft_engine::test_support::max_diff;
 use std::collections::{BTreeMap, HashMap};
 
 fn stories_dir() -> std::path::PathBuf {
@@ -98,17 +99,6 @@ fn ours(c: &Config, w: &BTreeMap<String, Tensor>) -> Decoder {
     Decoder::load(c, &src, &LoadOptions::default()).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// Runs a reference model one token at a time; each step's output is that position's logits.
 fn stepwise(mut step: impl FnMut(&Tensor, usize) -> Tensor, tokens: &[u32]) -> Tensor {
     let rows: Vec<Tensor> = tokens
@@ -158,7 +148,7 @@ fn llama_matches_candle_transformers_at_every_position() {
         |x, pos| reference.forward(x, pos, &mut cache).unwrap(),
         &tokens,
     );
-    let d = max_abs_diff(&got, &want);
+    let d = max_diff(&got, &want);
     assert!(d < 1e-4, "max |Δlogit| = {d}");
 }
 
@@ -183,7 +173,7 @@ fn mistral_matches_candle_transformers_at_every_position() {
     let vb = VarBuilder::from_tensors(w.into_iter().collect(), DType::F32, &Device::Cpu);
     let mut reference = mistral::Model::new(&cfg, vb).unwrap();
     let want = stepwise(|x, pos| reference.forward(x, pos).unwrap(), &tokens);
-    let d = max_abs_diff(&got, &want);
+    let d = max_diff(&got, &want);
     assert!(d < 1e-4, "max |Δlogit| = {d}");
 }
 
@@ -211,7 +201,7 @@ fn qwen2_with_biases_matches_candle_transformers_at_every_position() {
     let mut reference = qwen2::Model::new(&cfg, vb).unwrap();
     let hidden = reference.forward(&x, 0, None).unwrap().squeeze(0).unwrap();
     let want = hidden.matmul(&embed.t().unwrap()).unwrap();
-    let d = max_abs_diff(&got, &want);
+    let d = max_diff(&got, &want);
     assert!(d < 1e-4, "max |Δlogit| = {d}");
 }
 
@@ -255,7 +245,7 @@ fn kv_cache_decoding_equals_full_forward() {
     }
     assert_eq!(cache.len(), tokens.len());
     let stepped = Tensor::cat(&rows, 0).unwrap();
-    let d = max_abs_diff(&full, &stepped);
+    let d = max_diff(&full, &stepped);
     assert!(d < 1e-5, "max |Δlogit| = {d}");
 }
 
@@ -285,7 +275,7 @@ fn bf16_storage_stays_close_to_f32() {
         .unwrap();
     let a = f32m.forward(&x, &ForwardCtx::default()).unwrap();
     let b = bf16m.forward(&x, &ForwardCtx::default()).unwrap();
-    let d = max_abs_diff(&a, &b);
+    let d = max_diff(&a, &b);
     assert!(d > 0.0 && d < 0.5, "bf16 vs f32 max |Δlogit| = {d}");
 }
 

@@ -15,7 +15,7 @@ use peft_engine::export::lora_gguf::{attach_lora_gguf, write_lora_gguf};
 use peft_engine::export::ollama_template::{ollama_render, ollama_template};
 use peft_engine::export::run::{export, ExportFormat, ExportRequest};
 use peft_engine::export::selfcheck::{check_exported, CheckOptions};
-use peft_engine::infer::template::{ChatTemplate, Message};
+use peft_engine::template::{ChatTemplate, Message};
 use std::path::Path;
 
 const QWEN2: &str = r"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -153,7 +153,7 @@ fn go_template_subset_follows_go_semantics() {
 #[test]
 fn ollama_export_writes_a_modelfile_that_chats_like_the_app() {
     let base = bundled();
-    let mut d = base.decoder.clone();
+    let mut d = dense(&base);
     attach_random_lora(&mut d, 4, 0.25, 3);
     let dir = tempfile::tempdir().unwrap();
     let req = ExportRequest {
@@ -298,7 +298,7 @@ fn self_check_catches_a_broken_eos_and_a_wrong_template() {
 #[test]
 fn lora_adapter_gguf_carries_the_same_deltas() {
     let base = bundled();
-    let mut d = base.decoder.clone();
+    let mut d = dense(&base);
     // rsLoRA-style scale alpha/√r with alpha 8, r 4: written as alpha' = scale·r = 16.
     attach_random_lora(&mut d, 4, 8.0 / 2.0, 5);
     let dir = tempfile::tempdir().unwrap();
@@ -354,7 +354,7 @@ fn lora_adapter_gguf_carries_the_same_deltas() {
     assert!(r.self_check.passed(), "{}", r.self_check.summary());
 
     // What the format cannot carry is refused by name.
-    let err = write_lora_gguf(&base.decoder, GgufQuant::F16, "t", &path, &mut |_| {})
+    let err = write_lora_gguf(&dense(&base), GgufQuant::F16, "t", &path, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("merged GGUF"), "{err}");

@@ -23,7 +23,7 @@ fn greedy_from_bos_reproduces_the_reference_story() {
     assert_eq!(ids, vec![1], "an empty prompt starts from BOS");
     let mut streamed = String::new();
     let g = generate(
-        &m.decoder,
+        &m.weights(&LoadOptions::default()).unwrap(),
         &m.tokenizer,
         &ids,
         &GenerateOptions::greedy(60),
@@ -48,7 +48,7 @@ fn stops_on_every_end_of_text_id() {
     assert_eq!(stops, vec![1, 2]);
     let ids = m.prompt_ids("").unwrap();
     let g = generate(
-        &m.decoder,
+        &m.weights(&LoadOptions::default()).unwrap(),
         &m.tokenizer,
         &ids,
         &GenerateOptions::greedy(400),
@@ -92,7 +92,7 @@ fn cancellation_stops_before_the_next_token() {
     let cancel = AtomicBool::new(true);
     let ids = m.prompt_ids("Once").unwrap();
     let g = generate(
-        &m.decoder,
+        &m.weights(&LoadOptions::default()).unwrap(),
         &m.tokenizer,
         &ids,
         &GenerateOptions::greedy(50),
@@ -119,9 +119,17 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
         seed: 7,
     };
     let run = |o: &GenerateOptions| {
-        generate(&m.decoder, &m.tokenizer, &ids, o, &[], None, &mut |_| {})
-            .unwrap()
-            .token_ids
+        generate(
+            &m.weights(&LoadOptions::default()).unwrap(),
+            &m.tokenizer,
+            &ids,
+            o,
+            &[],
+            None,
+            &mut |_| {},
+        )
+        .unwrap()
+        .token_ids
     };
     let a = run(&opts);
     assert_eq!(a, run(&opts));
@@ -139,7 +147,7 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
 fn empty_prompt_without_bos_is_a_clear_error() {
     let m = bundled();
     let err = generate(
-        &m.decoder,
+        &m.weights(&LoadOptions::default()).unwrap(),
         &m.tokenizer,
         &[],
         &GenerateOptions::greedy(5),

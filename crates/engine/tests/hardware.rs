@@ -16,7 +16,18 @@ fn scan_without_nvml_is_not_an_error() {
             .gpus
             .iter()
             .all(|g| g.vendor != gpu::GpuVendor::Nvidia));
-        assert!(hw.gpu.notes.iter().any(|n| n.contains("NVML")));
+        // … said in words a person can act on, not as the library loader's error.
+        let note = hw
+            .gpu
+            .notes
+            .iter()
+            .find(|n| n.contains("NVIDIA"))
+            .expect("a note");
+        assert!(note.contains("No NVIDIA driver found"), "{note}");
+        assert!(
+            !note.contains("libloading") && !note.contains(".so"),
+            "{note}"
+        );
     }
     // A default build has neither backend.
     if cfg!(not(any(feature = "cuda", feature = "metal"))) {

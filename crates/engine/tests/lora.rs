@@ -8,13 +8,14 @@ mod common;
 use candle_core::{Device, Tensor, Var};
 use peft_engine::export::merge::{merge_adapters, unmerge_adapters, write_merged, ExportDtype};
 use peft_engine::model::config::Config;
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::{masked_cross_entropy, Decoder, LoadOptions};
-use peft_engine::model::linear::ForwardCtx;
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
 use peft_engine::model::tensors::MemorySource;
 use peft_engine::peft::lora::lora_scale;
 use peft_engine::peft::method::{apply_method, LoraSettings, Method, Trainable};
+use peft_engine::test_support::max_diff;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 
@@ -106,19 +107,6 @@ fn lora(rank: usize, alpha: f64, targets: &[&str]) -> LoraSettings {
         layers: None,
         rslora: false,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn ids_tensor(rows: &[&[u32]]) -> Tensor {
@@ -336,7 +324,7 @@ fn rslora_scales_the_output_delta_by_alpha_over_sqrt_r() {
         "the delta is too small to compare: {plain_max}"
     );
     // alpha/√r ÷ alpha/r = √r = 4.
-    let d = max_abs_diff(&rs, &(plain * 4.0).unwrap());
+    let d = max_diff(&rs, &(plain * 4.0).unwrap());
     assert!(
         d <= 1e-5 * 4.0 * plain_max,
         "rsLoRA delta ≠ 4 × plain delta: max diff {d} (max delta {plain_max})"
@@ -378,7 +366,7 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
         logits(&b)
     };
     let unmerged = logits(&m);
-    let effect = max_abs_diff(&unmerged, &base_logits);
+    let effect = max_diff(&unmerged, &base_logits);
     assert!(
         effect > 0.1,
         "the adapter barely changes the logits ({effect}); the test would prove nothing"
@@ -386,13 +374,13 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
 
     assert_eq!(merge_adapters(&mut m).unwrap(), 14);
     let merged = logits(&m);
-    let d = max_abs_diff(&merged, &unmerged);
+    let d = max_diff(&merged, &unmerged);
     eprintln!("merge: max |Δlogit| {d:.2e} (adapter effect {effect:.3})");
     assert!(d < 1e-5, "merged logits differ from unmerged by {d}");
     // The weights really changed (the adapter is not just still applied on top).
     let after = weights(&mut m);
     let q = "model.layers.0.self_attn.q_proj.weight";
-    assert!(max_abs_diff(&after[q], &original[q]) > 1e-3);
+    assert!(max_diff(&after[q], &original[q]) > 1e-3);
 
     // Merging twice would add every delta twice: refused, at the model and at the layer.
     let err = merge_adapters(&mut m).unwrap_err().to_string();
@@ -405,7 +393,7 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
         .to_string();
     assert!(err.contains("already merged"), "{err}");
     assert_eq!(
-        max_abs_diff(&logits(&m), &merged),
+        max_diff(&logits(&m), &merged),
         0.0,
         "a refused merge changed the model"
     );
@@ -413,23 +401,25 @@ fn merged_model_equals_unmerged_and_unmerge_restores_the_base() {
     assert_eq!(unmerge_adapters(&mut m).unwrap(), 14);
     let restored = weights(&mut m);
     for (name, w) in &original {
-        let d = max_abs_diff(w, &restored[name]);
+        let d = max_diff(w, &restored[name]);
         assert!(d <= 1e-6, "{name}: unmerge leaves a difference of {d}");
     }
-    let d = max_abs_diff(&logits(&m), &unmerged);
+    let d = max_diff(&logits(&m), &unmerged);
     assert!(d < 1e-5, "after unmerge the adapter output differs by {d}");
     // Unmerging an unmerged model is a no-op at the model level and refused at the layer.
     assert_eq!(unmerge_adapters(&mut m).unwrap(), 0);
     assert!(m.layers[0].self_attn.q_proj.unmerge().is_err());
 }
 
-/// The bundled model with a trained-looking LoRA adapter on all seven projections.
-fn bundled_with_adapter() -> LoadedModel {
-    let mut model = common::bundled();
+/// The bundled model and its decoder with a trained-looking LoRA adapter on all seven
+/// projections.
+fn bundled_with_adapter() -> (LoadedModel, Decoder) {
+    let model = common::bundled();
+    let mut d = common::decoder();
     let s = lora(4, 8.0, &["all-linear"]);
-    let t = apply_method(&mut model.decoder, &Method::Lora(s), 21).unwrap();
+    let t = apply_method(&mut d, &Method::Lora(s), 21).unwrap();
     randomize_b(&t, 22, 0.2);
-    model
+    (model, d)
 }
 
 fn bundled_logits(m: &Decoder) -> Tensor {
@@ -442,13 +432,13 @@ fn bundled_logits(m: &Decoder) -> Tensor {
 
 #[test]
 fn written_merged_folder_loads_back_with_the_same_logits() {
-    let mut model = bundled_with_adapter();
-    let before = bundled_logits(&model.decoder);
-    let base = bundled_logits(&common::bundled().decoder);
-    assert!(max_abs_diff(&before, &base) > 0.1);
+    let (model, mut adapted) = bundled_with_adapter();
+    let before = bundled_logits(&adapted);
+    let base = bundled_logits(&common::decoder());
+    assert!(max_diff(&before, &base) > 0.1);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged");
-    write_merged(&mut model, &out, ExportDtype::F32).unwrap();
+    write_merged(&model, &mut adapted, &out, ExportDtype::F32).unwrap();
     for f in [
         "config.json",
         "model.safetensors",
@@ -479,9 +469,9 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let after = bundled_logits(&back.decoder);
-    let d = max_abs_diff(&after, &before);
-    let in_memory = bundled_logits(&model.decoder);
+    let after = bundled_logits(&back.weights(&LoadOptions::default()).unwrap());
+    let d = max_diff(&after, &before);
+    let in_memory = bundled_logits(&adapted);
     let range = before
         .abs()
         .unwrap()
@@ -494,7 +484,7 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
     eprintln!("merged folder: max |Δlogit| {d:.2e} vs unmerged, max |logit| {range}");
     // The safetensors round trip itself is bit-exact …
     assert_eq!(
-        max_abs_diff(&after, &in_memory),
+        max_diff(&after, &in_memory),
         0.0,
         "reloading changed the merged model"
     );
@@ -514,9 +504,9 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
     assert_eq!(back.stop_ids(), model.stop_ids());
 
     // bf16 export: half the weight bytes, logits within bf16 rounding of the weights.
-    let mut model = bundled_with_adapter();
+    let (model, mut adapted) = bundled_with_adapter();
     let out16 = dir.path().join("merged-bf16");
-    write_merged(&mut model, &out16, ExportDtype::Bf16).unwrap();
+    write_merged(&model, &mut adapted, &out16, ExportDtype::Bf16).unwrap();
     let (s32, s16) = (
         std::fs::metadata(out.join("model.safetensors"))
             .unwrap()
@@ -535,7 +525,10 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let d16 = max_abs_diff(&bundled_logits(&back16.decoder), &before);
+    let d16 = max_diff(
+        &bundled_logits(&back16.weights(&LoadOptions::default()).unwrap()),
+        &before,
+    );
     eprintln!("merged bf16 folder: max |Δlogit| {d16:.2e} (max |logit| {range:.2})");
     // bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 %); through 5 blocks the
     // logits move by a few times that.
@@ -547,25 +540,15 @@ fn written_merged_folder_loads_back_with_the_same_logits() {
 
 #[test]
 fn merged_qlora_model_is_written_whole_and_dense() {
-    use peft_engine::model::decoder::QuantizeOptions;
-    let opts = LoadOptions {
-        quantize: Some(QuantizeOptions::default()),
-        ..Default::default()
-    };
-    let mut model =
-        LoadedModel::load(&ModelSource::Bundled, OpenOptions::default(), &opts).unwrap();
+    let model = common::bundled();
+    let mut d = common::nf4_decoder();
     // Adapters on q_proj only: the other six NF4 projections per block have none and must
     // still be written (dequantized), or the folder would not load.
-    let t = apply_method(
-        &mut model.decoder,
-        &Method::Qlora(lora(4, 8.0, &["q_proj"])),
-        31,
-    )
-    .unwrap();
+    let t = apply_method(&mut d, &Method::Qlora(lora(4, 8.0, &["q_proj"])), 31).unwrap();
     randomize_b(&t, 32, 0.2);
-    let before = bundled_logits(&model.decoder);
+    let before = bundled_logits(&d);
     let dir = tempfile::tempdir().unwrap();
-    write_merged(&mut model, dir.path(), ExportDtype::F32).unwrap();
+    write_merged(&model, &mut d, dir.path(), ExportDtype::F32).unwrap();
     let st =
         candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let linears = st.keys().filter(|k| k.contains("_proj.weight")).count();
@@ -581,7 +564,10 @@ fn merged_qlora_model_is_written_whole_and_dense() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let d = max_abs_diff(&bundled_logits(&back.decoder), &before);
+    let d = max_diff(
+        &bundled_logits(&back.weights(&LoadOptions::default()).unwrap()),
+        &before,
+    );
     let range = before
         .abs()
         .unwrap()
@@ -616,6 +602,6 @@ fn detached_decoder_gives_the_same_logits_without_a_graph() {
     let frozen = model.detached();
     let plain = frozen.forward(&ids, &ctx).unwrap();
     assert!(!plain.track_op(), "a detached forward must record no graph");
-    assert!(max_abs_diff(&tracked, &plain) < 1e-6);
+    assert!(max_diff(&tracked, &plain) < 1e-6);
     assert!(t.params.iter().all(|(_, v)| v.is_variable()));
 }

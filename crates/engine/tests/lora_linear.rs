@@ -5,32 +5,13 @@
 //! choosing it without changing the result.
 
 use candle_core::{DType, Device, Tensor, Var};
-use peft_engine::model::linear::{Base, ForwardCtx, Linear};
+use peft_engine::model::ctx::ForwardCtx;
+use peft_engine::model::linear::{Base, Linear};
+use peft_engine::model::lora::Lora;
 use peft_engine::ops::frozen_linear;
-use peft_engine::peft::lora::{mix, Lora};
-use peft_engine::peft::lora_linear_op::lora_linear;
-use peft_engine::peft::lora_op::{lora_delta, DropoutMask};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((mix(seed, i as u64) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use peft_engine::ops::lora_linear;
+use peft_engine::ops::{lora_delta, DropoutMask};
+use peft_engine::test_support::{max_diff, uniform};
 
 const MASK: DropoutMask = DropoutMask { p: 0.3, seed: 7 };
 
@@ -39,8 +20,8 @@ const MASK: DropoutMask = DropoutMask { p: 0.3, seed: 7 };
 fn compare(xv: &Var, view: impl Fn(&Tensor) -> Tensor, w: &Tensor, dropout: Option<DropoutMask>) {
     let x = view(xv.as_tensor());
     let (out, inp) = w.dims2().unwrap();
-    let a = Var::from_tensor(&randn(&[4, inp], 2)).unwrap();
-    let b = Var::from_tensor(&randn(&[out, 4], 3)).unwrap();
+    let a = Var::from_tensor(&uniform(&[4, inp], 2)).unwrap();
+    let b = Var::from_tensor(&uniform(&[out, 4], 3)).unwrap();
     let scale = 1.75;
     let fused = lora_linear(&x, w, &a, &b, scale, dropout).unwrap();
     let old =
@@ -52,7 +33,7 @@ fn compare(xv: &Var, view: impl Fn(&Tensor) -> Tensor, w: &Tensor, dropout: Opti
         max_diff(&fused, &old)
     );
 
-    let r = randn(fused.dims(), 4);
+    let r = uniform(fused.dims(), 4);
     let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = (old * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for v in [xv, &a, &b] {
@@ -69,33 +50,33 @@ fn compare(xv: &Var, view: impl Fn(&Tensor) -> Tensor, w: &Tensor, dropout: Opti
 
 #[test]
 fn matches_the_composite_path_batched_with_and_without_dropout() {
-    let w = randn(&[9, 12], 1);
+    let w = uniform(&[9, 12], 1);
     for dropout in [None, Some(MASK)] {
-        let x = Var::from_tensor(&randn(&[2, 5, 12], 5)).unwrap();
+        let x = Var::from_tensor(&uniform(&[2, 5, 12], 5)).unwrap();
         compare(&x, |t| t.clone(), &w, dropout);
-        let x2 = Var::from_tensor(&randn(&[7, 12], 6)).unwrap();
+        let x2 = Var::from_tensor(&uniform(&[7, 12], 6)).unwrap();
         compare(&x2, |t| t.clone(), &w, dropout);
     }
 }
 
 #[test]
 fn matches_the_composite_path_for_a_non_contiguous_input() {
-    let w = randn(&[9, 12], 1);
+    let w = uniform(&[9, 12], 1);
     for dropout in [None, Some(MASK)] {
         // [2, 12, 5] seen as [2, 5, 12]: the op reads x through its strides.
-        let x = Var::from_tensor(&randn(&[2, 12, 5], 8)).unwrap();
+        let x = Var::from_tensor(&uniform(&[2, 12, 5], 8)).unwrap();
         compare(&x, |t| t.transpose(1, 2).unwrap(), &w, dropout);
         // A narrowed view with an offset.
-        let x = Var::from_tensor(&randn(&[3, 6, 12], 9)).unwrap();
+        let x = Var::from_tensor(&uniform(&[3, 6, 12], 9)).unwrap();
         compare(&x, |t| t.narrow(1, 2, 3).unwrap(), &w, dropout);
     }
 }
 
 #[test]
 fn matches_the_composite_path_with_a_bf16_base() {
-    let w = randn(&[9, 12], 1).to_dtype(DType::BF16).unwrap();
+    let w = uniform(&[9, 12], 1).to_dtype(DType::BF16).unwrap();
     for dropout in [None, Some(MASK)] {
-        let x = Var::from_tensor(&randn(&[2, 5, 12], 5)).unwrap();
+        let x = Var::from_tensor(&uniform(&[2, 5, 12], 5)).unwrap();
         compare(&x, |t| t.clone(), &w, dropout);
     }
 }
@@ -105,12 +86,12 @@ fn matches_the_composite_path_with_a_bf16_base() {
 #[test]
 fn gradients_match_central_finite_differences() {
     let (n, inp, out, rank) = (3, 5, 4, 2);
-    let w = randn(&[out, inp], 11);
-    let r = randn(&[n, out], 12).to_vec2::<f32>().unwrap();
+    let w = uniform(&[out, inp], 11);
+    let r = uniform(&[n, out], 12).to_vec2::<f32>().unwrap();
     for dropout in [None, Some(DropoutMask { p: 0.4, seed: 3 })] {
-        let x = Var::from_tensor(&randn(&[n, inp], 13)).unwrap();
-        let a = Var::from_tensor(&randn(&[rank, inp], 14)).unwrap();
-        let b = Var::from_tensor(&randn(&[out, rank], 15)).unwrap();
+        let x = Var::from_tensor(&uniform(&[n, inp], 13)).unwrap();
+        let a = Var::from_tensor(&uniform(&[rank, inp], 14)).unwrap();
+        let b = Var::from_tensor(&uniform(&[out, rank], 15)).unwrap();
         let scale = 0.8;
         let loss = |x: &Tensor, a: &Tensor, b: &Tensor| -> f64 {
             let y = lora_linear(x, &w, a, b, scale, dropout)
@@ -162,9 +143,13 @@ fn gradients_match_central_finite_differences() {
 
 #[test]
 fn frozen_operands_get_no_gradient() {
-    let w = randn(&[9, 12], 1);
-    let (xt, at, bt) = (randn(&[2, 5, 12], 5), randn(&[4, 12], 2), randn(&[9, 4], 3));
-    let r = randn(&[2, 5, 9], 4);
+    let w = uniform(&[9, 12], 1);
+    let (xt, at, bt) = (
+        uniform(&[2, 5, 12], 5),
+        uniform(&[4, 12], 2),
+        uniform(&[9, 4], 3),
+    );
+    let r = uniform(&[2, 5, 9], 4);
     let (xv, av, bv) = (
         Var::from_tensor(&xt).unwrap(),
         Var::from_tensor(&at).unwrap(),
@@ -204,10 +189,10 @@ fn frozen_operands_get_no_gradient() {
 #[test]
 fn linear_forward_uses_it_transparently() {
     let (out, inp, rank) = (9, 12, 4);
-    let bias = randn(&[out], 21);
-    let x = Var::from_tensor(&randn(&[2, 5, inp], 22)).unwrap();
-    let a = Var::from_tensor(&randn(&[rank, inp], 23)).unwrap();
-    let b = Var::from_tensor(&randn(&[out, rank], 24)).unwrap();
+    let bias = uniform(&[out], 21);
+    let x = Var::from_tensor(&uniform(&[2, 5, inp], 22)).unwrap();
+    let a = Var::from_tensor(&uniform(&[rank, inp], 23)).unwrap();
+    let b = Var::from_tensor(&uniform(&[out, rank], 24)).unwrap();
     let lora = Lora {
         a: a.as_tensor().clone(),
         b: b.as_tensor().clone(),
@@ -220,8 +205,8 @@ fn linear_forward_uses_it_transparently() {
         step_seed: 99,
     };
     for w in [
-        randn(&[out, inp], 20),
-        randn(&[out, inp], 20).to_dtype(DType::BF16).unwrap(),
+        uniform(&[out, inp], 20),
+        uniform(&[out, inp], 20).to_dtype(DType::BF16).unwrap(),
     ] {
         let layer = Linear {
             base: Base::Dense(w.clone()),
@@ -234,7 +219,7 @@ fn linear_forward_uses_it_transparently() {
             + lora.forward(&x, &ctx).unwrap())
         .unwrap();
         assert!(max_diff(&y, &want) < 1e-5);
-        let r = randn(y.dims(), 25);
+        let r = uniform(y.dims(), 25);
         let g1 = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &a, &b] {
@@ -243,7 +228,7 @@ fn linear_forward_uses_it_transparently() {
     }
 
     // A trainable (Var) base still goes the unfused way and receives its gradient.
-    let wv = Var::from_tensor(&randn(&[out, inp], 20)).unwrap();
+    let wv = Var::from_tensor(&uniform(&[out, inp], 20)).unwrap();
     let layer = Linear {
         base: Base::Dense(wv.as_tensor().clone()),
         bias: None,

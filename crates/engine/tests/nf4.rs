@@ -3,10 +3,11 @@
 //! nearest search, the op against a dense matmul on the dequantized weight and finite differences.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use peft_engine::peft::nf4::{
+use peft_engine::quant::nf4::{
     nf4_index, Absmax, Nf4Tensor, DQ_BLOCK, NF4_BLOCK, NF4_CODE, NF4_THRESHOLDS,
 };
-use peft_engine::peft::nf4_op::Nf4Linear;
+use peft_engine::quant::nf4_op::Nf4Linear;
+use peft_engine::test_support::normal;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -331,11 +332,6 @@ fn dense_forward(x: &Tensor, w: &Tensor) -> Tensor {
     y.reshape(dims).unwrap()
 }
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(Rng(seed).normals(n, 1.0), shape, &Device::Cpu).unwrap()
-}
-
 #[test]
 fn forward_matches_dense_matmul() {
     // (out, in, tile): out not a multiple of the tile; in = 100 makes blocks straddle rows.
@@ -348,18 +344,18 @@ fn forward_matches_dense_matmul() {
             let e = max_rel_diff(&to_vec(&y), &to_vec(&r));
             assert!(e < 1e-6, "{out}x{inp} tile {tile}, {what}: rel diff {e}");
         };
-        check(&randn(&[5, inp], 10), "2-D");
-        check(&randn(&[2, 3, inp], 11), "3-D");
-        check(&randn(&[inp], 12), "1-D");
-        check(&randn(&[inp, 7], 13).t().unwrap(), "transposed");
+        check(&normal(&[5, inp], 10, 1.0), "2-D");
+        check(&normal(&[2, 3, inp], 11, 1.0), "3-D");
+        check(&normal(&[inp], 12, 1.0), "1-D");
+        check(&normal(&[inp, 7], 13, 1.0).t().unwrap(), "transposed");
         check(
-            &randn(&[3, 4, inp + 9], 14)
+            &normal(&[3, 4, inp + 9], 14, 1.0)
                 .narrow(D::Minus1, 4, inp)
                 .unwrap(),
             "narrowed",
         );
         check(
-            &randn(&[4, inp, 3], 15)
+            &normal(&[4, inp, 3], 15, 1.0)
                 .transpose(1, 2)
                 .unwrap()
                 .narrow(0, 1, 2)
@@ -367,7 +363,7 @@ fn forward_matches_dense_matmul() {
             "permuted + offset",
         );
         check(
-            &randn(&[1, inp], 16).broadcast_as((3, inp)).unwrap(),
+            &normal(&[1, inp], 16, 1.0).broadcast_as((3, inp)).unwrap(),
             "broadcast",
         );
         check(
@@ -389,9 +385,12 @@ fn forward_matches_dense_matmul() {
 #[test]
 fn forward_rejects_bad_inputs() {
     let (lin, _) = layer(16, 64, 1, 8);
-    let e = lin.forward(&randn(&[2, 63], 1)).unwrap_err().to_string();
+    let e = lin
+        .forward(&normal(&[2, 63], 1, 1.0))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("test.weight") && e.contains("64"), "{e}");
-    let x = randn(&[2, 64], 1).to_dtype(DType::F64).unwrap();
+    let x = normal(&[2, 64], 1, 1.0).to_dtype(DType::F64).unwrap();
     assert!(lin.forward(&x).unwrap_err().to_string().contains("f32"));
 }
 
@@ -401,8 +400,8 @@ fn forward_rejects_bad_inputs() {
 fn input_gradient_matches_dense_and_finite_differences() {
     for &(out, inp, tile) in &[(37, 100, 8), (200, 192, 64)] {
         let (lin, w) = layer(out, inp, 100 + out as u64, tile);
-        let x0 = randn(&[2, 3, inp], 20);
-        let r = randn(&[2, 3, out], 21);
+        let x0 = normal(&[2, 3, inp], 20, 1.0);
+        let r = normal(&[2, 3, out], 21, 1.0);
 
         let x = Var::from_tensor(&x0).unwrap();
         let y = lin.forward(x.as_tensor()).unwrap();
@@ -547,7 +546,7 @@ fn partial_last_block() {
 
 #[test]
 fn default_tiles_are_bounded_and_cover_small_matrices_whole() {
-    use peft_engine::peft::nf4_op::{default_tile_rows, DEFAULT_TILE_BYTES};
+    use peft_engine::quant::nf4_op::{default_tile_rows, DEFAULT_TILE_BYTES};
     // Llama-2-7B's down_proj is [4096, 11008]: tiles of a bounded number of rows.
     let rows = default_tile_rows(4096, 11008);
     assert!(

@@ -5,25 +5,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use peft_engine::ops::{
     causal_softmax, causal_softmax_grouped, frozen_linear, rms_norm, rope, swiglu, RopeTables,
 };
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use peft_engine::test_support::{max_diff, uniform};
 
 /// Compares value and d(Σ f(x)·r)/dx of two implementations.
 fn check(
@@ -32,15 +14,15 @@ fn check(
     reference: impl Fn(&Tensor) -> Tensor,
     tol: f32,
 ) {
-    let x0 = randn(shape, 7);
-    let r = randn(shape, 8);
+    let x0 = uniform(shape, 7);
+    let r = uniform(shape, 8);
     let grad = |f: &dyn Fn(&Tensor) -> Tensor| {
         let x = Var::from_tensor(&x0).unwrap();
         let y = f(x.as_tensor());
         let r = if y.dims() == r.dims() {
             r.clone()
         } else {
-            randn(y.dims(), 8)
+            uniform(y.dims(), 8)
         };
         let loss = (y.clone() * r).unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
@@ -65,8 +47,8 @@ fn check(
 
 /// Central finite differences of Σ f(x)·r at a few coordinates, in f64 from f32 evaluations.
 fn finite_difference(shape: &[usize], f: impl Fn(&Tensor) -> Tensor) {
-    let x0 = randn(shape, 3);
-    let r = randn(f(&x0).dims(), 4);
+    let x0 = uniform(shape, 3);
+    let r = uniform(f(&x0).dims(), 4);
     let loss = |x: &Tensor| -> f64 {
         (f(x) * &r)
             .unwrap()
@@ -112,7 +94,7 @@ fn finite_difference(shape: &[usize], f: impl Fn(&Tensor) -> Tensor) {
 
 #[test]
 fn frozen_linear_matches_matmul_and_keeps_no_weight_gradient() {
-    let w = randn(&[12, 16], 1);
+    let w = uniform(&[12, 16], 1);
     check(
         &[2, 5, 16],
         |x| frozen_linear(x, &w).unwrap(),
@@ -121,7 +103,7 @@ fn frozen_linear_matches_matmul_and_keeps_no_weight_gradient() {
     );
     finite_difference(&[3, 16], |x| frozen_linear(x, &w).unwrap());
     // The frozen weight never appears in the gradient store.
-    let x = Var::from_tensor(&randn(&[3, 16], 2)).unwrap();
+    let x = Var::from_tensor(&uniform(&[3, 16], 2)).unwrap();
     let g = frozen_linear(x.as_tensor(), &w)
         .unwrap()
         .sum_all()
@@ -133,7 +115,7 @@ fn frozen_linear_matches_matmul_and_keeps_no_weight_gradient() {
 
 #[test]
 fn rms_norm_matches_composite() {
-    let wt = (randn(&[16], 5) + 1.0).unwrap();
+    let wt = (uniform(&[16], 5) + 1.0).unwrap();
     check(
         &[2, 3, 16],
         |x| rms_norm(x, &wt, 1e-5).unwrap(),
@@ -151,7 +133,7 @@ fn grads2(
 ) -> (Tensor, Tensor, Tensor) {
     let (a, b) = (Var::from_tensor(a0).unwrap(), Var::from_tensor(b0).unwrap());
     let y = f(a.as_tensor(), b.as_tensor());
-    let r = randn(y.dims(), 9);
+    let r = uniform(y.dims(), 9);
     let g = (y.clone() * r)
         .unwrap()
         .sum_all()
@@ -165,8 +147,8 @@ fn grads2(
 
 #[test]
 fn rms_norm_trains_its_weight_like_composite() {
-    let x0 = randn(&[2, 3, 16], 11);
-    let w0 = (randn(&[16], 12) + 1.0).unwrap();
+    let x0 = uniform(&[2, 3, 16], 11);
+    let w0 = (uniform(&[16], 12) + 1.0).unwrap();
     let (y, dx, dw) = grads2(&x0, &w0, |x, w| rms_norm(x, w, 1e-5).unwrap());
     let (ye, dxe, dwe) = grads2(&x0, &w0, |x, w| {
         candle_nn::ops::rms_norm_slow(x, w, 1e-5).unwrap()
@@ -180,12 +162,12 @@ fn rms_norm_trains_its_weight_like_composite() {
 
 #[test]
 fn rms_norm_with_a_frozen_weight_returns_only_dx() {
-    let x0 = randn(&[4, 16], 13);
-    let w = (randn(&[16], 14) + 1.0).unwrap();
+    let x0 = uniform(&[4, 16], 13);
+    let w = (uniform(&[16], 14) + 1.0).unwrap();
     let (_, dx_trained, _) = grads2(&x0, &w, |x, w| rms_norm(x, w, 1e-5).unwrap());
     let x = Var::from_tensor(&x0).unwrap();
     let y = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
-    let r = randn(y.dims(), 9);
+    let r = uniform(y.dims(), 9);
     let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(g.get(&w).is_none(), "a frozen weight got a gradient");
     assert_eq!(max_diff(g.get(x.as_tensor()).unwrap(), &dx_trained), 0.0);
@@ -193,14 +175,14 @@ fn rms_norm_with_a_frozen_weight_returns_only_dx() {
 
 #[test]
 fn rms_norm_reads_strided_and_offset_inputs() {
-    let w = (randn(&[16], 15) + 1.0).unwrap();
-    let base = randn(&[16, 6], 16);
-    let wide = randn(&[5, 20], 17);
+    let w = (uniform(&[16], 15) + 1.0).unwrap();
+    let base = uniform(&[16, 6], 16);
+    let wide = uniform(&[5, 20], 17);
     for x in [
         base.t().unwrap(),              // transposed
         wide.narrow(1, 2, 16).unwrap(), // row stride 20
         wide.narrow(0, 1, 3).unwrap().narrow(1, 4, 16).unwrap(),
-        randn(&[5, 16], 18).narrow(0, 2, 3).unwrap(), // contiguous, start offset
+        uniform(&[5, 16], 18).narrow(0, 2, 3).unwrap(), // contiguous, start offset
     ] {
         let dense = x.contiguous().unwrap();
         let got = rms_norm(&x, &w, 1e-5).unwrap();
@@ -222,8 +204,8 @@ fn swiglu_composite(g: &Tensor, u: &Tensor) -> Tensor {
 #[test]
 fn swiglu_matches_composite() {
     let (g0, u0) = (
-        (randn(&[2, 5, 40], 21) * 4.0).unwrap(),
-        randn(&[2, 5, 40], 22),
+        (uniform(&[2, 5, 40], 21) * 4.0).unwrap(),
+        uniform(&[2, 5, 40], 22),
     );
     let (y, dg, du) = grads2(&g0, &u0, |g, u| swiglu(g, u).unwrap());
     let (ye, dge, due) = grads2(&g0, &u0, swiglu_composite);
@@ -243,7 +225,7 @@ fn swiglu_matches_composite() {
         |u| swiglu_composite(&g0, u),
         1e-5,
     );
-    let (gs, us) = ((randn(&[3, 8], 23) * 3.0).unwrap(), randn(&[3, 8], 24));
+    let (gs, us) = ((uniform(&[3, 8], 23) * 3.0).unwrap(), uniform(&[3, 8], 24));
     finite_difference(&[3, 8], |g| swiglu(&(g * 3.0).unwrap(), &us).unwrap());
     finite_difference(&[3, 8], |u| swiglu(&gs, u).unwrap());
     // A strided operand reads the same values as its contiguous copy.
@@ -260,8 +242,8 @@ fn swiglu_matches_composite() {
 
 #[test]
 fn swiglu_rejects_mismatched_shapes_and_non_f32() {
-    let g = randn(&[2, 8], 1);
-    let err = swiglu(&g, &randn(&[2, 9], 2)).unwrap_err();
+    let g = uniform(&[2, 8], 1);
+    let err = swiglu(&g, &uniform(&[2, 9], 2)).unwrap_err();
     assert!(err.to_string().contains("differ"), "{err}");
     let err = swiglu(&g, &g.to_dtype(DType::BF16).unwrap()).unwrap_err();
     assert!(err.to_string().contains("f32"), "{err}");

@@ -4,9 +4,10 @@
 use peft_engine::hardware::{CpuFeatures, CpuInfo, Hardware};
 use peft_engine::model::count::parameter_count;
 use peft_engine::peft::method::{LoraSettings, Method, Selective};
-use peft_engine::plan::estimate::{block_activations, kv_cache_bytes, nf4_linear_bytes};
+use peft_engine::plan::estimate::nf4_linear_bytes;
 use peft_engine::plan::params::{nf4_bytes, tensors, trainable_parameters};
 use peft_engine::plan::recommend::{recommend, DataStats, RecommendOptions};
+use peft_engine::plan::work::{block_activations, kv_cache_bytes};
 use peft_engine::plan::{estimate, PlanRequest};
 use peft_engine::Config;
 

@@ -3,9 +3,9 @@
 //! 260K model, GEMM a 7B one).
 
 use peft_engine::peft::method::{LoraSettings, Method};
-use peft_engine::plan::estimate::train_flops_per_token;
 use peft_engine::plan::params::adapted_linears;
 use peft_engine::plan::time::{step_time, step_work};
+use peft_engine::plan::work::train_flops_per_token;
 use peft_engine::plan::{estimate, Calibration, PlanRequest, Throughput};
 use peft_engine::Config;
 

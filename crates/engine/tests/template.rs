@@ -2,7 +2,7 @@
 //! from the template text (and, for SmolLM2 and Zephyr, matches the prompts those models
 //! document).
 
-use peft_engine::infer::template::{ChatTemplate, Message};
+use peft_engine::template::{ChatTemplate, Message};
 use peft_engine::Error;
 
 const SMOLLM2_GGUF: &str = concat!(

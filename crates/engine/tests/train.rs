@@ -4,8 +4,8 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{bundled, text_dataset, STORIES};
-use peft_engine::model::linear::ForwardCtx;
+use common::{bundled, decoder, text_dataset, STORIES};
+use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::peft::method::{apply_method, LoraSettings, Method, Selective};
 use peft_engine::train::{train, TrainConfig, TrainEvent, TrainStatus};
 use std::collections::HashMap;
@@ -57,13 +57,13 @@ fn every_method_overfits_a_handful_of_examples() {
         let name = method.name();
         let out = dir.path().join(name);
         let s = train(
-            bundled(),
+            &bundled(),
             &data,
             &out,
             &config(method, 60, lr),
             None,
             None,
-            &mut |_| {},
+            &mut |_, _| {},
         )
         .unwrap();
         let first = s.losses[0].1;
@@ -81,7 +81,7 @@ fn norm_only_tuning_lowers_the_loss_and_bitfit_on_llama_says_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = text_dataset(dir.path(), &STORIES[..4]);
     let s = train(
-        bundled(),
+        &bundled(),
         &data,
         &dir.path().join("norm"),
         &config(
@@ -93,13 +93,13 @@ fn norm_only_tuning_lowers_the_loss_and_bitfit_on_llama_says_why_not() {
         ),
         None,
         None,
-        &mut |_| {},
+        &mut |_, _| {},
     )
     .unwrap();
     assert!(s.losses.last().unwrap().1 < s.losses[0].1 * 0.9);
     assert_eq!(s.trainable_params, 64 * (2 * 5 + 1));
     let err = train(
-        bundled(),
+        &bundled(),
         &data,
         &dir.path().join("bias"),
         &config(
@@ -111,7 +111,7 @@ fn norm_only_tuning_lowers_the_loss_and_bitfit_on_llama_says_why_not() {
         ),
         None,
         None,
-        &mut |_| {},
+        &mut |_, _| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains("no bias"), "{err}");
@@ -141,25 +141,24 @@ fn only_trainable_tensors_change_and_selective_touches_only_its_selection() {
             "down_proj",
         ),
     ] {
-        let mut base = bundled();
-        let before = snapshot(&mut base.decoder);
+        let before = snapshot(&mut decoder());
         let out = dir
             .path()
             .join(format!("{:?}", method).replace(['"', ' ', '{', '}', '(', ')', ':'], ""));
         train(
-            bundled(),
+            &bundled(),
             &data,
             &out,
             &config(method.clone(), 2, 1e-2),
             None,
             None,
-            &mut |_| {},
+            &mut |_, _| {},
         )
         .unwrap();
         // Apply the written delta to a fresh model and compare tensor by tensor.
-        let mut after = bundled();
-        peft_engine::peft::adapter_io::apply_adapter(&mut after.decoder, &out).unwrap();
-        let after = snapshot(&mut after.decoder);
+        let mut after = decoder();
+        peft_engine::peft::adapter_io::apply_adapter(&mut after, &out).unwrap();
+        let after = snapshot(&mut after);
         for (name, t) in &before {
             let changed = (t - &after[name])
                 .unwrap()
@@ -178,12 +177,12 @@ fn only_trainable_tensors_change_and_selective_touches_only_its_selection() {
 
 #[test]
 fn fresh_lora_adapter_leaves_the_output_unchanged() {
-    let mut m = bundled();
+    let mut m = decoder();
     let ids = Tensor::new(&[[1u32, 403, 407, 261, 378, 432]], &Device::Cpu).unwrap();
-    let before = m.decoder.forward(&ids, &ForwardCtx::default()).unwrap();
-    let t = apply_method(&mut m.decoder, &lora(4, 0.0), 1).unwrap();
+    let before = m.forward(&ids, &ForwardCtx::default()).unwrap();
+    let t = apply_method(&mut m, &lora(4, 0.0), 1).unwrap();
     assert_eq!(t.params.len(), 2 * 7 * 5);
-    let after = m.decoder.forward(&ids, &ForwardCtx::default()).unwrap();
+    let after = m.forward(&ids, &ForwardCtx::default()).unwrap();
     let d = (before - after)
         .unwrap()
         .abs()
@@ -197,8 +196,8 @@ fn fresh_lora_adapter_leaves_the_output_unchanged() {
 
 /// Gradients of every LoRA tensor, with and without per-layer checkpointing.
 fn lora_grads(checkpointing: bool) -> Vec<(String, Vec<f32>)> {
-    let mut m = bundled();
-    let t = apply_method(&mut m.decoder, &lora(4, 0.1), 3).unwrap();
+    let mut m = decoder();
+    let t = apply_method(&mut m, &lora(4, 0.1), 3).unwrap();
     // Non-zero B so A's gradient is non-zero too.
     for (name, v) in &t.params {
         if name.contains("lora_B") {
@@ -210,7 +209,7 @@ fn lora_grads(checkpointing: bool) -> Vec<(String, Vec<f32>)> {
             v.set(&r).unwrap();
         }
     }
-    let model = std::sync::Arc::new(m.decoder.clone());
+    let model = std::sync::Arc::new(m);
     let ids = Tensor::new(&[[1u32, 403, 407, 261, 378, 432, 383, 286]], &Device::Cpu).unwrap();
     let ctx = ForwardCtx {
         train: true,
@@ -292,13 +291,13 @@ fn resume_is_exact() {
     cfg.val_fraction = 0.2;
     cfg.eval_every = 5;
     let full = train(
-        bundled(),
+        &bundled(),
         &data,
         &dir.path().join("a"),
         &cfg,
         None,
         None,
-        &mut |_| {},
+        &mut |_, _| {},
     )
     .unwrap();
     assert_eq!(full.losses.len(), 20);
@@ -306,13 +305,13 @@ fn resume_is_exact() {
     let out = dir.path().join("b");
     let cancel = AtomicBool::new(false);
     let first = train(
-        bundled(),
+        &bundled(),
         &data,
         &out,
         &cfg,
         None,
         Some(&cancel),
-        &mut |e| {
+        &mut |e, _| {
             if let TrainEvent::Step(s) = e {
                 if s.step == 10 {
                     cancel.store(true, Ordering::SeqCst);
@@ -327,7 +326,16 @@ fn resume_is_exact() {
         !out.join("adapter_model.safetensors").exists(),
         "no adapter from a cancelled run"
     );
-    let second = train(bundled(), &data, &out, &cfg, Some(&out), None, &mut |_| {}).unwrap();
+    let second = train(
+        &bundled(),
+        &data,
+        &out,
+        &cfg,
+        Some(&out),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(second.status, TrainStatus::Completed);
     assert_eq!(second.losses.len(), 20);
     for ((s1, a), (s2, b)) in full.losses.iter().zip(&second.losses) {
@@ -341,13 +349,13 @@ fn resume_is_exact() {
     let mut other = cfg.clone();
     other.lr = 1e-3;
     let err = train(
-        bundled(),
+        &bundled(),
         &data,
         &dir.path().join("c"),
         &other,
         Some(&out),
         None,
-        &mut |_| {},
+        &mut |_, _| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains("different settings"), "{err}");
@@ -360,7 +368,7 @@ fn crash_during_a_checkpoint_write_keeps_the_previous_one() {
     let out = dir.path().join("run");
     let mut cfg = config(lora(4, 0.0), 4, 1e-2);
     cfg.save_every = 2;
-    train(bundled(), &data, &out, &cfg, None, None, &mut |_| {}).unwrap();
+    train(&bundled(), &data, &out, &cfg, None, None, &mut |_, _| {}).unwrap();
     // Simulate a crash while writing step 6: a partial folder with a truncated file.
     let partial = out.join("checkpoints/step-000006.partial");
     std::fs::create_dir_all(&partial).unwrap();

@@ -9,112 +9,17 @@ use peft_engine::data::demo::write_demo_dataset;
 use peft_engine::data::formats::LoadOptions;
 use peft_engine::data::inspect::{inspect, DatasetReport};
 use serde::Serialize;
-use std::path::Path;
 use tauri::State;
 use ts_rs::TS;
 
+/// The inspected dataset and where it is.
 #[derive(Debug, Clone, Serialize, TS)]
-pub struct SegmentDto {
-    pub text: String,
-    /// True when these tokens carry loss (the model learns to produce them).
-    pub trained: bool,
-}
-
-#[derive(Debug, Clone, Serialize, TS)]
-pub struct RowErrorDto {
-    pub line: u32,
-    pub field: String,
-    pub message: String,
-}
-
-/// Rows with `lo <= tokens < hi`.
-#[derive(Debug, Clone, Serialize, TS)]
-pub struct HistogramBin {
-    pub lo: u32,
-    pub hi: u32,
-    pub count: u32,
-}
-
-#[derive(Debug, Clone, Serialize, TS)]
-pub struct DatasetReportDto {
+pub struct DatasetView {
+    /// The canonical path of the file.
     pub path: String,
-    pub file_name: String,
     /// True for the bundled Bolt stories.
     pub bundled: bool,
-    /// `Chat`, `Alpaca`, `ShareGpt`, `PromptCompletion`, `QuestionAnswer` or `Text`.
-    pub format: String,
-    pub rows: u32,
-    pub skipped: u32,
-    pub errors: Vec<RowErrorDto>,
-    pub fallback_template: bool,
-    pub max_len: u32,
-    pub min_tokens: u32,
-    pub p50_tokens: u32,
-    pub p95_tokens: u32,
-    pub max_tokens: u32,
-    pub mean_tokens: f64,
-    pub histogram: Vec<HistogramBin>,
-    pub truncated: u32,
-    pub truncated_share: f64,
-    #[ts(type = "number")]
-    pub trained_tokens: u64,
-    #[ts(type = "number")]
-    pub total_tokens: u64,
-    pub example: Vec<SegmentDto>,
-}
-
-pub(crate) fn report_dto(path: &Path, r: &DatasetReport, bundled: bool) -> DatasetReportDto {
-    DatasetReportDto {
-        path: path.display().to_string(),
-        file_name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        bundled,
-        format: serde_json::to_value(r.format)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        rows: r.rows as u32,
-        skipped: r.skipped as u32,
-        errors: r
-            .errors
-            .iter()
-            .map(|e| RowErrorDto {
-                line: e.line as u32,
-                field: e.field.clone(),
-                message: e.message.clone(),
-            })
-            .collect(),
-        fallback_template: r.fallback_template,
-        max_len: r.max_len as u32,
-        min_tokens: r.lengths.min as u32,
-        p50_tokens: r.lengths.p50 as u32,
-        p95_tokens: r.lengths.p95 as u32,
-        max_tokens: r.lengths.max as u32,
-        mean_tokens: r.lengths.mean,
-        histogram: r
-            .histogram
-            .iter()
-            .map(|&(lo, hi, count)| HistogramBin {
-                lo: lo as u32,
-                hi: hi as u32,
-                count: count as u32,
-            })
-            .collect(),
-        truncated: r.truncated as u32,
-        truncated_share: r.truncated_share,
-        trained_tokens: r.trained_tokens as u64,
-        total_tokens: r.total_tokens as u64,
-        example: r
-            .example
-            .iter()
-            .map(|s| SegmentDto {
-                text: s.text.clone(),
-                trained: s.trained,
-            })
-            .collect(),
-    }
+    pub report: DatasetReport,
 }
 
 /// Writes the bundled demo dataset into the app data folder and returns its path.
@@ -132,7 +37,7 @@ pub async fn data_inspect(
     path: String,
     max_len: u32,
     skip_bad_rows: bool,
-) -> ApiResult<DatasetReportDto> {
+) -> ApiResult<DatasetView> {
     let file = existing(&path, Kind::File)?;
     if max_len == 0 {
         return Err(ApiError::new(
@@ -140,7 +45,7 @@ pub async fn data_inspect(
             "The sequence length must be at least 1.",
         ));
     }
-    let (_, _, model) = state.current_model()?;
+    let (_, model) = state.current_model()?;
     let f = file.clone();
     let report = blocking(move || {
         Ok(inspect(
@@ -153,8 +58,11 @@ pub async fn data_inspect(
     })
     .await?;
     let demo_dir = state.data_dir.join("datasets").canonicalize().ok();
-    let bundled = demo_dir.is_some_and(|d| file.starts_with(d));
-    let dto = report_dto(&file, &report, bundled);
+    let view = DatasetView {
+        path: file.display().to_string(),
+        bundled: demo_dir.is_some_and(|d| file.starts_with(d)),
+        report: report.clone(),
+    };
     *lock(&state.dataset)? = Some(DatasetSlot { path: file, report });
-    Ok(dto)
+    Ok(view)
 }

@@ -1,18 +1,20 @@
-//! Step 7: the adapter in PEFT format (copied out of the run folder) or a merged model folder
-//! (base + adapter folded into plain weights), with where each can be used.
+//! Step 7: a run's adapter in PEFT format (copied out of the run folder) or a merged model
+//! folder (the full-precision base + the adapter folded into plain weights), with where each
+//! can be used. The adapter is the run's final one or its best-evaluation checkpoint.
 
 use super::blocking;
-use crate::commands::model::load_again;
 use crate::error::{ApiError, ApiResult};
-use crate::history::{self, RunStatus};
-use crate::paths::{output_dir, plain_id};
+use crate::paths::output_dir;
 use crate::state::AppState;
 use peft_engine::export::merge::{write_merged, ExportDtype};
+use peft_engine::model::decoder::LoadOptions;
 use peft_engine::peft::adapter_io::{
     apply_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS, RUN_FILE,
 };
+use peft_engine::train::history;
+use peft_engine::train::WhichAdapter;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tauri::State;
 use ts_rs::TS;
 
@@ -35,6 +37,7 @@ pub struct ExportedFile {
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct ExportResult {
     pub kind: ExportKind,
+    pub which: WhichAdapter,
     pub dir: String,
     pub files: Vec<ExportedFile>,
     /// Where and how to use what was written.
@@ -72,30 +75,29 @@ fn usage(kind: ExportKind, dir: &Path) -> String {
     }
 }
 
-/// Exports the completed run `run_id` into `dest` (an absolute folder; default
-/// `<app data>/exports/<run>-<kind>`), and lists what was written.
+/// Exports the adapter `which` of run `run_id` into `dest` (an absolute folder; default
+/// `<app data>/exports/<run>-<kind>`), and lists what was written. The merged export uses the
+/// open model, which must be the run's.
 #[tauri::command]
 pub async fn export_run(
     state: State<'_, AppState>,
     run_id: String,
+    which: WhichAdapter,
     kind: ExportKind,
     dest: Option<String>,
 ) -> ApiResult<ExportResult> {
-    plain_id(&run_id)?;
-    let record = history::load(&state.runs_dir(), &run_id)?;
-    if record.status != RunStatus::Completed {
-        return Err(ApiError::new(
-            "NoRun",
-            "Only a completed run has an adapter to export.",
-        ));
-    }
+    let record = history::find(&state.runs_dir(), &run_id)?;
+    let adapter = record
+        .adapter_dir(which)
+        .map_err(|e| ApiError::new("NoRun", e.to_string()))?;
     let dest = match dest.filter(|d| !d.trim().is_empty()) {
         Some(d) => output_dir(&d)?,
         None => {
-            let suffix = if kind == ExportKind::Adapter {
-                "adapter"
-            } else {
-                "merged"
+            let suffix = match (kind, which) {
+                (ExportKind::Adapter, WhichAdapter::Final) => "adapter",
+                (ExportKind::Adapter, WhichAdapter::Best) => "best-adapter",
+                (ExportKind::Merged, WhichAdapter::Final) => "merged",
+                (ExportKind::Merged, WhichAdapter::Best) => "best-merged",
             };
             state
                 .data_dir
@@ -103,26 +105,35 @@ pub async fn export_run(
                 .join(format!("{run_id}-{suffix}"))
         }
     };
-    let run_dir = PathBuf::from(&record.dir);
-    let source = crate::commands::model::parse_source(&record.model)?;
+    let (spec, model) = state.current_model()?;
+    if kind == ExportKind::Merged && record.model != model.source.spec() {
+        return Err(ApiError::new(
+            "WrongModel",
+            format!(
+                "run {run_id} trained {}; open that model to merge it (the open one is {spec})",
+                record.model
+            ),
+        ));
+    }
     let out = dest.clone();
     blocking(move || {
-        std::fs::create_dir_all(&out)
-            .map_err(|e| ApiError::new("Io", format!("{}: {e}", out.display())))?;
         match kind {
             ExportKind::Adapter => {
+                std::fs::create_dir_all(&out)
+                    .map_err(|e| ApiError::new("Io", format!("{}: {e}", out.display())))?;
                 for name in [ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS, RUN_FILE] {
-                    let from = run_dir.join(name);
+                    let from = adapter.join(name);
                     if from.exists() {
-                        std::fs::copy(&from, out.join(name))
-                            .map_err(|e| ApiError::new("Io", format!("{}: {e}", from.display())))?;
+                        peft_engine::fsutil::copy_atomic(&from, &out.join(name))?;
                     }
                 }
             }
             ExportKind::Merged => {
-                let mut model = load_again(&source)?;
-                apply_adapter(&mut model.decoder, &run_dir)?;
-                write_merged(&mut model, &out, ExportDtype::F32)?;
+                // The full-precision base, even for a QLoRA run: merged weights are never
+                // derived from 4-bit ones.
+                let mut d = model.build_weights(&LoadOptions::default())?;
+                apply_adapter(&mut d, &adapter)?;
+                write_merged(&model, &mut d, &out, ExportDtype::F32)?;
             }
         }
         Ok(())
@@ -130,6 +141,7 @@ pub async fn export_run(
     .await?;
     Ok(ExportResult {
         kind,
+        which,
         files: list_files(&dest)?,
         usage: usage(kind, &dest),
         dir: dest.display().to_string(),

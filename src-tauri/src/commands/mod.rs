@@ -17,5 +17,5 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> crate::error::ApiResult<T> {
     tauri::async_runtime::spawn_blocking(f)
         .await
-        .map_err(|e| crate::error::ApiError::internal(format!("background job failed: {e}")))?
+        .map_err(|e| crate::error::internal(format!("background job failed: {e}")))?
 }

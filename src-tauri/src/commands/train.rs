@@ -1,13 +1,12 @@
-//! Step 5: train on a background thread with a cancel token, streaming every step over a
-//! channel; pause (checkpoint and stop) and resume exactly; keep every run in the history.
+//! Step 5: train on a background thread with a cancel token, streaming every engine event
+//! with the run's record; pause (checkpoint and stop) and resume exactly. The engine keeps
+//! the record (`run.json` in the run folder); the history is the engine's list of run folders.
 
-use crate::commands::model::{load_again, parse_source};
-use crate::error::{ApiError, ApiResult};
-use crate::history::{self, now, RunRecord, RunStatus};
+use crate::error::{busy, internal, ApiError, ApiResult};
 use crate::paths::{existing, Kind};
-use crate::settings::TrainSettings;
 use crate::state::{lock, AppState, TrainJob};
-use peft_engine::train::{train, TrainEvent, TrainStatus};
+use peft_engine::train::history::{self, RunRecord};
+use peft_engine::train::{prepare::validate, train, TrainConfig, TrainEvent};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,108 +19,22 @@ use ts_rs::TS;
 #[derive(Debug, Clone, Serialize, TS)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrainUpdate {
-    Started {
-        run_id: String,
-        total_steps: u32,
-        start_step: u32,
-        train_examples: u32,
-        val_examples: u32,
-        #[ts(type = "number")]
-        trainable_params: u64,
-        #[ts(type = "number")]
-        total_params: u64,
-    },
-    Step {
-        step: u32,
-        total_steps: u32,
-        epoch: f64,
-        loss: f64,
-        eval_loss: Option<f64>,
-        lr: f64,
-        grad_norm: f64,
-        tokens_per_s: f64,
-        eta_s: f64,
-        #[ts(type = "number")]
-        rss_bytes: u64,
-        elapsed_s: f64,
-    },
-    Eval {
-        step: u32,
-        loss: f64,
-    },
-    Checkpoint {
-        step: u32,
-    },
-    /// The run ended (completed, paused or failed); the record is what the history keeps.
-    Finished {
-        /// Boxed: a record with its curves is much larger than the other updates.
+    /// An engine event and the run's record as it stands after it.
+    Event {
+        event: TrainEvent,
         record: Box<RunRecord>,
     },
+    /// The run ended (completed, paused or failed); the record is what the history keeps.
+    Finished { record: Box<RunRecord> },
 }
 
-/// Applies an engine event to the run's record and translates it for the UI.
-fn record_event(r: &mut RunRecord, e: &TrainEvent) -> TrainUpdate {
-    match e {
-        TrainEvent::Started {
-            total_steps,
-            start_step,
-            train_examples,
-            val_examples,
-            trainable_params,
-            total_params,
-            ..
-        } => {
-            // A resumed run recomputes the steps after its checkpoint exactly: drop them.
-            let s = *start_step as f64;
-            r.losses.retain(|p| p[0] <= s);
-            r.eval_losses.retain(|p| p[0] <= s);
-            r.total_steps = *total_steps as u32;
-            r.step = *start_step as u32;
-            TrainUpdate::Started {
-                run_id: r.id.clone(),
-                total_steps: *total_steps as u32,
-                start_step: *start_step as u32,
-                train_examples: *train_examples as u32,
-                val_examples: *val_examples as u32,
-                trainable_params: *trainable_params as u64,
-                total_params: *total_params as u64,
-            }
-        }
-        TrainEvent::Step(s) => {
-            r.step = s.step as u32;
-            r.losses.push([s.step as f64, s.loss]);
-            TrainUpdate::Step {
-                step: s.step as u32,
-                total_steps: s.total_steps as u32,
-                epoch: s.epoch,
-                loss: s.loss,
-                eval_loss: s.eval_loss,
-                lr: s.lr,
-                grad_norm: s.grad_norm,
-                tokens_per_s: s.tokens_per_s,
-                eta_s: s.eta_s,
-                rss_bytes: s.rss_bytes,
-                elapsed_s: s.elapsed_s,
-            }
-        }
-        TrainEvent::Eval { step, loss } => {
-            r.eval_losses.push([*step as f64, *loss]);
-            TrainUpdate::Eval {
-                step: *step as u32,
-                loss: *loss,
-            }
-        }
-        TrainEvent::Checkpoint { step, .. } => TrainUpdate::Checkpoint { step: *step as u32 },
-    }
-}
-
-/// Starts a run on the open model and dataset with `settings`, or resumes `resume_run` (with
-/// the settings, model and data it was started with). Returns the run's record at once;
-/// progress and the final record arrive on `on_event`.
+/// Starts a run on the open model and dataset with `config`, or resumes `resume_run` (with the
+/// settings and data it was started with, on the open model, which must be the run's). Returns
+/// the run's record at once; progress and the final record arrive on `on_event`.
 #[tauri::command]
 pub fn train_start(
     state: State<'_, AppState>,
-    settings: TrainSettings,
+    config: TrainConfig,
     resume_run: Option<String>,
     on_event: Channel<TrainUpdate>,
 ) -> ApiResult<RunRecord> {
@@ -130,59 +43,55 @@ pub fn train_start(
         .as_ref()
         .is_some_and(|j| j.running.load(Ordering::Relaxed))
     {
-        return Err(ApiError::busy("Training"));
+        return Err(busy("Training"));
     }
     let runs = state.runs_dir();
-    let (record, source, resume) = match resume_run {
+    let (spec, model) = state.current_model()?;
+    let (record, resume) = match resume_run {
         Some(id) => {
-            let mut r = history::load(&runs, &id)?;
-            if !matches!(
-                r.status,
-                RunStatus::Paused | RunStatus::Interrupted | RunStatus::Failed
-            ) {
+            let r = history::find(&runs, &id)?;
+            if !r.resumable() {
                 return Err(ApiError::new(
                     "NotResumable",
                     format!(
-                        "run {id} is {:?}; only paused or interrupted runs resume",
+                        "run {id} is {:?}; only paused, interrupted or failed runs resume",
                         r.status
                     ),
                 ));
             }
+            if r.model != model.source.spec() {
+                return Err(ApiError::new(
+                    "WrongModel",
+                    format!(
+                        "run {id} trained {}; open that model to resume it (the open one is {spec})",
+                        r.model
+                    ),
+                ));
+            }
             existing(&r.data, Kind::File)?;
-            let source = parse_source(&r.model)?;
-            r.status = RunStatus::Running;
-            r.error = None;
-            r.finished_at = None;
-            let dir = PathBuf::from(&r.dir);
-            (r, source, Some(dir))
+            let dir = r.dir.clone();
+            // What the job reports until the engine's first event (it saves the same).
+            let r = RunRecord {
+                status: history::RunStatus::Running,
+                error: None,
+                finished_at: None,
+                ..r
+            };
+            (r, Some(dir))
         }
         None => {
-            let (spec, source, _) = state.current_model()?;
+            validate(&config)?;
             let data = lock(&state.dataset)?
                 .as_ref()
                 .map(|d| d.path.clone())
                 .ok_or_else(|| ApiError::new("NoDataset", "Choose a dataset first (step 3)."))?;
-            let id = history::new_id(&runs);
-            let dir = history::run_dir(&runs, &id)?;
-            let r = RunRecord {
-                id,
-                model: spec,
-                data: data.display().to_string(),
-                settings,
-                status: RunStatus::Running,
-                started_at: now(),
-                finished_at: None,
-                step: 0,
-                total_steps: 0,
-                losses: Vec::new(),
-                eval_losses: Vec::new(),
-                error: None,
-                dir: dir.display().to_string(),
-            };
-            (r, source, None)
+            let dir = runs.join(history::new_id(&runs));
+            (
+                RunRecord::new(&dir, &model.source.spec(), &data, &config),
+                None,
+            )
         }
     };
-    history::save(&runs, &record)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicBool::new(true));
     let shared = Arc::new(Mutex::new(record.clone()));
@@ -192,54 +101,58 @@ pub fn train_start(
         running: running.clone(),
         record: shared.clone(),
     });
-    let cfg = record.settings.to_config();
-    let (data, out) = (PathBuf::from(&record.data), PathBuf::from(&record.dir));
+    let (cfg, data, out) = (
+        record.config.clone(),
+        PathBuf::from(&record.data),
+        record.dir.clone(),
+    );
     std::thread::Builder::new()
         .name("train".into())
         .spawn(move || {
-            let result = load_again(&source).and_then(|model| {
-                let mut on = |e: &TrainEvent| {
-                    let update = match shared.lock() {
-                        Ok(mut r) => record_event(&mut r, e),
-                        Err(_) => return,
-                    };
-                    let _ = on_event.send(update);
-                };
-                Ok(train(
-                    model,
+            let mut on = |e: &TrainEvent, r: &RunRecord| {
+                if let Ok(mut s) = shared.lock() {
+                    *s = r.clone();
+                }
+                let _ = on_event.send(TrainUpdate::Event {
+                    event: e.clone(),
+                    record: Box::new(r.clone()),
+                });
+            };
+            // A panic must not leave the job "running" forever: it becomes a failed run.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train(
+                    &model,
                     &data,
                     &out,
                     &cfg,
                     resume.as_deref(),
                     Some(&cancel),
                     &mut on,
-                )?)
-            });
-            let final_record = {
-                let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match result {
-                    Ok(s) => {
-                        r.status = match s.status {
-                            TrainStatus::Completed => RunStatus::Completed,
-                            TrainStatus::Cancelled => RunStatus::Paused,
-                        };
-                        r.step = s.steps as u32;
-                    }
-                    Err(e) => {
-                        r.status = RunStatus::Failed;
-                        r.error = Some(e);
-                    }
+                )
+            }));
+            // The engine saved the final record (completed, paused or failed) in the run folder.
+            let mut last = RunRecord::load(&out)
+                .or_else(|_| shared.lock().map(|r| r.clone()))
+                .unwrap_or_else(|p| p.into_inner().clone());
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if last.error.is_none() => last.error = Some(e.into()),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    last.status = history::RunStatus::Failed;
+                    last.error = Some(internal("training stopped on an internal error (a bug)"));
+                    let _ = last.save();
                 }
-                r.finished_at = Some(now());
-                let _ = history::save(&runs, &r);
-                r.clone()
-            };
+            }
+            if let Ok(mut s) = shared.lock() {
+                *s = last.clone();
+            }
             running.store(false, Ordering::Relaxed);
             let _ = on_event.send(TrainUpdate::Finished {
-                record: Box::new(final_record),
+                record: Box::new(last),
             });
         })
-        .map_err(|e| ApiError::internal(format!("cannot start the training thread: {e}")))?;
+        .map_err(|e| internal(format!("cannot start the training thread: {e}")))?;
     Ok(record)
 }
 
@@ -269,11 +182,13 @@ pub fn train_status(state: State<'_, AppState>) -> ApiResult<Option<RunRecord>> 
 #[tauri::command]
 pub fn runs_list(state: State<'_, AppState>) -> ApiResult<Vec<RunRecord>> {
     let job = lock(&state.train)?;
-    let active = job
+    let active: Vec<&str> = job
         .as_ref()
         .filter(|j| j.running.load(Ordering::Relaxed))
-        .map(|j| j.run_id.clone());
-    Ok(history::list(&state.runs_dir(), active.as_deref()))
+        .map(|j| j.run_id.as_str())
+        .into_iter()
+        .collect();
+    Ok(history::list(&state.runs_dir(), &active))
 }
 
 /// Deletes a finished run and its files.
@@ -284,7 +199,7 @@ pub fn run_delete(state: State<'_, AppState>, run_id: String) -> ApiResult<()> {
         .as_ref()
         .is_some_and(|j| j.run_id == run_id && j.running.load(Ordering::Relaxed))
     {
-        return Err(ApiError::busy("This run"));
+        return Err(busy("This run"));
     }
-    history::delete(&state.runs_dir(), &run_id)
+    Ok(history::delete(&state.runs_dir(), &run_id)?)
 }

@@ -1,26 +1,28 @@
 /**
  * Typed wrappers over the shell's commands. Every type comes from `./bindings` (generated from
- * the Rust DTOs); errors are always `ApiError` `{code, message, details}`.
+ * the engine's Rust types and the shell's few wrappers); errors are always `ApiError`
+ * `{code, message, details}`.
  */
 import { Channel, invoke } from "@tauri-apps/api/core";
-import type { ApiError } from "./bindings/ApiError";
+import type { ErrorReport as ApiError } from "./bindings/ErrorReport";
 import type { AppInfo } from "./bindings/AppInfo";
-import type { ChatMessage } from "./bindings/ChatMessage";
-import type { ChatReply } from "./bindings/ChatReply";
+import type { Candidate } from "./bindings/Candidate";
 import type { ChatSide } from "./bindings/ChatSide";
-import type { DatasetReportDto } from "./bindings/DatasetReportDto";
-import type { DownloadProgress } from "./bindings/DownloadProgress";
-import type { EstimateDto } from "./bindings/EstimateDto";
+import type { DatasetView } from "./bindings/DatasetView";
+import type { DownloadEvent } from "./bindings/DownloadEvent";
 import type { ExportKind } from "./bindings/ExportKind";
 import type { ExportResult } from "./bindings/ExportResult";
-import type { HardwareDto } from "./bindings/HardwareDto";
-import type { ModelInfoDto } from "./bindings/ModelInfoDto";
+import type { GenerateOptions } from "./bindings/GenerateOptions";
+import type { Generation } from "./bindings/Generation";
+import type { HardwareView } from "./bindings/HardwareView";
+import type { Message } from "./bindings/Message";
+import type { OpenedModel } from "./bindings/OpenedModel";
 import type { PickWhat } from "./bindings/PickWhat";
-import type { PlanDto } from "./bindings/PlanDto";
+import type { PlanView } from "./bindings/PlanView";
 import type { RunRecord } from "./bindings/RunRecord";
-import type { Sampling } from "./bindings/Sampling";
-import type { TrainSettings } from "./bindings/TrainSettings";
+import type { TrainConfig } from "./bindings/TrainConfig";
 import type { TrainUpdate } from "./bindings/TrainUpdate";
+import type { WhichAdapter } from "./bindings/WhichAdapter";
 
 /** Turns anything thrown by `invoke` into an ApiError (the shell always sends one). */
 export function toApiError(e: unknown): ApiError {
@@ -44,18 +46,18 @@ function channel<T>(on: (m: T) => void): Channel<T> {
 
 export const api = {
   appInfo: () => call<AppInfo>("app_info"),
-  hardwareScan: () => call<HardwareDto>("hardware_scan"),
-  modelOpen: (spec: string, onProgress: (p: DownloadProgress) => void) =>
-    call<ModelInfoDto>("model_open", { spec, onProgress: channel(onProgress) }),
+  hardwareScan: () => call<HardwareView>("hardware_scan"),
+  modelOpen: (spec: string, onProgress: (p: DownloadEvent) => void) =>
+    call<OpenedModel>("model_open", { spec, onProgress: channel(onProgress) }),
   modelCancelDownload: () => call<boolean>("model_cancel_download"),
-  modelCurrent: () => call<ModelInfoDto | null>("model_current"),
+  modelCurrent: () => call<OpenedModel | null>("model_current"),
   dataDemoPath: () => call<string>("data_demo_path"),
   dataInspect: (path: string, maxLen: number, skipBadRows = false) =>
-    call<DatasetReportDto>("data_inspect", { path, maxLen, skipBadRows }),
-  planRecommend: (base: TrainSettings) => call<PlanDto>("plan_recommend", { base }),
-  planEstimate: (settings: TrainSettings) => call<EstimateDto>("plan_estimate", { settings }),
-  trainStart: (settings: TrainSettings, resumeRun: string | null, onEvent: (u: TrainUpdate) => void) =>
-    call<RunRecord>("train_start", { settings, resumeRun, onEvent: channel(onEvent) }),
+    call<DatasetView>("data_inspect", { path, maxLen, skipBadRows }),
+  planRecommend: (base: TrainConfig) => call<PlanView>("plan_recommend", { base }),
+  planEstimate: (config: TrainConfig) => call<Candidate>("plan_estimate", { config }),
+  trainStart: (config: TrainConfig, resumeRun: string | null, onEvent: (u: TrainUpdate) => void) =>
+    call<RunRecord>("train_start", { config, resumeRun, onEvent: channel(onEvent) }),
   trainCancel: () => call<boolean>("train_cancel"),
   trainStatus: () => call<RunRecord | null>("train_status"),
   runsList: () => call<RunRecord[]>("runs_list"),
@@ -63,13 +65,14 @@ export const api = {
   chatGenerate: (
     side: ChatSide,
     runId: string | null,
-    messages: ChatMessage[],
-    sampling: Sampling,
+    which: WhichAdapter,
+    messages: Message[],
+    sampling: GenerateOptions,
     onText: (t: string) => void,
-  ) => call<ChatReply>("chat_generate", { side, runId, messages, sampling, onText: channel(onText) }),
+  ) => call<Generation>("chat_generate", { side, runId, which, messages, sampling, onText: channel(onText) }),
   chatStop: () => call<number>("chat_stop"),
-  exportRun: (runId: string, kind: ExportKind, dest: string | null) =>
-    call<ExportResult>("export_run", { runId, kind, dest }),
+  exportRun: (runId: string, which: WhichAdapter, kind: ExportKind, dest: string | null) =>
+    call<ExportResult>("export_run", { runId, which, kind, dest }),
   pickPath: (what: PickWhat) => call<string | null>("pick_path", { what }),
 };
 

@@ -1,80 +1,85 @@
 /**
  * The wizard's state, shared by all steps so going back and forth keeps what was entered.
  * Each action calls the shell through `api` (injectable for tests) and records loading and
- * error states the steps render.
+ * error states the steps render. Every figure and record comes from the engine as it is:
+ * the run record in particular is replaced by each update, never rebuilt here.
  */
 import { api as realApi, type Api } from "./api";
-import type { ApiError } from "./bindings/ApiError";
+import type { ErrorReport as ApiError } from "./bindings/ErrorReport";
 import type { AppInfo } from "./bindings/AppInfo";
-import type { ChatReply } from "./bindings/ChatReply";
-import type { DatasetReportDto } from "./bindings/DatasetReportDto";
-import type { EstimateDto } from "./bindings/EstimateDto";
+import type { Candidate } from "./bindings/Candidate";
+import type { DatasetView } from "./bindings/DatasetView";
 import type { ExportKind } from "./bindings/ExportKind";
 import type { ExportResult } from "./bindings/ExportResult";
-import type { HardwareDto } from "./bindings/HardwareDto";
-import type { ModelInfoDto } from "./bindings/ModelInfoDto";
-import type { PlanDto } from "./bindings/PlanDto";
+import type { GenerateOptions } from "./bindings/GenerateOptions";
+import type { Generation } from "./bindings/Generation";
+import type { HardwareView } from "./bindings/HardwareView";
+import type { LoraSettings } from "./bindings/LoraSettings";
+import type { MethodKind } from "./methods";
+import type { OpenedModel } from "./bindings/OpenedModel";
+import type { PlanView } from "./bindings/PlanView";
 import type { RunRecord } from "./bindings/RunRecord";
-import type { Sampling } from "./bindings/Sampling";
-import type { TrainSettings } from "./bindings/TrainSettings";
+import type { Selective } from "./bindings/Selective";
+import type { StepStats } from "./bindings/StepStats";
+import type { TrainConfig } from "./bindings/TrainConfig";
 import type { TrainUpdate } from "./bindings/TrainUpdate";
+import type { WhichAdapter } from "./bindings/WhichAdapter";
+import { withKind } from "./methods";
 
 export const STEPS = ["Hardware", "Model", "Data", "Plan", "Train", "Chat", "Export"] as const;
-
-type StepUpdate = Extract<TrainUpdate, { kind: "step" }>;
 
 export interface Turn {
   user: string;
   tuned: string;
   base: string;
-  tunedReply: ChatReply | null;
-  baseReply: ChatReply | null;
+  tunedReply: Generation | null;
+  baseReply: Generation | null;
 }
-
-/** Used until the shell reports its own demo settings (and in tests). */
-export const FALLBACK_SETTINGS: TrainSettings = {
-  method: "lora", rank: 16, alpha: 32, dropout: 0, targets: [], seq_len: 128, batch_size: 4,
-  grad_accum: 1, lr: 3e-3, epochs: 8, max_steps: null, warmup_steps: 5, eval_every: 10,
-  save_every: 0, grad_checkpointing: false, scheduler: "cosine", seed: 42,
-};
 
 export class Wizard {
   step = $state(0);
   info = $state<AppInfo | null>(null);
 
-  hardware = $state<HardwareDto | null>(null);
+  hardware = $state<HardwareView | null>(null);
   hardwareLoading = $state(false);
   hardwareError = $state<ApiError | null>(null);
 
   modelSpec = $state("demo");
-  model = $state<ModelInfoDto | null>(null);
+  model = $state<OpenedModel | null>(null);
   modelLoading = $state(false);
   modelError = $state<ApiError | null>(null);
   download = $state<{ file: string; done: number; total: number } | null>(null);
 
   dataPath = $state("");
-  dataset = $state<DatasetReportDto | null>(null);
+  dataset = $state<DatasetView | null>(null);
   dataLoading = $state(false);
   dataError = $state<ApiError | null>(null);
 
-  settings = $state<TrainSettings>({ ...FALLBACK_SETTINGS });
-  plan = $state<PlanDto | null>(null);
+  /** The run's settings, as the engine's `TrainConfig`; the shell's demo settings at start. */
+  settings = $state<TrainConfig | null>(null);
+  /** The LoRA and selective settings kept while another method is chosen. */
+  loraDraft = $state<LoraSettings | null>(null);
+  selectiveDraft = $state<Selective>("norm");
+  plan = $state<PlanView | null>(null);
   planLoading = $state(false);
   planError = $state<ApiError | null>(null);
-  estimate = $state<EstimateDto | null>(null);
+  estimate = $state<Candidate | null>(null);
   estimateError = $state<ApiError | null>(null);
   planAccepted = $state(false);
 
   run = $state<RunRecord | null>(null);
   training = $state(false);
-  last = $state<StepUpdate | null>(null);
+  last = $state<StepStats | null>(null);
   trainError = $state<ApiError | null>(null);
   runs = $state<RunRecord[]>([]);
-  /** Bumped on every new point so the chart redraws without copying arrays. */
+  /** Bumped on every update so the chart redraws. */
   curveVersion = $state(0);
 
   chatRunId = $state<string | null>(null);
-  sampling = $state<Sampling>({ temperature: 0.7, top_k: 40, top_p: 0.95, repeat_penalty: 1.1, max_new_tokens: 120, seed: 42 });
+  chatWhich = $state<WhichAdapter>("final");
+  sampling = $state<GenerateOptions>({
+    max_new_tokens: 120, temperature: 0.7, top_k: 40, top_p: 0.95, repeat_penalty: 1.1, repeat_last_n: 64, seed: 42,
+  });
   turns = $state<Turn[]>([]);
   streaming = $state(false);
   chatError = $state<ApiError | null>(null);
@@ -83,6 +88,7 @@ export class Wizard {
   exportLoading = $state<ExportKind | null>(null);
   exportError = $state<ApiError | null>(null);
   exportDest = $state("");
+  exportWhich = $state<WhichAdapter>("final");
 
   constructor(private api: Api = realApi) {}
 
@@ -90,9 +96,9 @@ export class Wizard {
   async start() {
     try {
       this.info = await this.api.appInfo();
-      this.settings = { ...this.info.demo_settings };
+      this.useSettings(this.info.demo_settings);
     } catch {
-      /* the footer just shows less */
+      /* the footer just shows less; the Plan step waits for settings */
     }
     void this.scanHardware();
     if (await this.openModel("demo")) await this.useDemoDataset();
@@ -101,6 +107,31 @@ export class Wizard {
 
   go(step: number) {
     this.step = Math.max(0, Math.min(STEPS.length - 1, step));
+  }
+
+  /** Adopts `c` (a starting point or a planner candidate), remembering its method's settings. */
+  useSettings(c: TrainConfig) {
+    this.settings = structuredClone($state.snapshot(c)) as TrainConfig;
+    const m = c.method;
+    if (m.kind === "lora" || m.kind === "qlora") {
+      const { kind: _, ...lora } = m;
+      this.loraDraft = lora;
+    } else if (m.kind === "selective") {
+      this.selectiveDraft = m.what;
+    }
+  }
+
+  /** Switches the method, keeping the LoRA/selective settings entered so far. */
+  setMethod(kind: MethodKind) {
+    if (!this.settings) return;
+    const m = this.settings.method;
+    if (m.kind === "lora" || m.kind === "qlora") {
+      const { kind: _, ...lora } = m;
+      this.loraDraft = lora;
+    } else if (m.kind === "selective") {
+      this.selectiveDraft = m.what;
+    }
+    this.settings.method = withKind(kind, this.loraDraft, this.selectiveDraft);
   }
 
   async scanHardware() {
@@ -124,7 +155,6 @@ export class Wizard {
       this.model = await this.api.modelOpen(spec, (p) => {
         if (p.kind === "start") this.download = { file: p.file, done: 0, total: p.total_bytes };
         else if (p.kind === "progress") this.download = { file: p.file, done: p.bytes_done, total: p.total_bytes };
-        else if (p.kind === "loading") this.download = null;
       });
       // Data and plan were measured with the previous tokenizer.
       this.dataset = null;
@@ -159,7 +189,7 @@ export class Wizard {
     this.dataLoading = true;
     this.dataError = null;
     try {
-      this.dataset = await this.api.dataInspect(path, this.settings.seq_len, false);
+      this.dataset = await this.api.dataInspect(path, this.settings?.seq_len ?? 256, false);
       this.plan = null;
       this.planAccepted = false;
     } catch (e) {
@@ -171,10 +201,11 @@ export class Wizard {
   }
 
   async recommend() {
+    if (!this.settings) return;
     this.planLoading = true;
     this.planError = null;
     try {
-      this.plan = await this.api.planRecommend(this.settings);
+      this.plan = await this.api.planRecommend($state.snapshot(this.settings) as TrainConfig);
       await this.updateEstimate();
     } catch (e) {
       this.planError = e as ApiError;
@@ -183,14 +214,18 @@ export class Wizard {
     }
   }
 
-  choose(settings: TrainSettings) {
-    this.settings = { ...settings };
+  /** Takes candidate `i` of the plan (its full settings come from the engine). */
+  choose(i: number) {
+    const c = this.plan?.configs[i];
+    if (!c) return;
+    this.useSettings(c);
     void this.updateEstimate();
   }
 
   async updateEstimate() {
+    if (!this.settings) return;
     try {
-      this.estimate = await this.api.planEstimate(this.settings);
+      this.estimate = await this.api.planEstimate($state.snapshot(this.settings) as TrainConfig);
       this.estimateError = null;
     } catch (e) {
       this.estimateError = e as ApiError;
@@ -198,11 +233,12 @@ export class Wizard {
   }
 
   async startTraining(resumeRun: string | null = null) {
+    if (!this.settings) return;
     this.trainError = null;
     this.last = null;
     try {
-      const rec = await this.api.trainStart(this.settings, resumeRun, (u) => this.onTrain(u));
-      this.run = { ...rec };
+      const rec = await this.api.trainStart($state.snapshot(this.settings) as TrainConfig, resumeRun, (u) => this.onTrain(u));
+      this.run = rec;
       this.training = true;
     } catch (e) {
       this.trainError = e as ApiError;
@@ -210,28 +246,15 @@ export class Wizard {
   }
 
   onTrain(u: TrainUpdate) {
-    const r = this.run;
+    this.run = u.record;
     if (u.kind === "finished") {
-      this.run = u.record;
       this.training = false;
       if (u.record.status === "failed") this.trainError = u.record.error;
       if (u.record.status === "completed") this.chatRunId = u.record.id;
-      this.curveVersion++;
       void this.loadRuns();
-      return;
-    }
-    if (!r) return;
-    if (u.kind === "started") {
-      r.total_steps = u.total_steps;
-      r.losses = r.losses.filter((p) => p[0] <= u.start_step);
-      r.eval_losses = r.eval_losses.filter((p) => p[0] <= u.start_step);
-    } else if (u.kind === "step") {
-      this.last = u;
-      r.step = u.step;
-      r.total_steps = u.total_steps;
-      r.losses.push([u.step, u.loss]);
-    } else if (u.kind === "eval") {
-      r.eval_losses.push([u.step, u.loss]);
+    } else if (u.event.kind === "step") {
+      const { kind: _, ...stats } = u.event;
+      this.last = stats;
     }
     this.curveVersion++;
   }
@@ -269,9 +292,10 @@ export class Wizard {
         if (x !== t) msgs.push({ role: "assistant", content: x[side] });
         return msgs;
       });
+    const sampling = $state.snapshot(this.sampling) as GenerateOptions;
     const one = async (side: "tuned" | "base") => {
       try {
-        const reply = await this.api.chatGenerate(side, this.chatRunId, history(side), this.sampling, (piece) => {
+        const reply = await this.api.chatGenerate(side, this.chatRunId, this.chatWhich, history(side), sampling, (piece) => {
           t[side] += piece;
         });
         if (side === "tuned") t.tunedReply = reply;
@@ -296,7 +320,7 @@ export class Wizard {
     this.exportLoading = kind;
     this.exportError = null;
     try {
-      this.exportResult = await this.api.exportRun(runId, kind, this.exportDest || null);
+      this.exportResult = await this.api.exportRun(runId, this.exportWhich, kind, this.exportDest || null);
     } catch (e) {
       this.exportError = e as ApiError;
     } finally {

@@ -13,7 +13,7 @@ describe("api over mocked IPC", () => {
       if (cmd === "hardware_scan") return hardware;
       if (cmd === "data_inspect") return { rows: 1 };
     });
-    expect((await api.hardwareScan()).cpu_model).toBe("Test CPU");
+    expect((await api.hardwareScan()).hardware.cpu.model).toBe("Test CPU");
     await api.dataInspect("/d.jsonl", 128);
     expect(seen[1]).toEqual(["data_inspect", { path: "/d.jsonl", maxLen: 128, skipBadRows: false }]);
   });

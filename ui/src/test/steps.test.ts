@@ -9,7 +9,7 @@ import TrainStep from "../steps/TrainStep.svelte";
 import ChatStep from "../steps/ChatStep.svelte";
 import ExportStep from "../steps/ExportStep.svelte";
 import ModelStep from "../steps/ModelStep.svelte";
-import { dataset, estimate, fakeApi, hardware, model, plan, run } from "./fixtures";
+import { candidate, dataset, fakeApi, hardware, model, plan, run, settings } from "./fixtures";
 
 afterEach(() => cleanup());
 
@@ -24,6 +24,8 @@ describe("step components", () => {
     withWizard(HardwareStep, w);
     expect(screen.getByTestId("no-gpu").textContent).toContain("Training runs on the CPU");
     expect(screen.getByTestId("hardware-summary").textContent).toContain("LoRA fits");
+    // The engine's words for a missing driver, not a library loader's error.
+    expect(document.body.textContent).toContain("No NVIDIA driver found");
   });
 
   it("Model shows the facts and the template", () => {
@@ -45,14 +47,17 @@ describe("step components", () => {
     expect(screen.getByTestId("data-stats").textContent).toContain("56");
   });
 
-  it("Plan warns when the edited plan does not fit", () => {
+  it("Plan warns when the edited plan does not fit, and offers every method", () => {
     const w = new Wizard(fakeApi());
     w.dataset = dataset;
     w.plan = plan;
-    w.estimate = estimate(false);
+    w.useSettings(settings);
+    w.estimate = candidate(false);
     withWizard(PlanStep, w);
     expect(screen.getByTestId("no-fit").textContent).toContain("no longer fits");
     expect(screen.getByTestId("plan-summary").textContent).toContain("LoRA");
+    const options = [...(screen.getByTestId("method") as HTMLSelectElement).options].map((o) => o.value);
+    expect(options).toEqual(["lora", "qlora", "selective", "full"]);
   });
 
   it("Train shows progress and the history", () => {
@@ -63,12 +68,17 @@ describe("step components", () => {
     expect(screen.getByTestId("train-step").textContent).toBe("10 / 10");
     expect(screen.getByTestId("run-status").textContent).toBe("paused");
     expect((screen.getByTestId("resume-training") as HTMLButtonElement).disabled).toBe(false);
+    // Like with like: the run's own growth against the plan less what was already loaded.
+    expect(screen.getByTestId("run-memory").textContent).toContain("planned 40.0 MiB");
+    expect(screen.getByTestId("run-best").textContent).toContain("step 5");
+    expect(screen.getByTestId("run-storage").textContent).toContain("35 with LoRA adapters");
   });
 
   it("Chat renders both sides of a streamed turn", async () => {
     const w = new Wizard(fakeApi());
     w.model = model;
     w.chatRunId = "run-1-1";
+    w.runs = [run("completed")];
     withWizard(ChatStep, w);
     await w.send("Tell me a story.");
     flushSync();

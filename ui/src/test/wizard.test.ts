@@ -1,17 +1,19 @@
 import { describe, expect, it } from "vitest";
 import { Wizard } from "../lib/wizard.svelte";
-import { fakeApi, run } from "./fixtures";
+import { candidate, fakeApi, plan, run, settings } from "./fixtures";
+import type { TrainConfig } from "../lib/bindings/TrainConfig";
 
 describe("Wizard store", () => {
-  it("preselects the bundled model and dataset on start", async () => {
+  it("preselects the bundled model and dataset and takes the shell's demo settings", async () => {
     const calls: string[] = [];
     const w = new Wizard(fakeApi({
       modelOpen: async (spec) => { calls.push(`open:${spec}`); return (await fakeApi().modelOpen(spec, () => {})); },
     }));
     await w.start();
     expect(calls).toEqual(["open:demo"]);
-    expect(w.model?.bundled).toBe(true);
-    expect(w.dataset?.file_name).toBe("bolt-stories.jsonl");
+    expect(w.model?.info.bundled).toBe(true);
+    expect(w.dataset?.path).toBe("/data/bolt-stories.jsonl");
+    expect(w.settings?.seq_len).toBe(128);
   });
 
   it("keeps a model error and stays usable", async () => {
@@ -37,26 +39,52 @@ describe("Wizard store", () => {
     expect(w.download).toBeNull();
   });
 
-  it("accumulates train events into the run and finishes", async () => {
+  it("switching method keeps the LoRA settings and a candidate brings the engine's settings", async () => {
     const w = new Wizard(fakeApi());
+    w.useSettings(settings);
+    w.setMethod("full");
+    expect(w.settings?.method).toEqual({ kind: "full" });
+    w.setMethod("qlora");
+    expect(w.settings?.method).toMatchObject({ kind: "qlora", rank: 16, alpha: 32 });
+    w.setMethod("selective");
+    expect(w.settings?.method).toEqual({ kind: "selective", what: "norm" });
+    await w.recommend();
+    w.choose(0);
+    expect(w.settings?.method).toMatchObject({ kind: "lora", rank: 8 });
+    expect(w.settings).not.toBe(plan.configs[0]);
+  });
+
+  it("sends the settings it shows, and takes each record from the engine as it is", async () => {
+    const sent: TrainConfig[] = [];
+    const w = new Wizard(fakeApi({ trainStart: async (c) => { sent.push(c); return run("running"); } }));
+    w.useSettings(settings);
+    w.setMethod("qlora");
     await w.startTraining();
+    expect(sent[0].method.kind).toBe("qlora");
     expect(w.training).toBe(true);
-    w.onTrain({ kind: "started", run_id: "run-1-1", total_steps: 10, start_step: 0, train_examples: 50, val_examples: 6, trainable_params: 1, total_params: 2 });
-    w.onTrain({ kind: "step", step: 1, total_steps: 10, epoch: 0.1, loss: 3, eval_loss: null, lr: 1e-3, grad_norm: 1, tokens_per_s: 100, eta_s: 9, rss_bytes: 1, elapsed_s: 1 });
-    w.onTrain({ kind: "eval", step: 1, loss: 3.1 });
-    expect(w.run?.losses).toEqual([[1, 3]]);
-    expect(w.run?.eval_losses).toEqual([[1, 3.1]]);
+    const r = run("running");
+    w.onTrain({ kind: "event", event: { kind: "step", step: 1, total_steps: 10, epoch: 0.1, loss: 3, eval_loss: null, lr: 1e-3, grad_norm: 1, tokens_per_s: 100, eta_s: 9, rss_bytes: 1, rss_growth_bytes: 1, elapsed_s: 1 }, record: r });
+    expect(w.run).toEqual(r);
+    expect(w.last?.loss).toBe(3);
     w.onTrain({ kind: "finished", record: run("completed") });
     expect(w.training).toBe(false);
     expect(w.chatRunId).toBe("run-1-1");
   });
 
-  it("streams both sides of a chat turn", async () => {
-    const w = new Wizard(fakeApi());
+  it("asks for the chosen adapter when chatting and exporting", async () => {
+    const whichChat: string[] = [];
+    const whichExport: string[] = [];
+    const w = new Wizard(fakeApi({
+      chatGenerate: async (side, _r, which, _m, _s, on) => { whichChat.push(`${side}:${which}`); on("x"); return fakeApi().chatGenerate(side, null, which, [], _s, () => {}); },
+      exportRun: async (id, which, kind, dest) => { whichExport.push(which); return fakeApi().exportRun(id, which, kind, dest); },
+    }));
     w.chatRunId = "run-1-1";
+    w.chatWhich = "best";
     await w.send("Tell me a story.");
-    expect(w.turns[0].tuned).toBe("Bolt loves apples.");
-    expect(w.turns[0].base).toBe("Bolt loves apples.");
-    expect(w.streaming).toBe(false);
+    expect(whichChat.sort()).toEqual(["base:best", "tuned:best"]);
+    w.exportWhich = "best";
+    await w.exportRun("merged", "run-1-1");
+    expect(whichExport).toEqual(["best"]);
+    expect(candidate().fits).toBe(true);
   });
 });

@@ -6,38 +6,14 @@
 //! position of each row and every padded position have weight 0. The loss is
 //! `Σ w_t · CE(logits_t, target_t) / Σ w_t`.
 //!
-//! Randomness uses SplitMix64 and Fisher–Yates written here rather than `rand::StdRng`,
-//! because `rand` documents `StdRng`'s algorithm as free to change between releases, and a
-//! resumed run must see the same order from `(seed, epoch)` after any dependency update.
+//! Randomness is [`crate::seed::SplitMix64`] and Fisher–Yates, fixed forever, so a resumed
+//! run sees the same order from `(seed, epoch)` after any dependency update.
 //!
 //! This module does not tokenise (`render`) or move data to a device (the trainer does).
 
 use crate::data::render::TokenizedExample;
 use crate::error::{Error, Result};
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and fixed forever.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0) by rejection, so small `n` has no modulo bias.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-}
+use crate::seed::SplitMix64;
 
 /// A seeded Fisher–Yates permutation of `0..n`.
 fn permutation(n: usize, seed: u64) -> Vec<usize> {
@@ -75,7 +51,7 @@ pub fn split(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<
 /// resumed run recomputes it and skips the steps already done.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut mix = SplitMix64(seed.wrapping_add(epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)));
-    permutation(n, mix.next())
+    permutation(n, mix.next_u64())
 }
 
 /// A right-padded batch, row-major `[batch, seq]` in every field.

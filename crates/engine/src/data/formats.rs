@@ -20,13 +20,14 @@
 //! This module only reads and validates; rendering and tokenising are in `render`.
 
 use crate::error::{Error, Result};
-use crate::infer::template::Message;
+use crate::template::Message;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
 
 /// The record format detected for a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum DataFormat {
     Alpaca,
     Chat,
@@ -38,6 +39,7 @@ pub enum DataFormat {
 
 /// One training example, normalised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Example {
     /// A conversation; the loss is normally taken on assistant turns only.
     Chat(Vec<Message>),
@@ -57,6 +59,7 @@ pub struct LoadOptions {
 
 /// A bad row, kept for display when rows are skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct RowError {
     pub line: usize,
     pub field: String,

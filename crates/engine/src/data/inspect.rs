@@ -9,7 +9,7 @@
 use crate::data::formats::{load, DataFormat, LoadOptions, RowError};
 use crate::data::render::{RenderOptions, Renderer, Segment, TrainOn};
 use crate::error::Result;
-use crate::infer::template::ChatTemplate;
+use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use serde::Serialize;
 use std::path::Path;
@@ -19,6 +19,7 @@ pub const HISTOGRAM_BINS: usize = 10;
 
 /// Token-length statistics over all usable rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LengthStats {
     pub min: usize,
     pub p50: usize,
@@ -29,6 +30,7 @@ pub struct LengthStats {
 
 /// Everything the app shows about a dataset before training.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct DatasetReport {
     pub file: String,
     pub format: DataFormat,

@@ -26,12 +26,14 @@
 
 use crate::data::formats::Example;
 use crate::error::{Error, Result};
-use crate::infer::template::{ChatTemplate, Message};
+use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 use serde::Serialize;
 
 /// Which tokens carry loss in chat examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum TrainOn {
     /// Assistant replies and their end-of-turn token (default: the model learns to answer,
@@ -64,6 +66,7 @@ impl Default for RenderOptions {
 
 /// One tokenised example; `loss_mask[t] == 1` when token `t` is learned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct TokenizedExample {
     pub input_ids: Vec<u32>,
     pub loss_mask: Vec<u8>,
@@ -83,6 +86,7 @@ impl TokenizedExample {
 
 /// A piece of rendered text for display, marked trained or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Segment {
     pub text: String,
     pub trained: bool,

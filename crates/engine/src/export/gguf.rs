@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::export::gguf_quant::{encode, tensor_type, GgufQuant, TensorRole};
 use crate::export::gguf_vocab::tokenizer_metadata;
 use crate::export::gguf_writer::{write_gguf, TensorHeader};
-use crate::infer::template::ChatTemplate;
+use crate::template::ChatTemplate;
 use crate::model::decoder::Decoder;
 use crate::model::gguf::permute_rope_rows;
 use crate::model::gguf_arch::{self, GgufArch};
@@ -43,10 +43,11 @@ pub struct ExportModel<'a> {
 }
 
 impl<'a> ExportModel<'a> {
-    /// The parts of a loaded model, named `name`.
-    pub fn of(m: &'a LoadedModel, name: &'a str) -> Self {
+    /// The tokenizer and template of an opened model with `decoder` (its weights with the
+    /// adapter attached, e.g. `train::tuned::with_adapter`), named `name`.
+    pub fn of(m: &'a LoadedModel, decoder: &'a Decoder, name: &'a str) -> Self {
         Self {
-            decoder: &m.decoder,
+            decoder,
             tokenizer: &m.tokenizer,
             template: &m.template,
             name,
@@ -56,10 +57,13 @@ impl<'a> ExportModel<'a> {
 
 /// Progress of a long export step.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ExportProgress {
     /// `writing`, `checking`.
     pub stage: &'static str,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub done: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub total: u64,
     /// The tensor just written or the prompt just checked.
     pub item: String,
@@ -78,8 +82,10 @@ pub struct PlannedTensor {
 
 /// What [`write_merged_gguf`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct GgufSummary {
     pub path: PathBuf,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub bytes: u64,
     pub tensors: usize,
     /// Tensors that took a fallback type.

@@ -24,6 +24,8 @@ use candle_core::{DType, Tensor};
 
 /// Storage type of an exported GGUF model (`--quant`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum GgufQuant {
     /// Exact; 4 bytes per weight.
@@ -33,8 +35,12 @@ pub enum GgufQuant {
     /// Half size, f32's range.
     Bf16,
     /// 8.5 bits per weight; near-lossless.
+    #[serde(rename = "q8_0")]
+    #[cfg_attr(feature = "clap", value(name = "q8_0"))]
     Q8_0,
     /// ≈ 4.9 bits per weight: llama.cpp's most used mix.
+    #[serde(rename = "q4_k_m")]
+    #[cfg_attr(feature = "clap", value(name = "q4_k_m"))]
     Q4KM,
 }
 

@@ -21,7 +21,7 @@
 //! Not supported: WordPiece/Unigram vocabularies (`bert`, `t5` in GGUF terms).
 
 use crate::error::{Error, Result};
-use crate::infer::template::ChatTemplate;
+use crate::template::ChatTemplate;
 use crate::model::gguf_arch::{pre_tokenizer_name, PrePiece, PRE_TOKENIZERS};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::Value;

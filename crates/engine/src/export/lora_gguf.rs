@@ -22,7 +22,7 @@ use crate::export::gguf_writer::{write_gguf, TensorHeader};
 use crate::model::decoder::Decoder;
 use crate::model::gguf::{permute_rope_rows, unpermute_rope_rows};
 use crate::model::gguf_arch;
-use crate::peft::lora::Lora;
+use crate::model::lora::Lora;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
@@ -30,8 +30,10 @@ use std::path::{Path, PathBuf};
 
 /// What [`write_lora_gguf`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LoraGgufSummary {
     pub path: PathBuf,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub bytes: u64,
     /// Adapted layers (two tensors each).
     pub layers: usize,

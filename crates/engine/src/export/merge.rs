@@ -55,6 +55,8 @@ pub fn unmerge_adapters(model: &mut Decoder) -> Result<usize> {
 
 /// Storage type of written weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ExportDtype {
     #[default]
@@ -62,23 +64,53 @@ pub enum ExportDtype {
     Bf16,
 }
 
-/// Merges adapters (those not merged already) and writes `config.json`, `model.safetensors`,
-/// `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
-/// `generation_config.json` into `dir`.
+/// Merges adapters (those not merged already) in `decoder` and writes `config.json`,
+/// `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
+/// `generation_config.json` of `model` into `dir`.
 ///
 /// The chat template is written even when it is our fallback: the model was fine-tuned in
-/// that format, so `transformers`, Ollama or llama.cpp must prompt it the same way.
+/// that format, so `transformers`, Ollama or llama.cpp must prompt it the same way. The folder
+/// is written as `<dir>.partial` and renamed into place, so a failed or killed export never
+/// leaves a half-written model under `dir`.
 ///
 /// # Errors
-/// I/O failures naming the file; tokenizer serialization failures.
-pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// [`Error::Invalid`] when `dir` exists, is not empty and does not look like a model folder
+/// (nothing of the user's is overwritten); I/O failures naming the file; tokenizer
+/// serialization failures.
+pub fn write_merged(
+    model: &LoadedModel,
+    decoder: &mut Decoder,
+    dir: &Path,
+    dtype: ExportDtype,
+) -> Result<()> {
+    let foreign = std::fs::read_dir(dir)
+        .map(|mut rd| rd.next().is_some())
+        .unwrap_or(false)
+        && !dir.join("config.json").is_file();
+    if foreign {
+        return Err(Error::invalid(
+            "out",
+            format!(
+                "{} exists and holds files that are not a model export; choose a new or empty folder",
+                dir.display()
+            ),
+        ));
+    }
     // NF4 bases (QLoRA) first: `named_tensors_mut` lists only dense weights, so an NF4 layer
     // without an adapter would otherwise be missing from the export.
-    model.decoder.dequantize_all()?;
-    merge_pending(&mut model.decoder)?;
+    decoder.dequantize_all()?;
+    merge_pending(decoder)?;
+    crate::fsutil::replace_dir(dir, |tmp| write_folder(model, decoder, tmp, dtype))
+}
+
+fn write_folder(
+    model: &LoadedModel,
+    decoder: &mut Decoder,
+    dir: &Path,
+    dtype: ExportDtype,
+) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in model.decoder.named_tensors_mut() {
+    for (name, t) in decoder.named_tensors_mut() {
         let t = t.detach().to_dtype(DType::F32)?;
         let t = match dtype {
             ExportDtype::F32 => t,
@@ -86,7 +118,7 @@ pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> 
         };
         tensors.insert(name, t);
     }
-    let mut config = model.decoder.config.to_hf_json();
+    let mut config = decoder.config.to_hf_json();
     config["torch_dtype"] = serde_json::json!(match dtype {
         ExportDtype::F32 => "float32",
         ExportDtype::Bf16 => "bfloat16",
@@ -101,7 +133,7 @@ pub fn write_merged(model: &mut LoadedModel, dir: &Path, dtype: ExportDtype) -> 
     write_atomic(&dir.join("tokenizer.json"), tok_json.as_bytes())?;
     let mut tc = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model.decoder.config.max_position_embeddings,
+        "model_max_length": decoder.config.max_position_embeddings,
         "clean_up_tokenization_spaces": false,
     });
     if !model.template.bos_token.is_empty() {

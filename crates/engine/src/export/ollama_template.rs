@@ -14,18 +14,19 @@
 //! adding a recipe.
 //!
 //! Families: ChatML (SmolLM2, Qwen2; a default system prompt becomes `SYSTEM`), our Alpaca
-//! fallback (`infer::template::FALLBACK_TEMPLATE`, the bundled demo), Llama 2 `[INST]` with
+//! fallback (`template::FALLBACK_TEMPLATE`, the bundled demo), Llama 2 `[INST]` with
 //! `<<SYS>>`, Mistral `[INST]` (no system role), Llama 3 headers. Caveat: Jinja templates that
 //! `strip()` message contents differ from the Go template for contents with surrounding
 //! whitespace; the probes have none.
 
 use crate::error::{Error, Result};
 use crate::export::go_template::{render, GoValue};
-use crate::infer::template::{ChatTemplate, Message};
+use crate::template::{ChatTemplate, Message};
 use std::collections::BTreeMap;
 
 /// An Ollama template for one model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct OllamaTemplate {
     /// The family whose recipe matched (`chatml`, `alpaca`, …).
     pub family: &'static str,

@@ -13,11 +13,15 @@ use crate::export::merge::{unmerge_adapters, write_merged, ExportDtype};
 use crate::export::ollama::{lmstudio_path, safe_name, write_ollama_files};
 use crate::export::ollama_template::{ollama_template, OllamaTemplate};
 use crate::export::selfcheck::{check_exported, compare, CheckOptions, SelfCheckReport};
+use crate::model::decoder::Decoder;
+use crate::model::load::ModelSource;
 use crate::model::loaded::LoadedModel;
 use std::path::{Path, PathBuf};
 
 /// What to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// One merged `.gguf` file (llama.cpp, LM Studio, Ollama, …).
@@ -30,6 +34,19 @@ pub enum ExportFormat {
     Lmstudio,
     /// A merged Hugging Face folder (safetensors).
     Hf,
+}
+
+impl ExportFormat {
+    /// The format's name on the command line and over IPC (`gguf_adapter`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Gguf => "gguf",
+            ExportFormat::GgufAdapter => "gguf_adapter",
+            ExportFormat::Ollama => "ollama",
+            ExportFormat::Lmstudio => "lmstudio",
+            ExportFormat::Hf => "hf",
+        }
+    }
 }
 
 /// Settings of one export.
@@ -49,6 +66,7 @@ pub struct ExportRequest {
 
 /// What an export produced, and its self-check.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ExportReport {
     pub format: ExportFormat,
     pub files: Vec<PathBuf>,
@@ -58,6 +76,23 @@ pub struct ExportReport {
     pub self_check: SelfCheckReport,
     /// What to run next (e.g. the `ollama create` command).
     pub next_steps: Vec<String>,
+}
+
+/// The name an export of `source` gets (`general.name`, file names, the Ollama tag): the
+/// model's file or repository name, then `-tag` (the run or adapter folder) when one is given.
+pub fn default_name(source: &ModelSource, tag: Option<&str>) -> String {
+    let text = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+    let base = match source {
+        ModelSource::Bundled => "stories260k".to_string(),
+        ModelSource::Folder(p) => text(p.file_name()).unwrap_or_default(),
+        ModelSource::Gguf(p) => text(p.file_stem()).unwrap_or_default(),
+        ModelSource::Hub(h) => h.repo.rsplit('/').next().unwrap_or_default().to_string(),
+    };
+    let name = match tag.filter(|t| !t.is_empty()) {
+        Some(t) => format!("{base}-{t}"),
+        None => base,
+    };
+    safe_name(&name)
 }
 
 /// `out` itself when it names a `.gguf` file, else `out/file`.
@@ -187,21 +222,29 @@ pub fn export(
     }
 }
 
-/// Writes a merged Hugging Face folder (`export::merge::write_merged`, f32), checks it by
-/// loading it back, and unmerges the model again.
+/// Writes a merged Hugging Face folder of `model` with `decoder` (its weights with the adapter
+/// attached; `export::merge::write_merged`, f32), checks it by loading it back, and unmerges
+/// the decoder again.
 ///
 /// # Errors
 /// As [`write_merged`]; [`Error::ExportCheck`] when the folder does not chat like the model.
 pub fn export_hf(
-    m: &mut LoadedModel,
+    model: &LoadedModel,
+    decoder: &mut Decoder,
     out: &Path,
     name: &str,
     check: &CheckOptions,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<ExportReport> {
-    write_merged(m, out, ExportDtype::F32)?;
-    let result = check_exported(&ExportModel::of(m, name), out, true, check, on_progress);
-    unmerge_adapters(&mut m.decoder)?;
+    write_merged(model, decoder, out, ExportDtype::F32)?;
+    let result = check_exported(
+        &ExportModel::of(model, decoder, name),
+        out,
+        true,
+        check,
+        on_progress,
+    );
+    unmerge_adapters(decoder)?;
     let files = ["config.json", "model.safetensors", "tokenizer.json"]
         .iter()
         .map(|f| out.join(f))

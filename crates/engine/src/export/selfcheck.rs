@@ -17,7 +17,7 @@
 use crate::error::{Error, Result};
 use crate::export::gguf::{ExportModel, ExportProgress};
 use crate::infer::generate::{generate, GenerateOptions, StopReason};
-use crate::infer::template::Message;
+use crate::template::Message;
 use std::path::Path;
 
 /// What to check with.
@@ -57,6 +57,7 @@ pub fn default_conversations() -> Vec<Vec<Message>> {
 
 /// One conversation's result.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct PromptCheck {
     /// The last user message.
     pub prompt: String,
@@ -80,6 +81,7 @@ pub struct PromptCheck {
 
 /// The self-check's result, shown to the user after an export.
 #[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SelfCheckReport {
     pub file: String,
     /// Tokens must be identical (f32/f16), not just agree as far as they do.
@@ -296,11 +298,8 @@ pub fn check_exported(
     } else {
         ModelSource::Gguf(path.to_path_buf())
     };
-    let loaded = crate::model::loaded::LoadedModel::load(
-        &source,
-        OpenOptions::default(),
-        &LoadOptions::default(),
-    )?;
-    let exported = ExportModel::of(&loaded, tuned.name);
+    let loaded = crate::model::loaded::LoadedModel::open(&source, OpenOptions::default())?;
+    let decoder = loaded.build_weights(&LoadOptions::default())?;
+    let exported = ExportModel::of(&loaded, &decoder, tuned.name);
     compare(tuned, &exported, path, strict, opts, on_progress)?.into_result()
 }

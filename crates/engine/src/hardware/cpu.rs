@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Instruction-set extensions that change CPU training speed (candle's GEMM and elementwise
 /// kernels pick AVX2/AVX-512 on x86-64 and NEON on aarch64 at run time).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct CpuFeatures {
     pub avx2: bool,
     pub avx512f: bool,
@@ -15,6 +16,7 @@ pub struct CpuFeatures {
 
 /// The host processor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct CpuInfo {
     /// Brand string (`AMD EPYC 9R14 …`), empty when the OS does not say.
     pub model: String,
@@ -28,11 +30,16 @@ pub struct CpuInfo {
 
 /// Host memory, in bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct MemoryInfo {
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub total_bytes: u64,
     /// What the OS says can be allocated without swapping (`MemAvailable` on Linux).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub available_bytes: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub swap_total_bytes: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub swap_free_bytes: u64,
 }
 

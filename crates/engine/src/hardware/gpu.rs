@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which vendor a GPU is from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum GpuVendor {
     Nvidia,
@@ -17,12 +18,15 @@ pub enum GpuVendor {
 
 /// One GPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct GpuInfo {
     pub vendor: GpuVendor,
     pub index: u32,
     pub name: String,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub total_bytes: u64,
     /// Memory not in use right now.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub free_bytes: u64,
     /// True on Apple silicon: GPU memory is the host's RAM (budget them together).
     pub unified_memory: bool,
@@ -30,6 +34,7 @@ pub struct GpuInfo {
 
 /// Which of candle's compute backends this binary can use on this machine.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Backends {
     /// Built with the `cuda` feature (candle reports false otherwise).
     pub cuda: bool,
@@ -39,6 +44,7 @@ pub struct Backends {
 
 /// Everything GPU-related in one snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct GpuScan {
     pub backends: Backends,
     pub gpus: Vec<GpuInfo>,
@@ -57,7 +63,7 @@ pub fn backends() -> Backends {
 /// NVIDIA GPUs via NVML. `Err` carries a human-readable reason when NVML cannot be loaded
 /// or initialised (no driver, no library, no permission).
 pub fn nvidia_gpus() -> std::result::Result<Vec<GpuInfo>, String> {
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML not available: {e}"))?;
+    let nvml = nvml_wrapper::Nvml::init().map_err(|e| nvml_note(&e))?;
     let count = nvml
         .device_count()
         .map_err(|e| format!("NVML device count: {e}"))?;
@@ -81,6 +87,25 @@ pub fn nvidia_gpus() -> std::result::Result<Vec<GpuInfo>, String> {
         });
     }
     Ok(out)
+}
+
+/// Why NVML could not start, in words a person can act on (the raw error names a shared
+/// library the user has never heard of).
+pub fn nvml_note(e: &nvml_wrapper::error::NvmlError) -> String {
+    use nvml_wrapper::error::NvmlError as E;
+    match e {
+        E::LibloadingError(_) | E::LibraryNotFound => {
+            "No NVIDIA driver found (NVIDIA GPUs need the NVIDIA driver; none is installed).".into()
+        }
+        E::DriverNotLoaded => {
+            "An NVIDIA driver is installed but not running (reboot, or check `nvidia-smi`).".into()
+        }
+        E::NoPermission => "The NVIDIA driver refused access to the GPU (permissions).".into(),
+        E::FailedToLoadSymbol(_) => {
+            "The NVIDIA driver is too old for this app (update the driver).".into()
+        }
+        other => format!("The NVIDIA driver could not be queried: {other}"),
+    }
 }
 
 /// On Apple silicon the GPU shares the host's RAM: report it as one unified-memory GPU.

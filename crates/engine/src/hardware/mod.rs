@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// What this machine offers for training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Hardware {
     pub cpu: CpuInfo,
     pub memory: MemoryInfo,

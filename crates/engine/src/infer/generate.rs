@@ -12,6 +12,7 @@ use std::time::Instant;
 
 /// Sampling settings. `temperature == 0` means greedy.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub temperature: f64,
@@ -22,6 +23,7 @@ pub struct GenerateOptions {
     /// > 1 discourages repeating tokens seen in the last `repeat_last_n` (1.0 = off).
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub seed: u64,
 }
 
@@ -78,6 +80,7 @@ impl GenerateOptions {
 
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     EndOfText,
@@ -88,6 +91,7 @@ pub enum StopReason {
 
 /// What [`generate`] produced.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Generation {
     pub text: String,
     /// Generated ids only (not the prompt; not the stop token).

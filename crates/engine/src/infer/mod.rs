@@ -1,4 +1,3 @@
-//! Generation: chat templates, sampling, streaming.
+//! Generation: KV-cached decoding, sampling and streaming text.
 
 pub mod generate;
-pub mod template;

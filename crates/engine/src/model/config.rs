@@ -12,6 +12,7 @@ use std::path::Path;
 
 /// Architectures the decoder implements, by `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Llama,
@@ -93,6 +94,7 @@ pub struct RawConfig {
 
 /// Validated configuration of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Config {
     pub arch: Arch,
     pub vocab_size: usize,

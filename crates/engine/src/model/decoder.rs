@@ -13,13 +13,16 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::linear::{matmul_t, ForwardCtx, Linear};
+use crate::model::ctx::ForwardCtx;
+use crate::model::linear::{matmul_t, Linear};
 use crate::model::tensors::TensorSource;
 use crate::ops::{causal_softmax_grouped, rms_norm, rope, swiglu, RopeTables};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum WeightDtype {
     /// Exact; 4 bytes per parameter.
     #[default]
@@ -30,6 +33,7 @@ pub enum WeightDtype {
 
 /// QLoRA's base storage: the linear layers of every block in NF4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct QuantizeOptions {
     /// Quantize the absmax constants too (≈ 4.127 instead of 4.5 bits per weight).
     pub double_quant: bool,
@@ -46,13 +50,65 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// Options for [`Decoder::load`].
-#[derive(Clone, Debug, Default)]
+/// How the base weights are stored in memory ([`Decoder::load`]'s options): dense in `dtype`,
+/// or with the block linears in NF4. Which storage a run uses is decided by its method
+/// (`peft::method::Method::base_storage`), never by a front end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LoadOptions {
     pub dtype: WeightDtype,
     /// NF4 for the block linears (QLoRA). Tensors are quantized one at a time as they are read,
     /// so loading never holds the whole model in f32.
     pub quantize: Option<QuantizeOptions>,
+}
+
+impl LoadOptions {
+    /// Dense weights in `dtype`.
+    pub fn dense(dtype: WeightDtype) -> Self {
+        Self {
+            dtype,
+            quantize: None,
+        }
+    }
+
+    /// Block linears in NF4 with double quantization (QLoRA's base), other tensors in `dtype`.
+    pub fn nf4(dtype: WeightDtype) -> Self {
+        Self {
+            dtype,
+            quantize: Some(QuantizeOptions::default()),
+        }
+    }
+
+    /// `f32`, `bf16`, `nf4` or `nf4+bf16`, for messages and run records.
+    pub fn describe(&self) -> String {
+        let dense = match self.dtype {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+        };
+        match (self.quantize, self.dtype) {
+            (None, _) => dense.to_string(),
+            (Some(_), WeightDtype::F32) => "nf4".to_string(),
+            (Some(_), _) => format!("nf4+{dense}"),
+        }
+    }
+}
+
+/// How the base linears of a decoder are actually stored: counted from the layers themselves,
+/// so a test or a user can see that a QLoRA run really runs over NF4.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct StorageReport {
+    /// Linear layers (block projections and an untied `lm_head`) with an NF4 base.
+    pub nf4_linears: usize,
+    /// Linear layers with a dense frozen base.
+    pub dense_linears: usize,
+    /// Linear layers whose base weight trains (full or selective fine-tuning).
+    pub trainable_linears: usize,
+    /// Linear layers carrying a LoRA adapter.
+    pub adapted_linears: usize,
+    /// Bytes of base weights as stored (NF4 at its packed size).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub base_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -176,7 +232,7 @@ impl Loader<'_> {
             Some(q) => {
                 let name = format!("{prefix}.weight");
                 let f32w = self.get_f32(&name, &[out, inp])?;
-                let nf4 = crate::peft::nf4::Nf4Tensor::from_tensor(&name, &f32w, q.double_quant)?;
+                let nf4 = crate::quant::nf4::Nf4Tensor::from_tensor(&name, &f32w, q.double_quant)?;
                 return Ok(Linear {
                     base: crate::model::linear::Base::Nf4(std::sync::Arc::new(nf4)),
                     bias: if bias {
@@ -491,6 +547,39 @@ impl Decoder {
         bytes
     }
 
+    /// How the base linears are stored right now (see [`StorageReport`]).
+    pub fn storage_report(&self) -> StorageReport {
+        let mut d = self.clone();
+        let mut r = StorageReport::default();
+        let mut count = |lin: &Linear| {
+            match &lin.base {
+                crate::model::linear::Base::Nf4(_) => r.nf4_linears += 1,
+                crate::model::linear::Base::Dense(w) if w.is_variable() => {
+                    r.trainable_linears += 1
+                }
+                crate::model::linear::Base::Dense(_) => r.dense_linears += 1,
+            }
+            r.adapted_linears += lin.lora.is_some() as usize;
+        };
+        for (_, lin) in d.linears_mut() {
+            count(lin);
+        }
+        if let Some(h) = &d.lm_head {
+            count(h);
+        }
+        r.base_bytes = d.base_weight_bytes() as u64;
+        r
+    }
+
+    /// Checks that `src` has every tensor this config needs, with the right shape, without
+    /// reading any weight (the model step validates a model this way when it is opened).
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] naming the file and the first tensor that is missing or mis-shaped.
+    pub fn check(config: &Config, src: &dyn TensorSource) -> Result<()> {
+        Self::load(config, &ShapesOnly(src), &LoadOptions::default()).map(|_| ())
+    }
+
     /// A copy whose every tensor (base weights, LoRA `A`/`B`) is detached from the training
     /// variables: it shares their storage (no copy) but a forward through it records no graph.
     /// Evaluation runs on this, so a validation pass keeps no activations.
@@ -517,6 +606,33 @@ impl Decoder {
     /// Total parameter count (tied embeddings counted once), as Hugging Face reports it.
     pub fn num_parameters(&self) -> usize {
         crate::model::count::parameter_count(&self.config)
+    }
+}
+
+/// A source that answers every tensor with zeros of its shape without allocating them (a
+/// broadcast scalar), so [`Decoder::check`] runs the real loader's name and shape checks.
+struct ShapesOnly<'a>(&'a dyn TensorSource);
+
+impl TensorSource for ShapesOnly<'_> {
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.shape(name)
+    }
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let shape = self.0.shape(name).ok_or_else(|| Error::Tensor {
+            file: self.0.label(),
+            tensor: name.into(),
+            message: "missing".into(),
+        })?;
+        Ok(Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(shape)?)
+    }
+    fn label(&self) -> String {
+        self.0.label()
+    }
+    fn dtype_summary(&self) -> String {
+        self.0.dtype_summary()
     }
 }
 

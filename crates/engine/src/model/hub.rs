@@ -200,14 +200,22 @@ impl HubOptions {
 }
 
 /// What [`download_model`] reports, in order, for each file it handles.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DownloadEvent {
     /// A transfer begins; `total_bytes` is the whole file, even when resuming.
-    Start { file: String, total_bytes: u64 },
+    Start {
+        file: String,
+        #[cfg_attr(feature = "ts", ts(type = "number"))]
+        total_bytes: u64,
+    },
     /// Bytes of the file now on disk; never decreases, and the last one equals `total_bytes`.
     Progress {
         file: String,
+        #[cfg_attr(feature = "ts", ts(type = "number"))]
         bytes_done: u64,
+        #[cfg_attr(feature = "ts", ts(type = "number"))]
         total_bytes: u64,
     },
     /// The file is complete in the snapshot.

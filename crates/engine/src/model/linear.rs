@@ -5,14 +5,15 @@
 //! (full or selective fine-tuning) goes through the ordinary matmul so it receives a gradient;
 //! a plain tensor goes through [`crate::ops::frozen_linear`], whose backward returns only the
 //! input gradient; an NF4 weight goes through the NF4 op. The LoRA delta is added by
-//! [`crate::peft::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
-//! together with the base product by [`crate::peft::lora::Lora::forward_with_base`] (one op
+//! [`crate::model::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
+//! together with the base product by [`crate::model::lora::Lora::forward_with_base`] (one op
 //! instead of two plus an add: fewer full-size buffers and gradient accumulations).
 
+use crate::model::ctx::ForwardCtx;
+use crate::model::lora::Lora;
 use crate::ops::frozen_linear;
-use crate::peft::lora::Lora;
-use crate::peft::nf4::Nf4Tensor;
-use crate::peft::nf4_op::Nf4Linear;
+use crate::quant::nf4::Nf4Tensor;
+use crate::quant::nf4_op::Nf4Linear;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
@@ -33,16 +34,6 @@ pub struct Linear {
     pub lora: Option<Lora>,
     /// True while the adapter's delta is folded into `base` (then `forward` skips the adapter).
     pub merged: bool,
-}
-
-/// Per-call settings that change the forward pass during training.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ForwardCtx {
-    /// Dropout is active only when training.
-    pub train: bool,
-    /// Seeds this step's dropout masks; derived from (run seed, step, micro-step) so that a
-    /// resumed run draws exactly the masks the uninterrupted run would have.
-    pub step_seed: u64,
 }
 
 /// `x · Wᵀ`, picking the kernel by whether `w` is trainable (see the module docs).

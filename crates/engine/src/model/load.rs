@@ -83,6 +83,16 @@ impl ModelSource {
         }
     }
 
+    /// The text that [`ModelSource::parse`] turns back into this source (`demo`, a path,
+    /// `org/name@revision`): what run records store to reopen the model.
+    pub fn spec(&self) -> String {
+        match self {
+            ModelSource::Bundled => BUNDLED_NAME.into(),
+            ModelSource::Folder(p) | ModelSource::Gguf(p) => p.display().to_string(),
+            ModelSource::Hub(h) => h.to_string(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             ModelSource::Bundled => "bundled demo model (stories260K)".into(),

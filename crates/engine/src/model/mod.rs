@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod count;
+pub mod ctx;
 pub mod decoder;
 pub mod gguf;
 pub mod gguf_arch;
@@ -10,4 +11,5 @@ pub mod hub;
 pub mod linear;
 pub mod load;
 pub mod loaded;
+pub mod lora;
 pub mod tensors;

@@ -49,6 +49,29 @@ impl Shard {
             Bytes::Static(s) => s,
         }
     }
+
+    /// Drops the mapped pages under `part` (a slice of this shard's data, already copied out)
+    /// from the process: a model opened once and built in several storages keeps its files
+    /// mapped, and without this every page read would stay resident beside its copy.
+    fn release(&self, part: &[u8]) {
+        let Bytes::Mapped(m) = &self.bytes else {
+            return;
+        };
+        const PAGE: usize = 4096;
+        let start = part.as_ptr() as usize - m.as_ptr() as usize;
+        // Whole pages inside `part` only: a page shared with a neighbour tensor stays.
+        let first = start.div_ceil(PAGE) * PAGE;
+        let end = (start + part.len()) / PAGE * PAGE;
+        #[cfg(unix)]
+        if end > first {
+            // SAFETY: the mapping is a read-only file mapping (`Mmap::map` of a file opened
+            // read-only), so MADV_DONTNEED only drops clean pages that the kernel reads again
+            // from the file on the next access: no data is lost and no reference is invalidated.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            };
+        }
+    }
 }
 
 /// One or more `.safetensors` files, memory-mapped.
@@ -177,6 +200,7 @@ impl TensorSource for SafetensorsSource {
         };
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
             .map_err(|e| err(e.to_string()))?;
+        shard.release(view.data());
         Ok(t.to_dtype(DType::F32)?)
     }
 

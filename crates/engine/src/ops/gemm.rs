@@ -49,19 +49,35 @@ impl<'a> MatRef<'a> {
 
 /// `a · b` as a new row-major `[a.rows, b.cols]` buffer, on all of candle's threads.
 pub(crate) fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>> {
-    if a.cols != b.rows || !a.fits() || !b.fits() {
+    let mut dst = vec![0f32; a.rows * b.cols];
+    gemm_into(&mut dst, a, b, 1.0, false)?;
+    Ok(dst)
+}
+
+/// `dst = [dst +] beta · a·b`, `dst` row-major `[a.rows, b.cols]`; the previous contents are
+/// kept (and added to) only when `accumulate`. The crate's one call into the GEMM kernel.
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if a.cols != b.rows || !a.fits() || !b.fits() || dst.len() != m * n {
         bail!(
-            "gemm: [{}, {}] · [{}, {}] does not match its buffers",
-            a.rows,
-            a.cols,
-            b.rows,
-            b.cols
+            "gemm: [{m}, {k}] · [{}, {n}] does not match its buffers",
+            b.rows
         );
     }
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let mut dst = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return Ok(dst);
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 {
@@ -70,7 +86,9 @@ pub(crate) fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>> {
         gemm::Parallelism::None
     };
     // SAFETY: every index the GEMM reads, i·rs + j·cs for i < rows and j < cols, is in bounds
-    // (checked by `fits` above), and `dst` is an exclusively owned m × n row-major buffer.
+    // (checked by `fits` above), and `dst` is an exclusively borrowed m × n row-major buffer
+    // (its length checked above); `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst`
+    // only when `accumulate`.
     unsafe {
         gemm::gemm(
             m,
@@ -79,22 +97,22 @@ pub(crate) fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>> {
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             a.data.as_ptr(),
             a.cs as isize,
             a.rs as isize,
             b.data.as_ptr(),
             b.cs as isize,
             b.rs as isize,
-            0.0,
             1.0,
+            beta,
             false,
             false,
             false,
             par,
         );
     }
-    Ok(dst)
+    Ok(())
 }
 
 #[cfg(test)]

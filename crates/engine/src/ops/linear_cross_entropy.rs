@@ -380,6 +380,7 @@ fn unfused(h: &Tensor, w32: &Tensor, plan: &Plan) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::model::decoder::masked_cross_entropy;
+    use crate::test_support::max_diff_slices;
     use candle_core::{Device, Var};
 
     const N: usize = 37;
@@ -454,14 +455,6 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
     /// Loss and `dh` through the fused op with `h` as a `Var`.
     fn fused_with_grad(c: &Case, w: &Tensor, chunk: Option<(usize, usize)>) -> (f32, Vec<f32>) {
         let (h, _) = tensors(c);
@@ -507,7 +500,7 @@ mod tests {
             let fused = with_chunks(hv2.as_tensor(), &w, &c.targets, &c.weights, CHUNK).unwrap();
             let grads = (fused / 4.0).unwrap().backward().unwrap();
             let got = vec2(grads.get(hv2.as_tensor()).unwrap());
-            let diff = max_abs_diff(&got, &want);
+            let diff = max_diff_slices(&got, &want);
             assert!(diff < 1e-5, "max |dh diff| {diff}");
             // Zero-weight rows get exactly zero gradient.
             for (i, &wt) in c.weights.iter().enumerate() {
@@ -577,7 +570,7 @@ mod tests {
         let (l_bf, dh_bf) = fused_with_grad(&c, &w_bf16, CHUNK);
         let (l_f32, dh_f32) = fused_with_grad(&c, &w_wide, CHUNK);
         assert!((l_bf - l_f32).abs() < 1e-6);
-        assert!(max_abs_diff(&dh_bf, &dh_f32) < 1e-6);
+        assert!(max_diff_slices(&dh_bf, &dh_f32) < 1e-6);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use crate::error::{Error, Result};
 use crate::fsutil::{load_safetensors, read_json, save_safetensors_atomic, write_json_atomic};
 use crate::model::decoder::Decoder;
-use crate::peft::lora::{lora_scale, Lora};
+use crate::model::lora::Lora;
+use crate::peft::lora::lora_scale;
 use crate::peft::method::{LoraSettings, Trainable};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,8 @@ fn bias_none() -> String {
 
 /// Precision of the adapter file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterDtype {
     #[default]

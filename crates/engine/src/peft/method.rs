@@ -7,11 +7,15 @@
 //! - **Selective**: a name filter over tensor paths — biases (BitFit), norm weights, the last
 //!   N blocks, or modules matching a pattern.
 //! - **LoRA**: adapters on chosen linear layers of the blocks; the base stays frozen.
-//! - **QLoRA**: LoRA over an NF4-quantized base (the base conversion happens at load time).
+//! - **QLoRA**: LoRA over an NF4-quantized base.
+//!
+//! The method also decides how the frozen base is stored ([`Method::base_storage`]): NF4 block
+//! linears for QLoRA, dense weights for the others. Training asks the opened model for that
+//! storage, so no front end can pair a method with the wrong base.
 
 use crate::error::{Error, Result};
-use crate::model::decoder::Decoder;
-use crate::peft::lora::{lora_scale, Lora};
+use crate::model::decoder::{Decoder, LoadOptions, WeightDtype};
+use crate::peft::lora::{fresh_adapter, lora_scale};
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +32,7 @@ pub const ALL_LINEAR: [&str; 7] = [
 
 /// LoRA hyperparameters (PEFT's `LoraConfig` names in comments).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LoraSettings {
     /// `r`: adapter rank. Higher rank = more capacity and more memory for adapter weights,
     /// gradients and optimizer state (small next to activations).
@@ -90,6 +95,7 @@ impl LoraSettings {
 
 /// What selective fine-tuning updates.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum Selective {
     /// BitFit: bias vectors only (Llama and Mistral have none; Qwen2 has q/k/v biases).
@@ -140,6 +146,7 @@ impl Selective {
 
 /// The fine-tuning method.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Method {
     Full,
@@ -147,11 +154,55 @@ pub enum Method {
         what: Selective,
     },
     Lora(LoraSettings),
-    /// LoRA on an NF4 base; quantization happens when the model is loaded.
+    /// LoRA on an NF4 base (see [`Method::base_storage`]).
     Qlora(LoraSettings),
 }
 
+/// The method's name alone (the CLI's `--method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    /// Small adapters on a frozen base.
+    Lora,
+    /// LoRA over a 4-bit NF4 base (least memory).
+    Qlora,
+    /// Train a chosen subset of existing weights.
+    Selective,
+    /// Every weight (most memory).
+    Full,
+}
+
 impl Method {
+    /// The method of `kind` with its settings (`lora` for LoRA/QLoRA, `what` for selective).
+    pub fn of_kind(kind: MethodKind, lora: LoraSettings, what: Selective) -> Self {
+        match kind {
+            MethodKind::Lora => Method::Lora(lora),
+            MethodKind::Qlora => Method::Qlora(lora),
+            MethodKind::Selective => Method::Selective { what },
+            MethodKind::Full => Method::Full,
+        }
+    }
+
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::Full => MethodKind::Full,
+            Method::Selective { .. } => MethodKind::Selective,
+            Method::Lora(_) => MethodKind::Lora,
+            Method::Qlora(_) => MethodKind::Qlora,
+        }
+    }
+
+    /// How this method needs the frozen base stored: NF4 block linears with double
+    /// quantization for QLoRA (the paper's storage), dense `dtype` weights otherwise (LoRA's
+    /// frozen base, and the weights full/selective fine-tuning copies into trainable f32).
+    pub fn base_storage(&self, dtype: WeightDtype) -> LoadOptions {
+        match self {
+            Method::Qlora(_) => LoadOptions::nf4(dtype),
+            _ => LoadOptions::dense(dtype),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Method::Full => "full",
@@ -171,7 +222,7 @@ impl Method {
 
 /// The parameters the optimizer updates, by name. LoRA names follow PEFT
 /// (`model.layers.0.self_attn.q_proj.lora_A.weight`); others are the model's tensor names.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct Trainable {
     pub params: Vec<(String, Var)>,
 }
@@ -214,12 +265,40 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// Refuses a decoder whose block linears are not stored as `method` trains them: QLoRA over
+/// anything but NF4 would be plain LoRA with 4-bit memory figures, and LoRA or full tuning over
+/// NF4 would train against a degraded base.
+fn check_base_storage(model: &mut Decoder, method: &Method) -> Result<()> {
+    let linears = model.linears_mut();
+    let blocks = linears.len();
+    let nf4 = linears
+        .iter()
+        .filter(|(_, l)| matches!(l.base, crate::model::linear::Base::Nf4(_)))
+        .count();
+    let (want_nf4, ok) = match method {
+        Method::Qlora(_) => (true, nf4 == blocks),
+        _ => (false, nf4 == 0),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "method",
+        format!(
+            "{} needs {} block linears, but {nf4} of {blocks} are NF4; load the base with `Method::base_storage`",
+            method.name(),
+            if want_nf4 { "NF4" } else { "dense" },
+        ),
+    ))
+}
+
 /// Makes the chosen parameters trainable (or attaches fresh LoRA adapters) and returns them.
 ///
 /// # Errors
 /// [`Error::Invalid`] when the selection is empty — e.g. BitFit on an architecture without
 /// biases — or a LoRA target is unknown or a layer index out of range.
 pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<Trainable> {
+    check_base_storage(model, method)?;
     let num_layers = model.config.num_hidden_layers;
     let mut out = Trainable::default();
     match method {
@@ -272,7 +351,8 @@ pub fn apply_method(model: &mut Decoder, method: &Method, seed: u64) -> Result<T
                     continue;
                 }
                 let (o, i) = lin.dims();
-                let (lora, a, b) = Lora::init(i, o, s.rank, scale, s.dropout, seed, stream as u64)?;
+                let (lora, a, b) =
+                    fresh_adapter(i, o, s.rank, scale, s.dropout, seed, stream as u64)?;
                 lin.lora = Some(lora);
                 out.params.push((format!("{path}.lora_A.weight"), a));
                 out.params.push((format!("{path}.lora_B.weight"), b));

@@ -1,9 +1,7 @@
-//! Parameter-efficient fine-tuning: LoRA, QLoRA (NF4), selective.
+//! Parameter-efficient fine-tuning: the methods and what each trains (`method`), fresh LoRA
+//! adapters (`lora`), and adapter files in PEFT's format (`adapter_io`). The adapter layer
+//! itself is part of the model (`model::lora`); NF4 storage is `quant`.
 
 pub mod adapter_io;
 pub mod lora;
-pub mod lora_linear_op;
-pub mod lora_op;
 pub mod method;
-pub mod nf4;
-pub mod nf4_op;

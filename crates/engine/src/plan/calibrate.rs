@@ -9,7 +9,7 @@
 //! counted exactly (`plan::time`). This module is the only part of `plan` that measures
 //! anything.
 
-use super::estimate::Throughput;
+use super::request::Throughput;
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

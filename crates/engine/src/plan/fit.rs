@@ -7,7 +7,7 @@
 //! time for absurd logit passes (hundreds) at the same residual.
 
 use super::calibrate::Calibration;
-use super::estimate::Throughput;
+use super::request::Throughput;
 use super::time::StepWork;
 
 /// One measured step: its work, the machine speed it ran at, and its seconds.

@@ -9,13 +9,15 @@
 pub mod calibrate;
 pub mod estimate;
 pub mod fit;
+pub mod machine;
 pub mod params;
 pub mod recommend;
+pub mod request;
 pub mod time;
+pub mod work;
 
 pub use calibrate::measure_throughput;
-pub use estimate::{
-    estimate, estimate_with, Calibration, ComputeDevice, Estimate, Line, PlanRequest, Throughput,
-};
+pub use estimate::{estimate, estimate_with, Band, Calibration, Estimate, Line};
 pub use recommend::{recommend, Candidate, DataStats, RecommendOptions, Recommendation};
+pub use request::{ComputeDevice, PlanRequest, Throughput};
 pub use time::StepTime;

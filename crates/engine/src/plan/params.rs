@@ -6,7 +6,7 @@
 use crate::model::config::Config;
 use crate::model::decoder::WeightDtype;
 use crate::peft::method::{layer_index, Method, ALL_LINEAR};
-use crate::peft::nf4::{DQ_BLOCK, NF4_BLOCK};
+use crate::quant::nf4::{DQ_BLOCK, NF4_BLOCK};
 
 /// One tensor of the model.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,7 +138,7 @@ pub fn trainable_parameters(c: &Config, method: &Method) -> usize {
     }
 }
 
-/// Real bytes of one tensor in NF4 with double quantization, as `peft::nf4` stores it:
+/// Real bytes of one tensor in NF4 with double quantization, as `quant::nf4` stores it:
 /// two codes per byte, one i8 absmax code per 64-block, one f32 scale per 256 absmax codes,
 /// one f32 offset. ≈ 0.516 bytes per parameter.
 pub fn nf4_bytes(numel: usize) -> u64 {

@@ -8,7 +8,9 @@
 //!
 //! Pure: hardware and dataset figures come in as values; nothing is measured here.
 
-use super::estimate::{estimate_with, Calibration, ComputeDevice, Estimate, PlanRequest};
+use super::calibrate::Calibration;
+use super::estimate::{estimate_with, Estimate};
+use super::request::{ComputeDevice, PlanRequest};
 use crate::data::inspect::DatasetReport;
 use crate::hardware::Hardware;
 use crate::memory::format_bytes;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// Token lengths of the dataset's examples (before truncation).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct DataStats {
     /// Sorted ascending.
     pub lengths: Vec<usize>,
@@ -70,6 +73,7 @@ impl DataStats {
 
 /// What the user fixed; everything `None` is the recommender's to choose.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct RecommendOptions {
     /// `None`: automatic (LoRA family); `Some`: only this method (its variants may still add
     /// checkpointing or a shorter sequence).
@@ -81,6 +85,7 @@ pub struct RecommendOptions {
     pub grad_accum: usize,
     /// Share of free memory kept free; at least `min_margin_bytes`.
     pub safety_margin: f64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub min_margin_bytes: u64,
     /// Share of examples the sequence length should cover.
     pub coverage: f64,
@@ -108,6 +113,7 @@ impl Default for RecommendOptions {
 
 /// One ranked configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Candidate {
     /// `LoRA`, `QLoRA with checkpointing`, …
     pub label: String,
@@ -116,6 +122,7 @@ pub struct Candidate {
     pub estimate: Estimate,
     pub fits: bool,
     /// `usable − peak` (negative when it does not fit).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub headroom_bytes: i64,
     pub tokens_per_s: f64,
     pub epoch_seconds: f64,
@@ -124,12 +131,16 @@ pub struct Candidate {
 
 /// The ranked list and the verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Recommendation {
     pub device: ComputeDevice,
     /// Free memory of the budgeted device.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub available_bytes: u64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub margin_bytes: u64,
     /// `available − margin`: what a plan may use.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub usable_bytes: u64,
     /// Fitting candidates first, best first; then the ones that do not fit.
     pub candidates: Vec<Candidate>,

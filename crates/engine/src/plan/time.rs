@@ -22,14 +22,16 @@
 //! byte costs more than a byte of the plain forward.
 
 use super::calibrate::Calibration;
-use super::estimate::{block_activations, train_flops_per_token, PlanRequest, Throughput};
 use super::params::{adapted_linears, tensors, trainable_parameters};
+use super::request::{PlanRequest, Throughput};
+use super::work::{block_activations, loss_is_fused, train_flops_per_token};
 use crate::model::config::Config;
 use crate::peft::method::Method;
 use serde::{Deserialize, Serialize};
 
 /// Seconds of one optimizer step (all its micro-steps), by kind of work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct StepTime {
     pub gemm_s: f64,
     pub memory_s: f64,
@@ -67,6 +69,7 @@ fn matmul_params(c: &Config) -> (f64, f64) {
 
 /// What one optimizer step does, before any machine speed: the inputs of [`step_time`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct StepWork {
     /// Matmul FLOPs.
     pub flops: f64,
@@ -105,7 +108,7 @@ pub fn step_work(c: &Config, req: &PlanRequest) -> StepWork {
     } else {
         0.0
     };
-    let logit_passes = if super::estimate::loss_is_fused(c, &req.method) {
+    let logit_passes = if loss_is_fused(c, &req.method) {
         2.0
     } else {
         1.0

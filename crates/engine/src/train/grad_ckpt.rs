@@ -8,8 +8,8 @@
 //! extra forward per block. Dropout masks are a pure function of the step seed, so the
 //! re-run sees the same masks and the gradients are identical to the plain path.
 
+use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::Decoder;
-use crate::model::linear::ForwardCtx;
 use crate::ops::{cpu_to_tensor, tensor_to_cpu};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId, Var};
 use std::collections::HashMap;

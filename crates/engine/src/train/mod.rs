@@ -1,12 +1,19 @@
-//! Training: the recipe, its settings, optimizer, schedule, checkpoints and gradient
-//! checkpointing.
+//! Training: the recipe, its settings, run records, optimizer, schedule, checkpoints and
+//! gradient checkpointing.
 
 pub mod checkpoint;
 pub mod config;
+pub mod events;
 pub mod grad_ckpt;
+pub mod history;
 pub mod optim;
+pub mod prepare;
 pub mod recipe;
 pub mod schedule;
+pub mod step;
+pub mod tuned;
 
 pub use config::TrainConfig;
-pub use recipe::{train, StepStats, TrainEvent, TrainStatus, TrainSummary};
+pub use events::{StepStats, TrainEvent, TrainStatus, TrainSummary};
+pub use history::{RunRecord, RunStatus, WhichAdapter};
+pub use recipe::train;

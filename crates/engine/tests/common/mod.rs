@@ -1,18 +1,26 @@
 //! Shared helpers for the training tests: the bundled model and small datasets on disk.
 #![allow(dead_code)]
 
-use peft_engine::model::decoder::LoadOptions;
+use peft_engine::model::decoder::{Decoder, LoadOptions};
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
 use std::path::{Path, PathBuf};
 
+/// The bundled model, opened (no weights built yet).
 pub fn bundled() -> LoadedModel {
-    LoadedModel::load(
-        &ModelSource::Bundled,
-        OpenOptions::default(),
-        &LoadOptions::default(),
-    )
-    .unwrap()
+    LoadedModel::open(&ModelSource::Bundled, OpenOptions::default()).unwrap()
+}
+
+/// A fresh dense f32 decoder of the bundled model, to change freely.
+pub fn decoder() -> Decoder {
+    bundled().build_weights(&LoadOptions::default()).unwrap()
+}
+
+/// A fresh decoder of the bundled model with NF4 block linears (QLoRA's base).
+pub fn nf4_decoder() -> Decoder {
+    bundled()
+        .build_weights(&LoadOptions::nf4(Default::default()))
+        .unwrap()
 }
 
 pub const STORIES: [&str; 6] = [

@@ -17,43 +17,7 @@ pub fn smollm_gguf() -> PathBuf {
     smollm_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// Deterministic values in [-1, 1) (a 64-bit LCG), so failures reproduce.
-pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-pub fn random(shape: &[usize], seed: u64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(pseudo_random(n, seed), shape, &Device::Cpu).unwrap()
-}
-
-pub fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-/// ‖a − b‖ / ‖b‖.
-pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
-    let den = b.sqr().unwrap().sum_all().unwrap();
-    (num.to_scalar::<f32>().unwrap() / den.to_scalar::<f32>().unwrap()).sqrt()
-}
+pub use peft_engine::test_support::{max_abs, rel_err, uniform as random};
 
 /// llama.cpp's HF→GGUF q/k row order, written with explicit indices (independent of the
 /// library's reshape-based version): HF row `h*d + j*d/2 + i` goes to GGUF row `h*d + 2i + j`.

@@ -10,7 +10,7 @@ use peft_engine::model::decoder::{Attention, Block, Decoder, LoadOptions, Mlp};
 use peft_engine::model::linear::Linear;
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
-use peft_engine::peft::lora::Lora;
+use peft_engine::model::lora::Lora;
 use std::path::{Path, PathBuf};
 
 pub fn bundled() -> LoadedModel {
@@ -20,6 +20,11 @@ pub fn bundled() -> LoadedModel {
         &LoadOptions::default(),
     )
     .unwrap()
+}
+
+/// The opened model's dense f32 weights as an owned decoder (tensors shared).
+pub fn dense(m: &LoadedModel) -> Decoder {
+    (*m.weights(&LoadOptions::default()).unwrap()).clone()
 }
 
 pub fn smollm_dir() -> PathBuf {

@@ -1,0 +1,84 @@
+//! What the planner is asked about: the run's knobs ([`PlanRequest`]), the device it runs on
+//! ([`ComputeDevice`]) and the machine's measured speed ([`Throughput`]). Plain values; the
+//! rest of `plan` computes from them.
+
+use crate::model::decoder::WeightDtype;
+use crate::peft::method::Method;
+use serde::{Deserialize, Serialize};
+
+/// Where the run computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl ComputeDevice {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ComputeDevice::Cpu => "cpu",
+            ComputeDevice::Cuda => "cuda",
+            ComputeDevice::Metal => "metal",
+        }
+    }
+}
+
+/// The machine's measured speed (from `plan::calibrate`), the input to the time estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Throughput {
+    /// f32 GEMM speed with all threads, GFLOP/s.
+    pub gemm_gflops: f64,
+    /// Bytes per second an elementwise op moves on activation-sized tensors (all threads),
+    /// GB/s.
+    pub mem_gbps: f64,
+}
+
+impl Default for Throughput {
+    /// This project's 2-core reference machine (median probes over a `peft bench plan` run).
+    fn default() -> Self {
+        Self {
+            gemm_gflops: 165.0,
+            mem_gbps: 48.0,
+        }
+    }
+}
+
+/// The run being planned; the same knobs as `TrainConfig` (`train::config` converts both
+/// ways).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct PlanRequest {
+    pub method: Method,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub grad_checkpointing: bool,
+    /// Storage of frozen dense weights (QLoRA's block projections are NF4 regardless).
+    pub weight_dtype: WeightDtype,
+    pub device: ComputeDevice,
+    /// A validation split is evaluated (its forward pass has its own peak).
+    pub evaluation: bool,
+    pub throughput: Throughput,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        Self {
+            method: Method::Lora(Default::default()),
+            seq_len: 256,
+            batch_size: 1,
+            grad_accum: 1,
+            grad_checkpointing: false,
+            weight_dtype: WeightDtype::F32,
+            device: ComputeDevice::Cpu,
+            evaluation: true,
+            throughput: Throughput::default(),
+        }
+    }
+}

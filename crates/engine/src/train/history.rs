@@ -1,0 +1,259 @@
+//! Run records: one `run.json` per run folder with the settings, status, loss curves, best
+//! checkpoint, base storage and memory of the run, kept current by the recipe while it trains.
+//! The CLI (`peft train --out DIR`) and the app (`<app data>/runs/<id>/`) write the same
+//! record; the app lists a folder of them as its run history.
+//!
+//! A record still saying `running` when no process is training it was left by a process that
+//! stopped mid-run: [`list`] reports it as interrupted (resumable from its last checkpoint).
+
+use crate::error::{Error, ErrorReport, Result};
+use crate::fsutil::{read_json, write_json_atomic};
+use crate::model::decoder::StorageReport;
+use crate::train::config::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The record's file name inside a run folder.
+pub const RECORD_FILE: &str = "run.json";
+/// Where the best-evaluation adapter of a run is kept, inside its folder.
+pub const BEST_DIR: &str = "best";
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    /// Stopped on request; a checkpoint holds the progress and it resumes exactly.
+    Paused,
+    Completed,
+    Failed,
+    /// The process stopped while it ran; resumable from its last checkpoint if one was written.
+    Interrupted,
+}
+
+/// The evaluation with the lowest validation loss so far, whose adapter is kept in `best/`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct BestCheckpoint {
+    pub step: usize,
+    pub eval_loss: f64,
+}
+
+/// Which of a run's adapters to use.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum WhichAdapter {
+    /// The adapter at the end of the run.
+    #[default]
+    Final,
+    /// The adapter of the evaluation with the lowest validation loss (less over-fitted when
+    /// the run trained past it).
+    Best,
+}
+
+/// The run's memory, compared like with like: the plan's peak is a whole `peft train` process;
+/// inside a process that already holds things (the app's window, a model opened earlier) the
+/// run adds its peak less what was already in memory when it began.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct RunMemory {
+    /// Resident memory of the process when the run began.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub baseline_rss_bytes: u64,
+    /// The planner's peak for these settings (a whole `peft train` process).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub planned_peak_bytes: u64,
+    /// The part of the plan already in memory when the run began: runtime, tokenizer and
+    /// base weights the run shares with the opened model.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub already_loaded_bytes: u64,
+    /// `planned_peak − already_loaded`: what the run itself is planned to add.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub planned_growth_bytes: u64,
+    /// The largest growth over the baseline measured so far (sampled at every step).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub peak_growth_bytes: u64,
+}
+
+/// One run as its folder records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct RunRecord {
+    /// The run folder's name.
+    pub id: String,
+    /// The model as it opens again (`demo`, a path, `org/name@revision`).
+    pub model: String,
+    pub data: String,
+    pub config: TrainConfig,
+    pub status: RunStatus,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub step: usize,
+    pub total_steps: usize,
+    /// `(step, loss)` of every completed step.
+    pub losses: Vec<(usize, f64)>,
+    pub eval_losses: Vec<(usize, f64)>,
+    pub best: Option<BestCheckpoint>,
+    /// How the base was stored while it trained (counted from the layers).
+    pub storage: Option<StorageReport>,
+    pub memory: Option<RunMemory>,
+    pub error: Option<ErrorReport>,
+    /// The run folder (checkpoints, `best/` and, once complete, the adapter).
+    pub dir: PathBuf,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Checks that `id` is a plain run id (letters, digits, `-`, `_`; at most 64), so joining it
+/// to a folder can never leave that folder.
+///
+/// # Errors
+/// [`Error::Invalid`] for anything else.
+pub fn check_id(id: &str) -> Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::invalid("run", format!("`{id}` is not a run id")))
+    }
+}
+
+/// A new, unused run id under `runs`: `run-<unix seconds>-<n>`.
+pub fn new_id(runs: &Path) -> String {
+    let base = format!("run-{}", now() as u64);
+    (1..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|id| !runs.join(id).exists())
+        .unwrap_or(base)
+}
+
+impl RunRecord {
+    /// A fresh record for a run into `dir`.
+    pub fn new(dir: &Path, model: &str, data: &Path, config: &TrainConfig) -> Self {
+        Self {
+            id: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            model: model.to_string(),
+            data: data.display().to_string(),
+            config: config.clone(),
+            status: RunStatus::Running,
+            started_at: now(),
+            finished_at: None,
+            step: 0,
+            total_steps: 0,
+            losses: Vec::new(),
+            eval_losses: Vec::new(),
+            best: None,
+            storage: None,
+            memory: None,
+            error: None,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Reads `dir/run.json`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when missing, [`Error::Json`] when malformed, naming the file.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut r: RunRecord = read_json(&dir.join(RECORD_FILE))?;
+        // The folder may have moved since it was written.
+        r.dir = dir.to_path_buf();
+        Ok(r)
+    }
+
+    /// Writes the record atomically (a crash leaves the old or the new file, never half).
+    ///
+    /// # Errors
+    /// I/O failures naming the file.
+    pub fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        write_json_atomic(&self.dir.join(RECORD_FILE), self)
+    }
+
+    /// Whether `resume` can continue this run.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self.status,
+            RunStatus::Paused | RunStatus::Interrupted | RunStatus::Failed
+        )
+    }
+
+    /// The folder holding the adapter (or delta) `which` names.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the run has not completed, or has no best checkpoint.
+    pub fn adapter_dir(&self, which: WhichAdapter) -> Result<PathBuf> {
+        match which {
+            WhichAdapter::Final if self.status == RunStatus::Completed => Ok(self.dir.clone()),
+            WhichAdapter::Final => Err(Error::invalid(
+                "run",
+                format!(
+                    "run {} has not completed; its adapter is written when training completes (its best checkpoint is usable earlier)",
+                    self.id
+                ),
+            )),
+            WhichAdapter::Best => match self.best {
+                Some(_) => Ok(self.dir.join(BEST_DIR)),
+                None => Err(Error::invalid(
+                    "run",
+                    format!("run {} has no evaluated checkpoint yet", self.id),
+                )),
+            },
+        }
+    }
+}
+
+/// Every run folder under `runs`, newest first. A record saying `running` whose id is not in
+/// `active` is reported (and saved) as interrupted.
+pub fn list(runs: &Path, active: &[&str]) -> Vec<RunRecord> {
+    let Ok(rd) = std::fs::read_dir(runs) else {
+        return Vec::new();
+    };
+    let mut out: Vec<RunRecord> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(RECORD_FILE).is_file())
+        .filter_map(|e| RunRecord::load(&e.path()).ok())
+        .map(|mut r| {
+            if r.status == RunStatus::Running && !active.contains(&r.id.as_str()) {
+                r.status = RunStatus::Interrupted;
+                let _ = r.save();
+            }
+            r
+        })
+        .collect();
+    out.sort_by(|a, b| b.started_at.total_cmp(&a.started_at));
+    out
+}
+
+/// The record of run `id` under `runs`.
+///
+/// # Errors
+/// [`Error::Invalid`] for a malformed id; those of [`RunRecord::load`].
+pub fn find(runs: &Path, id: &str) -> Result<RunRecord> {
+    RunRecord::load(&runs.join(check_id(id)?))
+}
+
+/// Removes run `id` and its files.
+///
+/// # Errors
+/// [`Error::Invalid`] for a malformed id; I/O failures naming the folder.
+pub fn delete(runs: &Path, id: &str) -> Result<()> {
+    let dir = runs.join(check_id(id)?);
+    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+}

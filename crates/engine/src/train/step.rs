@@ -1,0 +1,233 @@
+//! One micro-step's arithmetic: the forward pass (optionally checkpointed block by block), the
+//! masked loss (fused with the output projection when that is frozen), and a validation pass
+//! without a graph.
+
+use crate::data::batch::{make_batch, Batch};
+use crate::data::render::TokenizedExample;
+use crate::error::{Error, Result};
+use crate::model::ctx::ForwardCtx;
+use crate::model::decoder::{masked_cross_entropy, Decoder};
+use crate::model::linear::Base;
+use crate::ops::linear_cross_entropy;
+use crate::train::grad_ckpt::{checkpointed_block, GradSink};
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+/// Per-block checkpointing: the trainable tensors of each block and where their gradients
+/// from recomputed blocks are collected.
+pub type Checkpointing<'a> = (&'a [Vec<Tensor>], &'a GradSink);
+
+/// Final hidden states after the last norm, `[b, s, h]`, with optional per-block
+/// checkpointing (the output projection is applied by [`batch_loss`]).
+fn forward_hidden(
+    model: &Arc<Decoder>,
+    ids: &Tensor,
+    ctx: &ForwardCtx,
+    ckpt: Option<Checkpointing<'_>>,
+) -> Result<Tensor> {
+    let Some((per_layer, sink)) = ckpt else {
+        return model.forward_hidden(ids, None, ctx);
+    };
+    let mut x = model.embed(ids)?;
+    for (n, params) in per_layer.iter().enumerate() {
+        x = checkpointed_block(model, n, &x, ctx, params.clone(), sink)?;
+    }
+    model.final_norm(&x)
+}
+
+/// The output projection's weight when it is frozen and plain (`x · Wᵀ`, nothing else), so
+/// the loss can be fused with it. `None` when it trains (full fine-tuning trains the tied
+/// embedding; selective tuning may train `lm_head`), is NF4, has a bias or carries LoRA.
+pub(crate) fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
+    match &model.lm_head {
+        None => (!model.embed_tokens.is_variable()).then_some(&model.embed_tokens),
+        Some(head) => match &head.base {
+            Base::Dense(w) if !w.is_variable() && head.bias.is_none() && head.lora.is_none() => {
+                Some(w)
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Mean cross-entropy of the batch's trained positions.
+///
+/// # Errors
+/// [`Error::Invalid`] when every target is masked; compute errors.
+pub fn batch_loss(
+    model: &Arc<Decoder>,
+    b: &Batch,
+    ctx: &ForwardCtx,
+    ckpt: Option<Checkpointing<'_>>,
+) -> Result<Tensor> {
+    let n = b.batch * b.seq;
+    if b.loss_mask.iter().sum::<f32>() <= 0.0 {
+        return Err(Error::invalid(
+            "batch",
+            "no trained tokens in this batch (every target is masked)",
+        ));
+    }
+    let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), &Device::Cpu)?;
+    let h = forward_hidden(model, &ids, ctx, ckpt)?;
+    if let Some(w) = frozen_output_weight(model) {
+        // Never materialises the [tokens, vocab] logits or their gradient.
+        let h = h.reshape((n, h.dim(2)?))?;
+        return Ok(linear_cross_entropy(&h, w, &b.targets, &b.loss_mask)?);
+    }
+    let logits = model.logits(&h, ctx)?;
+    let vocab = logits.dim(2)?;
+    let targets = Tensor::from_vec(b.targets.clone(), n, &Device::Cpu)?;
+    let weights = Tensor::from_vec(b.loss_mask.clone(), n, &Device::Cpu)?;
+    masked_cross_entropy(&logits.reshape((n, vocab))?, &targets, &weights)
+}
+
+/// Mean validation loss (no dropout, no gradients kept); `None` without validation examples.
+///
+/// # Errors
+/// Compute errors.
+pub fn evaluate(
+    model: &Decoder,
+    val: &[TokenizedExample],
+    batch_size: usize,
+    pad: u32,
+) -> Result<Option<f64>> {
+    if val.is_empty() {
+        return Ok(None);
+    }
+    // Through detached weights: no graph, so evaluation never holds more than one block's
+    // activations (with a tracked model it kept them all, defeating checkpointing).
+    let model = Arc::new(model.detached());
+    let (mut total, mut weight) = (0.0, 0.0);
+    for chunk in val.chunks(batch_size) {
+        let refs: Vec<&TokenizedExample> = chunk.iter().collect();
+        let b = make_batch(&refs, pad)?;
+        let n = b.trained_positions() as f64;
+        let loss = batch_loss(&model, &b, &ForwardCtx::default(), None)?;
+        total += loss.to_scalar::<f32>()? as f64 * n;
+        weight += n;
+    }
+    Ok((weight > 0.0).then(|| total / weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::decoder::LoadOptions;
+    use crate::model::load::{ModelSource, OpenOptions};
+    use crate::model::loaded::LoadedModel;
+    use crate::peft::method::{apply_method, layer_index, LoraSettings, Method, Trainable};
+
+    /// Loss and every trainable tensor's gradient (checkpointing sink included).
+    fn loss_and_grads(
+        loss: Tensor,
+        trainable: &Trainable,
+        sink: &GradSink,
+    ) -> (f32, Vec<Vec<f32>>) {
+        let l = loss.to_scalar::<f32>().unwrap();
+        let store = loss.backward().unwrap();
+        let mut extra = sink.drain();
+        let grads = trainable
+            .params
+            .iter()
+            .map(|(name, v)| {
+                let g = store
+                    .get(v.as_tensor())
+                    .cloned()
+                    .or_else(|| extra.remove(&v.as_tensor().id()))
+                    .unwrap_or_else(|| panic!("{name}: no gradient"));
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        (l, grads)
+    }
+
+    /// The bundled model ties its head to a frozen embedding under LoRA, so `batch_loss` takes
+    /// the fused path; it must agree with logits + `masked_cross_entropy`, with and without
+    /// gradient checkpointing.
+    #[test]
+    fn fused_batch_loss_matches_logits_and_masked_cross_entropy() {
+        let m = LoadedModel::open(&ModelSource::Bundled, OpenOptions::default()).unwrap();
+        let mut decoder = (*m.weights(&LoadOptions::default()).unwrap()).clone();
+        let method = Method::Lora(LoraSettings {
+            rank: 4,
+            dropout: 0.0,
+            ..Default::default()
+        });
+        let trainable = apply_method(&mut decoder, &method, 5).unwrap();
+        for (name, v) in &trainable.params {
+            if name.contains("lora_B") {
+                let vals: Vec<f32> = (0..v.elem_count())
+                    .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+                    .collect();
+                v.set(&Tensor::from_vec(vals, v.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let model = Arc::new(decoder);
+        assert!(frozen_output_weight(&model).is_some());
+        let (batch, seq) = (2, 6);
+        let input_ids: Vec<u32> = vec![1, 403, 407, 261, 378, 432, 1, 383, 286, 300, 0, 0];
+        let mut targets: Vec<u32> = input_ids[1..].to_vec();
+        targets.push(0);
+        let loss_mask = vec![0., 1., 1., 1., 1., 0., 0., 1., 1., 0., 0., 0.];
+        let b = Batch {
+            input_ids,
+            targets: targets.clone(),
+            loss_mask: loss_mask.clone(),
+            attention_mask: vec![1.0; batch * seq],
+            batch,
+            seq,
+        };
+        let ctx = ForwardCtx {
+            train: true,
+            step_seed: 3,
+        };
+        let sink = GradSink::default();
+
+        let ids = Tensor::from_vec(b.input_ids.clone(), (batch, seq), &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, &ctx).unwrap();
+        let reference = masked_cross_entropy(
+            &logits
+                .reshape((batch * seq, logits.dim(2).unwrap()))
+                .unwrap(),
+            &Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(),
+            &Tensor::new(loss_mask.as_slice(), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let (want_loss, want) = loss_and_grads(reference, &trainable, &sink);
+
+        let per_layer: Vec<Vec<Tensor>> = (0..model.layers.len())
+            .map(|n| {
+                trainable
+                    .params
+                    .iter()
+                    .filter(|(name, _)| layer_index(name) == Some(n))
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect()
+            })
+            .collect();
+        for ckpt in [None, Some((per_layer.as_slice(), &sink))] {
+            let loss = batch_loss(&model, &b, &ctx, ckpt).unwrap();
+            let (got_loss, got) = loss_and_grads(loss, &trainable, &sink);
+            assert!(
+                (got_loss - want_loss).abs() < 1e-5,
+                "{got_loss} vs {want_loss}"
+            );
+            for ((g, w), (name, _)) in got.iter().zip(&want).zip(&trainable.params) {
+                let scale = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let diff = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{name}: max diff {diff} (scale {scale})"
+                );
+            }
+        }
+
+        let masked = Batch {
+            loss_mask: vec![0.0; batch * seq],
+            ..b
+        };
+        let e = batch_loss(&model, &masked, &ctx, None).unwrap_err();
+        assert!(e.to_string().contains("no trained tokens"), "{e}");
+    }
+}
