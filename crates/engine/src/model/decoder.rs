@@ -554,9 +554,7 @@ impl Decoder {
         let mut count = |lin: &Linear| {
             match &lin.base {
                 crate::model::linear::Base::Nf4(_) => r.nf4_linears += 1,
-                crate::model::linear::Base::Dense(w) if w.is_variable() => {
-                    r.trainable_linears += 1
-                }
+                crate::model::linear::Base::Dense(w) if w.is_variable() => r.trainable_linears += 1,
                 crate::model::linear::Base::Dense(_) => r.dense_linears += 1,
             }
             r.adapted_linears += lin.lora.is_some() as usize;
