@@ -5,13 +5,11 @@
 use crate::load::{open_model, ModelArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use peft_engine::export::gguf::{ExportModel, ExportProgress};
+use peft_engine::export::gguf::ExportProgress;
 use peft_engine::export::gguf_quant::GgufQuant;
-use peft_engine::export::run::{
-    default_name, export, export_hf, ExportFormat, ExportReport, ExportRequest,
-};
+use peft_engine::export::run::{ExportFormat, ExportReport, ExportRequest};
 use peft_engine::export::selfcheck::CheckOptions;
-use peft_engine::train::tuned::export_weights;
+use peft_engine::train::tuned::export_tuned;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -46,15 +44,17 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
     let m = open_model(&a.model)?;
-    let mut d = export_weights(&m, a.adapter.as_deref())?;
-    let tag = a.adapter.as_deref().and_then(|d| d.file_name()).map(|s| s.to_string_lossy());
-    let name = a
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name(&m.source, tag.as_deref()));
-    let check = CheckOptions {
-        max_new_tokens: a.check_tokens,
-        ..CheckOptions::default()
+    let req = ExportRequest {
+        format: a.format,
+        quant: a.quant,
+        out: a.out.clone(),
+        // Empty: the engine names it for the model and adapter.
+        name: a.name.clone().unwrap_or_default(),
+        publisher: a.publisher.clone(),
+        check: CheckOptions {
+            max_new_tokens: a.check_tokens,
+            ..CheckOptions::default()
+        },
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -74,20 +74,7 @@ pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
         bar.set_position(p.done);
         bar.set_message(format!("{} {}", p.stage, p.item));
     };
-    let report = match a.format {
-        ExportFormat::Hf => export_hf(&m, &mut d, &a.out, &name, &check, &mut on_progress)?,
-        format => {
-            let req = ExportRequest {
-                format,
-                quant: a.quant,
-                out: a.out.clone(),
-                name: name.clone(),
-                publisher: a.publisher.clone(),
-                check,
-            };
-            export(&ExportModel::of(&m, &d, &name), &req, &mut on_progress)?
-        }
-    };
+    let report = export_tuned(&m, a.adapter.as_deref(), &req, &mut on_progress)?;
     bar.finish_and_clear();
     print_report(&report, a.json);
     Ok(())

@@ -14,10 +14,10 @@ use peft_engine::export::gguf::{merged_tensor, plan, write_merged_gguf, ExportMo
 use peft_engine::export::gguf_quant::{tensor_type, GgufQuant, TensorRole};
 use peft_engine::export::gguf_vocab::tokenizer_metadata;
 use peft_engine::export::gguf_writer::{write_gguf, TensorHeader};
-use peft_engine::template::ChatTemplate;
 use peft_engine::model::gguf::{open_gguf, permute_rope_rows};
 use peft_engine::model::gguf_tokenizer::{gguf_tokenizer, Meta};
 use peft_engine::model::tensors::TensorSource;
+use peft_engine::template::ChatTemplate;
 use std::collections::HashMap;
 
 const TEXTS: [&str; 8] = [

@@ -21,8 +21,8 @@
 //! Not supported: WordPiece/Unigram vocabularies (`bert`, `t5` in GGUF terms).
 
 use crate::error::{Error, Result};
-use crate::template::ChatTemplate;
 use crate::model::gguf_arch::{pre_tokenizer_name, PrePiece, PRE_TOKENIZERS};
+use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
