@@ -39,6 +39,10 @@ pub fn export_all(dir: &Path) -> Result<(), String> {
         peft_engine::train::WhichAdapter,
         export::ExportKind,
         export::ExportResult,
+        peft_engine::export::run::ExportFormat,
+        peft_engine::export::gguf_quant::GgufQuant,
+        peft_engine::export::run::ExportReport,
+        peft_engine::export::gguf::ExportProgress,
         dialogs::PickWhat,
     );
     Ok(())

@@ -34,6 +34,7 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::chat::chat_generate,
         commands::chat::chat_stop,
         commands::export::export_run,
+        commands::gguf_export::export_gguf,
         commands::dialogs::pick_path,
         app_info,
     ])
