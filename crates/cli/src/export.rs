@@ -54,7 +54,8 @@ pub fn run(a: ExportArgs) -> peft_engine::Result<()> {
         check: CheckOptions {
             max_new_tokens: a.check_tokens,
             ..CheckOptions::default()
-        },
+        }, // Ctrl-C ends the process; the temporary file is never renamed into place.
+        cancel: None,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

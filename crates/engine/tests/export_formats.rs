@@ -17,6 +17,8 @@ use peft_engine::export::run::{export, ExportFormat, ExportRequest};
 use peft_engine::export::selfcheck::{check_exported, CheckOptions};
 use peft_engine::template::{ChatTemplate, Message};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const QWEN2: &str = r"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const LLAMA2: &str = r"{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\n' + system_message + '\n<</SYS>>\n\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
@@ -166,6 +168,7 @@ fn ollama_export_writes_a_modelfile_that_chats_like_the_app() {
             max_new_tokens: 8,
             ..CheckOptions::default()
         },
+        cancel: None,
     };
     let r = export(&parts(&base, &d), &req, &mut |_| {}).unwrap();
     assert!(r.self_check.passed(), "{}", r.self_check.summary());
@@ -272,8 +275,8 @@ fn self_check_catches_a_broken_eos_and_a_wrong_template() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
-    write_merged_gguf(&tuned, GgufQuant::Q8_0, &path, &mut |_| {}).unwrap();
-    let ok = check_exported(&tuned, &path, false, &opts, &mut |_| {}).unwrap();
+    write_merged_gguf(&tuned, GgufQuant::Q8_0, &path, None, &mut |_| {}).unwrap();
+    let ok = check_exported(&tuned, &path, false, &opts, None, &mut |_| {}).unwrap();
     assert!(ok
         .prompts
         .iter()
@@ -281,17 +284,17 @@ fn self_check_catches_a_broken_eos_and_a_wrong_template() {
 
     // EOS pointing at another token: the exported model never ends its turn.
     rewrite(&path, &[("tokenizer.ggml.eos_token_id", Value::U32(3))]);
-    let err = check_exported(&tuned, &path, false, &opts, &mut |_| {}).unwrap_err();
+    let err = check_exported(&tuned, &path, false, &opts, None, &mut |_| {}).unwrap_err();
     assert_eq!(err.code(), "ExportCheckFailed");
     assert!(err.to_string().contains("does not stop"), "{err}");
 
     // A template that is not the one the model was tuned with.
-    write_merged_gguf(&tuned, GgufQuant::Q8_0, &path, &mut |_| {}).unwrap();
+    write_merged_gguf(&tuned, GgufQuant::Q8_0, &path, None, &mut |_| {}).unwrap();
     rewrite(
         &path,
         &[("tokenizer.chat_template", Value::String(QWEN2.into()))],
     );
-    let err = check_exported(&tuned, &path, false, &opts, &mut |_| {}).unwrap_err();
+    let err = check_exported(&tuned, &path, false, &opts, None, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("renders"), "{err}");
 }
 
@@ -303,7 +306,7 @@ fn lora_adapter_gguf_carries_the_same_deltas() {
     attach_random_lora(&mut d, 4, 8.0 / 2.0, 5);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.gguf");
-    let s = write_lora_gguf(&d, GgufQuant::F32, "t", &path, &mut |_| {}).unwrap();
+    let s = write_lora_gguf(&d, GgufQuant::F32, "t", &path, None, &mut |_| {}).unwrap();
     assert_eq!((s.layers, s.rank, s.alpha), (5 * 7, 4, 16.0));
     let (c, raw) = read_raw(&path);
     assert_eq!(meta_str(&c, "general.type"), "adapter");
@@ -349,17 +352,66 @@ fn lora_adapter_gguf_carries_the_same_deltas() {
             max_new_tokens: 8,
             ..CheckOptions::default()
         },
+        cancel: None,
     };
     let r = export(&parts(&base, &d), &req, &mut |_| {}).unwrap();
     assert!(r.self_check.passed(), "{}", r.self_check.summary());
 
     // What the format cannot carry is refused by name.
-    let err = write_lora_gguf(&dense(&base), GgufQuant::F16, "t", &path, &mut |_| {})
+    let err = write_lora_gguf(&dense(&base), GgufQuant::F16, "t", &path, None, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("merged GGUF"), "{err}");
-    let err = write_lora_gguf(&d, GgufQuant::Q4KM, "t", &path, &mut |_| {})
+    let err = write_lora_gguf(&d, GgufQuant::Q4KM, "t", &path, None, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("f16 or f32"), "{err}");
+}
+
+#[test]
+fn a_cancelled_export_stops_between_tensors_and_leaves_no_file() {
+    let base = bundled();
+    let d = dense(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let req = ExportRequest {
+        format: ExportFormat::Gguf,
+        quant: GgufQuant::Q8_0,
+        out: dir.path().join("m.gguf"),
+        name: "t".into(),
+        publisher: String::new(),
+        check: CheckOptions {
+            max_new_tokens: 4,
+            ..CheckOptions::default()
+        },
+        cancel: Some(cancel.clone()),
+    };
+    // Stopped while writing: after the second tensor, before the third; nothing is left, not
+    // even the temporary file.
+    let mut written = 0;
+    let err = export(&parts(&base, &d), &req, &mut |_| {
+        written += 1;
+        if written == 2 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, peft_engine::Error::Cancelled), "{err}");
+    assert_eq!(written, 2);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Stopped while checking: the complete file stays, the check stops before the next
+    // conversation.
+    cancel.store(false, Ordering::Relaxed);
+    let mut checked = 0;
+    let err = export(&parts(&base, &d), &req, &mut |p| {
+        if p.stage == "checking" {
+            checked += 1;
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, peft_engine::Error::Cancelled), "{err}");
+    assert_eq!(checked, 1);
+    assert!(req.out.is_file());
 }

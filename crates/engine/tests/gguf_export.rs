@@ -43,7 +43,7 @@ fn round_trip(dims: Dims, quant: GgufQuant, tol: f32, lora: bool) {
     let path = dir.path().join("m.gguf");
     let m = parts(&base, &d);
     let mut steps = 0;
-    let summary = write_merged_gguf(&m, quant, &path, &mut |_| steps += 1).unwrap();
+    let summary = write_merged_gguf(&m, quant, &path, None, &mut |_| steps += 1).unwrap();
     assert_eq!(steps, summary.tensors, "one progress call per tensor");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), summary.bytes);
     let g = open_gguf(&path).unwrap();
@@ -144,7 +144,7 @@ fn qk_rows_follow_llama_cpp_order_hand_computed() {
         let d = random_decoder(dims, 3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
-        write_merged_gguf(&parts(&base, &d), GgufQuant::F32, &path, &mut |_| {}).unwrap();
+        write_merged_gguf(&parts(&base, &d), GgufQuant::F32, &path, None, &mut |_| {}).unwrap();
         let (_, raw) = read_raw(&path);
         let q = merged_tensor(&d, "model.layers.0.self_attn.q_proj.weight").unwrap();
         let k = merged_tensor(&d, "model.layers.0.self_attn.k_proj.weight").unwrap();
@@ -401,7 +401,7 @@ fn metadata_carries_what_chat_needs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     let m: ExportModel = parts(&base, &d);
-    write_merged_gguf(&m, GgufQuant::Q8_0, &path, &mut |_| {}).unwrap();
+    write_merged_gguf(&m, GgufQuant::Q8_0, &path, None, &mut |_| {}).unwrap();
     let (c, _) = read_raw(&path);
     assert_eq!(meta_str(&c, "general.architecture"), "llama");
     assert_eq!(meta_u32(&c, "general.file_type"), 7);

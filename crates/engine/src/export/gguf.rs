@@ -17,7 +17,7 @@
 use crate::error::{Error, Result};
 use crate::export::gguf_quant::{encode, tensor_type, GgufQuant, TensorRole};
 use crate::export::gguf_vocab::tokenizer_metadata;
-use crate::export::gguf_writer::{write_gguf, TensorHeader};
+use crate::export::gguf_writer::{stop_if_cancelled, write_gguf, TensorHeader};
 use crate::model::decoder::Decoder;
 use crate::model::gguf::permute_rope_rows;
 use crate::model::gguf_arch::{self, GgufArch};
@@ -30,6 +30,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// The parts of a tuned model an export reads. The decoder carries the adapter: a LoRA attached
 /// to its linears (merged on the fly) or a selective/full delta already in its weights.
@@ -255,15 +256,17 @@ fn tensor_bytes(d: &Decoder, row: &GgufArch, t: &PlannedTensor) -> Result<Vec<u8
 }
 
 /// Writes base + adapter as one GGUF model file at `out` (atomically: a temporary file renamed
-/// at the end), calling `on_progress` after each tensor.
+/// at the end), calling `on_progress` after each tensor and stopping before the next one once
+/// `cancel` is set.
 ///
 /// # Errors
 /// [`Error::Unsupported`] for a tokenizer GGUF cannot describe; I/O errors naming the file;
-/// candle failures. On any error no file appears under `out`.
+/// candle failures; [`Error::Cancelled`]. On any error no file appears under `out`.
 pub fn write_merged_gguf(
     m: &ExportModel,
     quant: GgufQuant,
     out: &Path,
+    cancel: Option<&AtomicBool>,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<GgufSummary> {
     let d = m.decoder;
@@ -278,7 +281,10 @@ pub fn write_merged_gguf(
             dtype: t.dtype,
         })
         .collect();
-    let mut produce = |i: usize| tensor_bytes(d, row, &planned[i]);
+    let mut produce = |i: usize| {
+        stop_if_cancelled(cancel)?;
+        tensor_bytes(d, row, &planned[i])
+    };
     let mut on_tensor = |i: usize, done: u64, total: u64| {
         on_progress(ExportProgress {
             stage: "writing",

@@ -19,6 +19,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Tensor data alignment (llama.cpp's `GGUF_DEFAULT_ALIGNMENT`).
 pub const ALIGNMENT: u64 = 32;
@@ -217,6 +218,18 @@ impl Drop for TempFile {
         if !self.done {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// [`Error::Cancelled`] once `cancel` is set: long exports look between tensors and
+/// conversations.
+///
+/// # Errors
+/// [`Error::Cancelled`].
+pub fn stop_if_cancelled(cancel: Option<&AtomicBool>) -> Result<()> {
+    match cancel {
+        Some(c) if c.load(Ordering::Relaxed) => Err(Error::Cancelled),
+        _ => Ok(()),
     }
 }
 

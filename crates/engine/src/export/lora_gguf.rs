@@ -18,7 +18,7 @@
 use crate::error::{Error, Result};
 use crate::export::gguf::ExportProgress;
 use crate::export::gguf_quant::{encode, GgufQuant};
-use crate::export::gguf_writer::{write_gguf, TensorHeader};
+use crate::export::gguf_writer::{stop_if_cancelled, write_gguf, TensorHeader};
 use crate::model::decoder::Decoder;
 use crate::model::gguf::{permute_rope_rows, unpermute_rope_rows};
 use crate::model::gguf_arch;
@@ -27,6 +27,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// What [`write_lora_gguf`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -86,6 +87,7 @@ pub fn write_lora_gguf(
     dtype: GgufQuant,
     name: &str,
     out: &Path,
+    cancel: Option<&AtomicBool>,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<LoraGgufSummary> {
     let ggml = match dtype {
@@ -142,6 +144,7 @@ pub fn write_lora_gguf(
         ("adapter.lora.alpha".into(), Value::F32(alpha as f32)),
     ];
     let mut produce = |i: usize| -> Result<Vec<u8>> {
+        stop_if_cancelled(cancel)?;
         let (name, t, heads, factor) = &items[i];
         let mut t = t.detach().to_dtype(DType::F32)?;
         if (*factor - 1.0).abs() > 1e-12 {

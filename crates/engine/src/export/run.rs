@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::export::gguf::{write_merged_gguf, ExportModel, ExportProgress, GgufSummary};
 use crate::export::gguf_quant::GgufQuant;
+use crate::export::gguf_writer::stop_if_cancelled;
 use crate::export::lora_gguf::{attach_lora_gguf, write_lora_gguf, LoraGgufSummary};
 use crate::export::merge::{unmerge_adapters, write_merged, ExportDtype};
 use crate::export::ollama::{lmstudio_path, safe_name, write_ollama_files};
@@ -17,6 +18,8 @@ use crate::model::decoder::Decoder;
 use crate::model::load::ModelSource;
 use crate::model::loaded::LoadedModel;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// What to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +65,10 @@ pub struct ExportRequest {
     /// LM Studio publisher folder.
     pub publisher: String,
     pub check: CheckOptions,
+    /// Set (from another thread) to stop the export: looked at between tensors and between
+    /// self-check conversations. Stopped while writing, no file appears under its final name;
+    /// stopped while checking, the written file stays, unchecked.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What an export produced, and its self-check.
@@ -140,6 +147,7 @@ fn implicit_bos(m: &ExportModel) -> Result<String> {
 /// # Errors
 /// [`Error::Unsupported`] for what a format cannot carry (named), I/O errors naming the file,
 /// [`Error::ExportCheck`] when the exported model does not chat like `m`;
+/// [`Error::Cancelled`] once `req.cancel` is set;
 /// [`Error::Invalid`] for [`ExportFormat::Hf`] (use [`export_hf`]).
 pub fn export(
     m: &ExportModel,
@@ -148,6 +156,7 @@ pub fn export(
 ) -> Result<ExportReport> {
     let file = format!("{}-{}.gguf", safe_name(&req.name), req.quant.label());
     let strict = req.quant.is_lossless();
+    let cancel = req.cancel.as_deref();
     let report = |files: Vec<PathBuf>, check: SelfCheckReport| ExportReport {
         format: req.format,
         files,
@@ -164,8 +173,8 @@ pub fn export(
             } else {
                 lmstudio_path(&req.out, &req.publisher, &req.name, &file)
             };
-            let summary = write_merged_gguf(m, req.quant, &path, on_progress)?;
-            let check = check_exported(m, &path, strict, &req.check, on_progress)?;
+            let summary = write_merged_gguf(m, req.quant, &path, cancel, on_progress)?;
+            let check = check_exported(m, &path, strict, &req.check, cancel, on_progress)?;
             let mut r = report(vec![path.clone()], check);
             r.gguf = Some(summary);
             r.next_steps.push(match req.format {
@@ -184,8 +193,8 @@ pub fn export(
             let t = ollama_template(m.template, &implicit_bos(m)?)?;
             let stops = stop_strings(m);
             let path = req.out.join(&file);
-            let summary = write_merged_gguf(m, req.quant, &path, on_progress)?;
-            let check = check_exported(m, &path, strict, &req.check, on_progress)?;
+            let summary = write_merged_gguf(m, req.quant, &path, cancel, on_progress)?;
+            let check = check_exported(m, &path, strict, &req.check, cancel, on_progress)?;
             let tag = safe_name(&req.name);
             let context = m.decoder.config.max_position_embeddings.min(8192);
             let cmd = write_ollama_files(&req.out, &tag, &file, &t, &stops, context)?;
@@ -200,13 +209,14 @@ pub fn export(
         ExportFormat::GgufAdapter => {
             let file = format!("{}-lora-{}.gguf", safe_name(&req.name), req.quant.label());
             let path = gguf_path(&req.out, &file);
-            let summary = write_lora_gguf(m.decoder, req.quant, &req.name, &path, on_progress)?;
+            let summary =
+                write_lora_gguf(m.decoder, req.quant, &req.name, &path, cancel, on_progress)?;
             let attached = attach_lora_gguf(m.decoder, &path)?;
             let exported = ExportModel {
                 decoder: &attached,
                 ..*m
             };
-            let check = compare(m, &exported, &path, strict, &req.check, on_progress)?;
+            let check = compare(m, &exported, &path, strict, &req.check, cancel, on_progress)?;
             let mut r = report(vec![path.clone()], check.into_result()?);
             r.adapter = Some(summary);
             r.next_steps.push(format!(
@@ -227,21 +237,25 @@ pub fn export(
 /// the decoder again.
 ///
 /// # Errors
-/// As [`write_merged`]; [`Error::ExportCheck`] when the folder does not chat like the model.
+/// As [`write_merged`]; [`Error::ExportCheck`] when the folder does not chat like the model;
+/// [`Error::Cancelled`] when `cancel` is set before the folder is written or during the check.
 pub fn export_hf(
     model: &LoadedModel,
     decoder: &mut Decoder,
     out: &Path,
     name: &str,
     check: &CheckOptions,
+    cancel: Option<&AtomicBool>,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<ExportReport> {
+    stop_if_cancelled(cancel)?;
     write_merged(model, decoder, out, ExportDtype::F32)?;
     let result = check_exported(
         &ExportModel::of(model, decoder, name),
         out,
         true,
         check,
+        cancel,
         on_progress,
     );
     unmerge_adapters(decoder)?;

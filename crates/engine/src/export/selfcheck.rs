@@ -16,9 +16,11 @@
 
 use crate::error::{Error, Result};
 use crate::export::gguf::{ExportModel, ExportProgress};
+use crate::export::gguf_writer::stop_if_cancelled;
 use crate::infer::generate::{generate, GenerateOptions, StopReason};
 use crate::template::Message;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 /// What to check with.
 #[derive(Clone, Debug)]
@@ -160,19 +162,22 @@ fn reply(m: &ExportModel, ids: &[u32], budget: usize) -> Result<(Vec<u32>, bool,
 /// report. Returns the report whether or not it passed (see [`SelfCheckReport::into_result`]).
 ///
 /// # Errors
-/// Generation failures (not check failures).
+/// Generation failures (not check failures); [`Error::Cancelled`] once `cancel` is set
+/// (looked at before each conversation).
 pub fn compare(
     tuned: &ExportModel,
     exported: &ExportModel,
     file: &Path,
     strict: bool,
     opts: &CheckOptions,
+    cancel: Option<&AtomicBool>,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<SelfCheckReport> {
     let mut prompts = Vec::new();
     let mut problems = Vec::new();
     let total = opts.conversations.len() as u64;
     for (i, conv) in opts.conversations.iter().enumerate() {
+        stop_if_cancelled(cancel)?;
         let n = i + 1;
         let prompt = conv
             .iter()
@@ -283,12 +288,13 @@ pub fn compare(
 ///
 /// # Errors
 /// Loading errors naming the file; [`Error::ExportCheck`] with the report's summary when the
-/// check fails.
+/// check fails; [`Error::Cancelled`] as [`compare`].
 pub fn check_exported(
     tuned: &ExportModel,
     path: &Path,
     strict: bool,
     opts: &CheckOptions,
+    cancel: Option<&AtomicBool>,
     on_progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<SelfCheckReport> {
     use crate::model::decoder::LoadOptions;
@@ -301,5 +307,5 @@ pub fn check_exported(
     let loaded = crate::model::loaded::LoadedModel::open(&source, OpenOptions::default())?;
     let decoder = loaded.build_weights(&LoadOptions::default())?;
     let exported = ExportModel::of(&loaded, &decoder, tuned.name);
-    compare(tuned, &exported, path, strict, opts, on_progress)?.into_result()
+    compare(tuned, &exported, path, strict, opts, cancel, on_progress)?.into_result()
 }

@@ -101,6 +101,7 @@ pub fn export_tuned(
             &req.out,
             &req.name,
             &req.check,
+            req.cancel.as_deref(),
             on_progress,
         ),
         _ => export(
