@@ -35,6 +35,7 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::chat::chat_stop,
         commands::export::export_run,
         commands::gguf_export::export_gguf,
+        commands::gguf_export::export_gguf_cancel,
         commands::dialogs::pick_path,
         app_info,
     ])

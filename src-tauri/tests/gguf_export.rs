@@ -4,6 +4,8 @@
 //! greedy-chats the very tokens the tuned model chats; the base goes out as an Ollama folder
 //! whose Modelfile names the file, the template and the stop token, and into LM Studio's
 //! layout; the adapter as a LoRA GGUF; a run is only exported over the model it trained.
+//! (Stopping an export mid-way is checked in the engine, `tests/export_formats.rs`, where it
+//! can be timed exactly.)
 
 mod common;
 
@@ -214,4 +216,7 @@ fn the_base_goes_to_ollama_and_lm_studio_with_its_template_and_stop_token() {
     let g = open_gguf(&want).unwrap();
     assert_eq!(g.file_type, "Q4_K_M");
     assert_eq!(g.chat_template.as_deref(), Some(template.as_str()));
+    // Each export freed its cancel slot (else the second would have been refused as busy):
+    // with none running, there is nothing to stop.
+    assert!(!a.ok::<bool>("export_gguf_cancel", json!({})));
 }

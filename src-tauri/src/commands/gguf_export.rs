@@ -5,9 +5,9 @@
 //! shell only resolves the run and the destination and streams progress.
 
 use super::blocking;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{busy, ApiError, ApiResult};
 use crate::paths::output_dir;
-use crate::state::AppState;
+use crate::state::{lock, AppState};
 use peft_engine::export::gguf::ExportProgress;
 use peft_engine::export::gguf_quant::GgufQuant;
 use peft_engine::export::run::{ExportFormat, ExportReport, ExportRequest};
@@ -15,6 +15,8 @@ use peft_engine::export::selfcheck::CheckOptions;
 use peft_engine::train::history;
 use peft_engine::train::tuned::export_tuned;
 use peft_engine::train::WhichAdapter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tauri::ipc::Channel;
 use tauri::State;
 
@@ -25,7 +27,7 @@ const PUBLISHER: &str = "peft-studio";
 /// in `quant` into `dest` (an absolute folder; LM Studio: its models folder;
 /// default `<app data>/exports/<run or base>-<format>`), streaming progress on `on_progress`.
 /// The report carries the files, the type mix, the self-check and what to run next; a failed
-/// self-check is an error (`ExportCheckFailed`).
+/// self-check is an error (`ExportCheckFailed`); [`export_gguf_cancel`] stops it (`Cancelled`).
 #[tauri::command]
 pub async fn export_gguf(
     state: State<'_, AppState>,
@@ -78,8 +80,16 @@ pub async fn export_gguf(
         name: String::new(),
         publisher: PUBLISHER.into(),
         check: CheckOptions::default(),
+        cancel: Some(Arc::new(AtomicBool::new(false))),
     };
-    blocking(move || {
+    {
+        let mut slot = lock(&state.export_cancel)?;
+        if slot.is_some() {
+            return Err(busy("An export"));
+        }
+        *slot = req.cancel.clone();
+    }
+    let result = blocking(move || {
         let mut progress = |p: ExportProgress| {
             // A closed window only loses progress; the export goes on.
             let _ = on_progress.send(p);
@@ -91,5 +101,20 @@ pub async fn export_gguf(
             &mut progress,
         )?)
     })
-    .await
+    .await;
+    *lock(&state.export_cancel)? = None;
+    result
+}
+
+/// Stops the running GGUF export before its next tensor or self-check conversation; `false`
+/// when none runs. Nothing is left under the final name unless the file was complete.
+#[tauri::command]
+pub fn export_gguf_cancel(state: State<'_, AppState>) -> ApiResult<bool> {
+    Ok(match lock(&state.export_cancel)?.as_ref() {
+        Some(c) => {
+            c.store(true, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    })
 }

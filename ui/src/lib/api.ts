@@ -85,6 +85,7 @@ export const api = {
     dest: string | null,
     onProgress: (p: ExportProgress) => void,
   ) => call<ExportReport>("export_gguf", { runId, which, format, quant, dest, onProgress: channel(onProgress) }),
+  exportGgufCancel: () => call<boolean>("export_gguf_cancel"),
   pickPath: (what: PickWhat) => call<string | null>("pick_path", { what }),
 };
 

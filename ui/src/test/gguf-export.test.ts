@@ -77,4 +77,26 @@ describe("GGUF export", () => {
     expect(screen.getByTestId("error").textContent).toContain("does not stop");
     expect(screen.queryByTestId("gguf-result")).toBeNull();
   });
+
+  it("stops a running export and says so instead of showing an error", async () => {
+    let cancels = 0;
+    let fail!: (e: unknown) => void;
+    const exportGguf = () => new Promise<ExportReport>((_, reject) => (fail = reject));
+    const cancelExport = async () => {
+      cancels++;
+      fail({ code: "Cancelled", message: "cancelled", details: null });
+      return true;
+    };
+    render(GgufExport, { runId: "run-1", which: "final", exportGguf, cancelExport });
+    expect(screen.queryByTestId("gguf-stop")).toBeNull();
+    await fireEvent.click(screen.getByTestId("gguf-start"));
+    await settle();
+    await fireEvent.click(screen.getByTestId("gguf-stop"));
+    await settle();
+    expect(cancels).toBe(1);
+    expect(screen.getByTestId("gguf-stopped").textContent).toContain("Stopped");
+    expect(screen.queryByTestId("error")).toBeNull();
+    expect(screen.queryByTestId("gguf-stop")).toBeNull();
+    expect(screen.queryByTestId("gguf-result")).toBeNull();
+  });
 });
