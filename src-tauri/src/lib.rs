@@ -37,6 +37,8 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::scaleout::recipe_engines,
         commands::scaleout::recipe_export,
         commands::scaleout::adapter_import,
+        commands::gguf_export::export_gguf,
+        commands::gguf_export::export_gguf_cancel,
         commands::dialogs::pick_path,
         app_info,
     ])

@@ -58,6 +58,8 @@ pub struct AppState {
     pub train: Mutex<Option<TrainJob>>,
     /// One token per streaming chat reply (tuned and base run side by side).
     pub chat_cancel: Mutex<Vec<Arc<AtomicBool>>>,
+    /// The GGUF export in progress (one at a time), to stop it.
+    pub export_cancel: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             download_cancel: Mutex::new(None),
             train: Mutex::new(None),
             chat_cancel: Mutex::new(Vec::new()),
+            export_cancel: Mutex::new(None),
         }
     }
 

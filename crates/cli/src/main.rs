@@ -6,6 +6,7 @@ mod bench;
 mod bench_plan;
 mod bench_train;
 mod data;
+mod export;
 mod generate;
 mod hardware;
 mod info;
@@ -48,6 +49,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Fold an adapter into its base model and write a Hugging Face model folder.
     Merge(merge::MergeArgs),
+    /// Export for llama.cpp, Ollama or LM Studio (GGUF), then check the export chats alike.
+    Export(Box<export::ExportArgs>),
     /// Look at a dataset the way training will see it.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => generate::chat(a),
         Command::Train(a) => train::run(*a),
         Command::Merge(a) => merge::run(a),
+        Command::Export(a) => export::run(*a),
         Command::Data(d) => data::run(d),
         Command::Bench(b) => bench::run(b),
         Command::Recipe(r) => recipe::run(r),

@@ -61,6 +61,9 @@ pub enum Error {
     /// A file whose bytes are not what was written (a checksum mismatch).
     #[error("{file}: {message}")]
     Corrupt { file: String, message: String },
+    /// An exported model failed its self-check (it would not chat like the tuned model).
+    #[error("{file}: export self-check failed: {message}")]
+    ExportCheck { file: String, message: String },
     /// The caller cancelled a long job.
     #[error("cancelled")]
     Cancelled,
@@ -88,6 +91,7 @@ impl Error {
             Error::Data { .. } => "BadDataset",
             Error::Invalid { .. } => "InvalidSetting",
             Error::Corrupt { .. } => "Corrupt",
+            Error::ExportCheck { .. } => "ExportCheckFailed",
             Error::Cancelled => "Cancelled",
             Error::Candle(_) => "Compute",
         }

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod data;
 pub mod dialogs;
 pub mod export;
+pub mod gguf_export;
 pub mod hardware;
 pub mod model;
 pub mod plan;

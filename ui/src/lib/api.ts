@@ -10,9 +10,13 @@ import type { Candidate } from "./bindings/Candidate";
 import type { ChatSide } from "./bindings/ChatSide";
 import type { DatasetView } from "./bindings/DatasetView";
 import type { DownloadEvent } from "./bindings/DownloadEvent";
+import type { ExportFormat } from "./bindings/ExportFormat";
 import type { ExportKind } from "./bindings/ExportKind";
+import type { ExportProgress } from "./bindings/ExportProgress";
+import type { ExportReport } from "./bindings/ExportReport";
 import type { ExportResult } from "./bindings/ExportResult";
 import type { GenerateOptions } from "./bindings/GenerateOptions";
+import type { GgufQuant } from "./bindings/GgufQuant";
 import type { Generation } from "./bindings/Generation";
 import type { HardwareView } from "./bindings/HardwareView";
 import type { Message } from "./bindings/Message";
@@ -76,6 +80,15 @@ export const api = {
   chatStop: () => call<number>("chat_stop"),
   exportRun: (runId: string, which: WhichAdapter, kind: ExportKind, dest: string | null) =>
     call<ExportResult>("export_run", { runId, which, kind, dest }),
+  exportGguf: (
+    runId: string | null,
+    which: WhichAdapter,
+    format: ExportFormat,
+    quant: GgufQuant,
+    dest: string | null,
+    onProgress: (p: ExportProgress) => void,
+  ) => call<ExportReport>("export_gguf", { runId, which, format, quant, dest, onProgress: channel(onProgress) }),
+  exportGgufCancel: () => call<boolean>("export_gguf_cancel"),
   pickPath: (what: PickWhat) => call<string | null>("pick_path", { what }),
   recipeEngines: () => call<RecipeEngineChoice[]>("recipe_engines"),
   recipeExport: (engine: RecipeEngine, config: TrainConfig, dest: string | null) =>

@@ -129,6 +129,8 @@ export function fakeApi(over: Partial<Api> = {}): Api {
     },
     chatStop: async () => 1,
     exportRun: async () => ({ kind: "adapter", which: "final", dir: "/exports/a", files: [{ name: "adapter_config.json", bytes: 300 }], usage: "Use it." }),
+    exportGguf: async () => Promise.reject({ code: "Internal", message: "not faked", details: null }),
+    exportGgufCancel: async () => false,
     pickPath: async () => null,
     recipeEngines: async () => [
       { engine: "axolotl", label: "Axolotl", config_file: "axolotl.yaml" },

@@ -5,7 +5,8 @@
 //! - `gpt2`: byte-level BPE from `tokens` + `merges`, ByteLevel decoder. The pre-tokenizer
 //!   follows `tokenizer.ggml.pre` the way llama.cpp does: `default`/`gpt-2`/`gpt2` (or absent):
 //!   GPT-2's regex; `smollm`, `starcoder`, `refact`: single digits split off first, then GPT-2's
-//!   regex; `llama-bpe`/`llama3`: Llama 3's regex (and `ignore_merges`, as its tokenizer.json).
+//!   regex; `llama-bpe`/`llama3`: Llama 3's regex (and `ignore_merges`, as its tokenizer.json);
+//!   `qwen2`: Llama 3's regex with single digits.
 //!   Any other `pre` is refused rather than tokenized subtly differently from the model's
 //!   training.
 //! - `llama`: SentencePiece BPE with byte fallback, the Llama 2 "legacy" normalizer (prepend
@@ -35,8 +36,9 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 const SUPPORTED_MODELS: &str = "gpt2 (byte-level BPE), llama (SentencePiece BPE)";
-const SUPPORTED_PRE: &str = "default, gpt-2, gpt2, smollm, starcoder, refact, llama-bpe, llama3";
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SUPPORTED_PRE: &str =
+    "default, gpt-2, gpt2, smollm, starcoder, refact, llama-bpe, llama3, qwen2";
+use crate::model::gguf_arch::{LLAMA3_REGEX, QWEN2_REGEX};
 
 /// Typed access to GGUF metadata; every error names the file and the key.
 pub struct Meta<'a> {
@@ -278,15 +280,20 @@ fn byte_level_bpe(meta: &Meta, tokens: &[&str]) -> Result<tokenizers::Tokenizer>
             let seq = PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]);
             (seq.into(), false)
         }
-        "llama-bpe" | "llama3" => {
+        "llama-bpe" | "llama3" | "qwen2" => {
+            let regex = if pre == "qwen2" {
+                QWEN2_REGEX
+            } else {
+                LLAMA3_REGEX
+            };
             let split = Split::new(
-                SplitPattern::Regex(LLAMA3_REGEX.into()),
+                SplitPattern::Regex(regex.into()),
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
-            .map_err(|e| build_err(file, "Llama 3 regex", e))?;
+            .map_err(|e| build_err(file, "pre-tokenizer regex", e))?;
             let seq = PreSequence::new(vec![split.into(), byte_level.use_regex(false).into()]);
-            (seq.into(), true)
+            (seq.into(), pre != "qwen2")
         }
         other => {
             return Err(Error::Unsupported {

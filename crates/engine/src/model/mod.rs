@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod decoder;
 pub mod family;
 pub mod gguf;
+pub mod gguf_arch;
 pub mod gguf_family;
 pub mod gguf_tokenizer;
 pub mod hub;

@@ -1,13 +1,18 @@
 //! A trained result put to use: the opened model with an adapter folder attached (a PEFT LoRA
 //! adapter, or the changed tensors of a selective/full run), over the base storage the adapter
 //! was trained against — NF4 for a QLoRA run of ours (what it learned to correct), dense f32
-//! for anything else. Chat and export of every front end go through here.
+//! for anything else. Chat and export of every front end go through here ([`export_tuned`] is
+//! the one export call of `peft export` and the app's Export step).
 
 use crate::error::Result;
+use crate::export::gguf::{ExportModel, ExportProgress};
+use crate::export::run::{
+    default_name, export, export_hf, ExportFormat, ExportReport, ExportRequest,
+};
 use crate::model::decoder::{Decoder, LoadOptions};
 use crate::model::loaded::LoadedModel;
 use crate::peft::adapter_io::apply_adapter;
-use crate::train::history::{RunRecord, RECORD_FILE};
+use crate::train::history::{RunRecord, BEST_DIR, RECORD_FILE};
 use std::path::Path;
 
 /// The storage the adapter in `dir` was trained over: from its run record (in `dir`, or in the
@@ -35,4 +40,74 @@ pub fn with_adapter(model: &LoadedModel, dir: &Path) -> Result<Decoder> {
     let mut d = (*model.weights(&storage)?).clone();
     apply_adapter(&mut d, dir)?;
     Ok(d)
+}
+
+/// The weights an export of `model` writes: the base with the adapter in `dir` attached, as
+/// [`with_adapter`] (so the export is the model the app chats with, and the self-check can ask
+/// for identical tokens), or the dense f32 base when there is no adapter (the kept weights when
+/// they are that; never a 4-bit base re-exported).
+///
+/// # Errors
+/// Those of [`with_adapter`] and [`LoadedModel::build_weights`].
+pub fn export_weights(model: &LoadedModel, dir: Option<&Path>) -> Result<Decoder> {
+    let dense = LoadOptions::default();
+    match dir {
+        Some(dir) => with_adapter(model, dir),
+        None if model.kept_storage() == Some(dense) => Ok((*model.weights(&dense)?).clone()),
+        None => model.build_weights(&dense),
+    }
+}
+
+/// The name an export of `model` with the adapter in `adapter` gets (`general.name`, file
+/// names, the Ollama tag): the model's name, then the adapter folder's (a run's best
+/// checkpoint: `<run>-best`), as [`default_name`].
+pub fn export_name(model: &LoadedModel, adapter: Option<&Path>) -> String {
+    let leaf = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned());
+    let tag = adapter.and_then(|dir| {
+        let run = dir
+            .parent()
+            .filter(|p| dir.ends_with(BEST_DIR) && p.join(RECORD_FILE).is_file());
+        match run.and_then(leaf) {
+            Some(run) => Some(format!("{run}-{BEST_DIR}")),
+            None => leaf(dir),
+        }
+    });
+    default_name(&model.source, tag.as_deref())
+}
+
+/// Exports `model` with the adapter in `adapter` (none: the base) as `req` says, then checks
+/// the result by loading it back (`export::selfcheck`): the one call of every front end. The
+/// weights are [`export_weights`]'; an empty `req.name` becomes [`export_name`]. A Hugging
+/// Face folder is written in f32 (`req.quant` is for GGUF files).
+///
+/// # Errors
+/// Those of [`export_weights`], `export::run::export` and `export::run::export_hf` (a format
+/// that cannot carry the adapter, I/O naming the file, a failed self-check).
+pub fn export_tuned(
+    model: &LoadedModel,
+    adapter: Option<&Path>,
+    req: &ExportRequest,
+    on_progress: &mut dyn FnMut(ExportProgress),
+) -> Result<ExportReport> {
+    let mut decoder = export_weights(model, adapter)?;
+    let mut req = req.clone();
+    if req.name.trim().is_empty() {
+        req.name = export_name(model, adapter);
+    }
+    match req.format {
+        ExportFormat::Hf => export_hf(
+            model,
+            &mut decoder,
+            &req.out,
+            &req.name,
+            &req.check,
+            req.cancel.as_deref(),
+            on_progress,
+        ),
+        _ => export(
+            &ExportModel::of(model, &decoder, &req.name),
+            &req,
+            on_progress,
+        ),
+    }
 }
