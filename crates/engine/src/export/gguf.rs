@@ -4,12 +4,14 @@
 //! Per tensor, in llama.cpp's order: take the decoder's weight (an NF4 base is dequantized), add
 //! the attached LoRA's `scale·B·A` if it is not merged (the decoder itself is not changed, so
 //! the tuned model stays usable, e.g. for the self-check), permute q/k rows when the
-//! architecture's RoPE is interleaved (`model::gguf_arch`), encode in the planned type
+//! architecture's RoPE is interleaved and store Gemma's norms as `1 + w` (`model::gguf_arch`),
+//! encode in the planned type
 //! (`export::gguf_quant`) and write; then drop it. Peak extra memory is about one tensor.
 //!
 //! Metadata: `general.*` (architecture, type, name, file type, quantization version), the
 //! architecture's hyper-parameters (`GgufArch::hparams`) and the tokenizer and chat keys
-//! (`export::gguf_vocab`).
+//! (`export::gguf_vocab`). RoPE scaling that llama.cpp keeps as tensors (Llama 3's
+//! `rope_freqs.weight`, Phi-3's `rope_factors_*`) is written first, as f32.
 //!
 //! Not here: adapters as GGUF (`export::lora_gguf`), Ollama/LM Studio layouts
 //! (`export::ollama`), checking the result (`export::selfcheck`).
@@ -27,7 +29,7 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -118,6 +120,14 @@ fn lookup<'a>(d: &'a Decoder, hf: &str) -> Option<Item<'a>> {
         ("post_attention_layernorm", "weight") => {
             return Some(Item::Plain(&b.post_attention_layernorm))
         }
+        ("pre_feedforward_layernorm", "weight") => {
+            return b.pre_feedforward_layernorm.as_ref().map(Item::Plain)
+        }
+        ("post_feedforward_layernorm", "weight") => {
+            return b.post_feedforward_layernorm.as_ref().map(Item::Plain)
+        }
+        ("self_attn.q_norm", "weight") => return b.self_attn.q_norm.as_ref().map(Item::Plain),
+        ("self_attn.k_norm", "weight") => return b.self_attn.k_norm.as_ref().map(Item::Plain),
         (_, "weight" | "bias") => b.linear(path)?,
         _ => return None,
     };
@@ -167,9 +177,20 @@ fn shape_of(d: &Decoder, hf: &str) -> Option<Vec<usize>> {
 pub fn plan(d: &Decoder, quant: GgufQuant) -> Result<Vec<PlannedTensor>> {
     let c = &d.config;
     let row = gguf_arch::for_config(c)?;
+    let mut planned: Vec<PlannedTensor> = row
+        .rope_tensors(c)
+        .into_iter()
+        .map(|(name, v)| PlannedTensor {
+            gguf_name: name.into(),
+            hf_name: name.into(),
+            shape: vec![v.len()],
+            dtype: GgmlDType::F32,
+            fallback: false,
+        })
+        .collect();
     let mut names: Vec<String> = vec!["model.embed_tokens.weight".into()];
     for n in 0..c.num_hidden_layers {
-        for (_, hf) in row.block_tensors {
+        for (_, hf) in row.family.gguf_block {
             for suffix in ["weight", "bias"] {
                 let name = format!("model.layers.{n}.{hf}.{suffix}");
                 if suffix == "weight" || lookup(d, &name).is_some() {
@@ -183,13 +204,13 @@ pub fn plan(d: &Decoder, quant: GgufQuant) -> Result<Vec<PlannedTensor>> {
     if !tied {
         names.push("lm_head.weight".into());
     }
-    names
+    let weights: Result<Vec<PlannedTensor>> = names
         .into_iter()
         .map(|hf| {
             let gguf_name = row.gguf_name(&hf).ok_or_else(|| Error::Unsupported {
                 what: format!("GGUF export of tensor `{hf}`"),
-                found: format!("no {} name for it", row.name),
-                supported: "the tensors of model::gguf_arch".into(),
+                found: format!("no {} name for it", row.name()),
+                supported: "the tensors of Family::gguf_block".into(),
             })?;
             let shape = shape_of(d, &hf).ok_or_else(|| Error::Tensor {
                 file: "(model in memory)".into(),
@@ -211,7 +232,9 @@ pub fn plan(d: &Decoder, quant: GgufQuant) -> Result<Vec<PlannedTensor>> {
                 fallback,
             })
         })
-        .collect()
+        .collect();
+    planned.extend(weights?);
+    Ok(planned)
 }
 
 /// Every metadata key of a merged export.
@@ -223,7 +246,7 @@ pub fn model_metadata(m: &ExportModel, quant: GgufQuant) -> Result<Vec<(String, 
     let row = gguf_arch::for_config(c)?;
     let s = |v: &str| Value::String(v.to_string());
     let mut kv = vec![
-        ("general.architecture".to_string(), s(row.name)),
+        ("general.architecture".to_string(), s(row.name())),
         ("general.type".into(), s("model")),
         ("general.name".into(), s(m.name)),
         ("general.file_type".into(), Value::U32(quant.file_type())),
@@ -234,11 +257,26 @@ pub fn model_metadata(m: &ExportModel, quant: GgufQuant) -> Result<Vec<(String, 
     Ok(kv)
 }
 
-/// The tensor's bytes as the file stores it: merged, row-permuted for interleaved RoPE,
-/// encoded.
+/// The tensor's bytes as the file stores it: merged, row-permuted for interleaved RoPE, `1 + w`
+/// for Gemma's norms, encoded; RoPE scaling tensors from the config.
 fn tensor_bytes(d: &Decoder, row: &GgufArch, t: &PlannedTensor) -> Result<Vec<u8>> {
     let c = &d.config;
+    if let Some((_, v)) = row
+        .rope_tensors(c)
+        .into_iter()
+        .find(|(n, _)| *n == t.gguf_name)
+    {
+        let n = v.len();
+        return encode(
+            &t.gguf_name,
+            &Tensor::from_vec(v, n, &Device::Cpu)?,
+            t.dtype,
+        );
+    }
     let mut w = merged_tensor(d, &t.hf_name)?;
+    if row.plus_one(&t.hf_name) {
+        w = (w + 1.0)?;
+    }
     if let Some(heads) = row.rope_heads(&t.gguf_name, c.num_attention_heads, c.num_key_value_heads)
     {
         w = permute_rope_rows(&w, heads)?;

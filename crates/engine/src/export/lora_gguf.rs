@@ -135,7 +135,7 @@ pub fn write_lora_gguf(
     }
     let s = |v: &str| Value::String(v.to_string());
     let metadata = vec![
-        ("general.architecture".to_string(), s(row.name)),
+        ("general.architecture".to_string(), s(row.name())),
         ("general.type".into(), s("adapter")),
         ("general.name".into(), s(name)),
         ("general.file_type".into(), Value::U32(dtype.file_type())),
@@ -206,11 +206,11 @@ pub fn attach_lora_gguf(base: &Decoder, path: &Path) -> Result<Decoder> {
             "not a LoRA adapter (general.type / adapter.type)".into()
         ));
     }
-    if get_str("general.architecture").as_deref() != Some(row.name) {
+    if get_str("general.architecture").as_deref() != Some(row.name()) {
         return Err(bad(format!(
             "adapter architecture {:?}, base is {}",
             get_str("general.architecture"),
-            row.name
+            row.name()
         )));
     }
     let alpha = md

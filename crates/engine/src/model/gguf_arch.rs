@@ -1,19 +1,28 @@
-//! What differs between architectures when a model crosses the GGUF border, in one table that
-//! both the importer (`model::gguf`) and the exporter (`export::gguf`) read: the
-//! `general.architecture` name, the hyper-parameter keys, the RoPE layout (whether llama.cpp's
-//! converter permutes q/k rows), the tensor-name map, and the pre-tokenizer names llama.cpp
-//! knows with the Hugging Face `pre_tokenizer` each stands for.
+//! The GGUF writer's view of an architecture: which families it writes, the settings it can
+//! express (refusing the rest by name), the RoPE layout (whether llama.cpp's converter permutes
+//! q/k rows), the hyper-parameter keys and extra RoPE tensors llama.cpp's converter writes, and
+//! the pre-tokenizer names llama.cpp knows with the Hugging Face `pre_tokenizer` each stands for.
 //!
-//! Adding a family means adding a row to [`ARCHS`] (and, for a new tokenizer, to
-//! [`PRE_TOKENIZERS`]); nothing else in the GGUF code names an architecture. Rows today:
-//! Llama and Mistral (both written as `llama`, interleaved RoPE, q/k rows permuted) and Qwen2
-//! (`qwen2`, NEOX RoPE, rows kept, q/k/v biases).
+//! Tensor names are not listed here: both directions read
+//! [`crate::model::family::Family::gguf_block`] through [`crate::model::gguf_family`], so the
+//! importer and the writer share one table. The hyper-parameter keys written here are the ones
+//! `gguf_family::config_from_meta` reads back.
+//!
+//! Written today: Llama and Mistral (both as `llama`, interleaved RoPE, q/k rows permuted;
+//! Llama 3.x RoPE scaling as `rope_freqs.weight`), Qwen2 (`qwen2`, NEOX), Qwen3 (`qwen3`,
+//! q/k norms), Gemma 3 (`gemma3`, norms stored as `1 + w`), Phi-3 (`phi3`, fused projections,
+//! partial rotary, longrope factors). Refused by [`for_config`]: any other RoPE scaling or a
+//! family's scaling it has no GGUF form for, partial rotary outside Phi-3, sliding windows
+//! llama.cpp would not apply the same way.
 //!
 //! Not here: how tensors are stored (`export::gguf_quant`), tokenizer vocabularies
 //! (`model::gguf_tokenizer`, `export::gguf_vocab`).
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, Config};
+use crate::model::family::{self, Family};
+use crate::model::gguf_family;
+use crate::model::rope_scaling::RopeScaling;
 use candle_core::quantized::gguf_file::Value;
 
 /// How llama.cpp rotates q/k for an architecture.
@@ -27,153 +36,131 @@ pub enum RopeLayout {
     Neox,
 }
 
-/// One architecture's GGUF facts.
+/// One architecture the writer knows: a family of [`crate::model::family`].
 #[derive(Debug)]
 pub struct GgufArch {
-    pub arch: Arch,
-    /// `general.architecture`, also the prefix of every hyper-parameter key.
-    pub name: &'static str,
-    pub rope: RopeLayout,
-    /// `(GGUF name inside blk.N, Hugging Face path inside model.layers.N)`, without the
-    /// `.weight`/`.bias` suffix.
-    pub block_tensors: &'static [(&'static str, &'static str)],
+    pub family: &'static Family,
 }
 
-/// The Llama-family block: attention, SwiGLU MLP and two RMSNorms.
-const LLAMA_BLOCK: &[(&str, &str)] = &[
-    ("attn_norm", "input_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
-
-/// Every architecture we import and export. The first row with a given `name` is the one an
-/// import picks (a Mistral GGUF says `llama` and loads as Llama, which computes the same).
-pub const ARCHS: &[GgufArch] = &[
+/// Every family the writer writes.
+pub static ARCHS: [GgufArch; 3] = [
     GgufArch {
-        arch: Arch::Llama,
-        name: "llama",
-        rope: RopeLayout::Interleaved,
-        block_tensors: LLAMA_BLOCK,
+        family: &family::LLAMA,
     },
     GgufArch {
-        arch: Arch::Mistral,
-        name: "llama",
-        rope: RopeLayout::Interleaved,
-        block_tensors: LLAMA_BLOCK,
+        family: &family::MISTRAL,
     },
     GgufArch {
-        arch: Arch::Qwen2,
-        name: "qwen2",
-        rope: RopeLayout::Neox,
-        block_tensors: LLAMA_BLOCK,
+        family: &family::QWEN2,
     },
-];
-
-/// Tensors outside the blocks: `(GGUF name, Hugging Face name)`.
-const TOP_TENSORS: &[(&str, &str)] = &[
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
 ];
 
 /// The row for a model being written to GGUF.
 ///
 /// # Errors
-/// [`Error::Unsupported`] naming the architecture or the setting when the writer has no row
-/// for the family yet (Qwen3, Gemma 3, Phi-3) or the config uses something the row cannot
-/// express (RoPE scaling such as Llama 3's, partial rotary, sliding windows): writing it
-/// anyway would give a file that loads and then computes a different model.
+/// [`Error::Unsupported`] naming the model type or the setting when the writer has no row for
+/// the family or the config uses something the file cannot express the way llama.cpp reads it
+/// (see the module docs): writing it anyway would give a file that loads and then computes a
+/// different model.
 pub fn for_config(c: &Config) -> Result<&'static GgufArch> {
-    let refuse = |found: String| Error::Unsupported {
-        what: "GGUF export".into(),
+    let refuse = |found: String, supported: &str| Error::Unsupported {
+        what: format!("GGUF export of a {} model", c.arch.as_str()),
         found,
-        supported: format!(
-            "{} without RoPE scaling, partial rotary or sliding windows",
-            supported_archs()
-        ),
+        supported: supported.into(),
     };
     let row = ARCHS
         .iter()
-        .find(|a| a.arch == c.arch)
-        .ok_or_else(|| refuse(format!("model type `{}`", c.arch.as_str())))?;
-    if c.rope_scaling.is_some() {
-        return Err(refuse("RoPE scaling (e.g. Llama 3's `llama3`)".into()));
+        .find(|a| a.family.arch == c.arch)
+        .ok_or_else(|| {
+            refuse(
+                format!("model type `{}`", c.arch.as_str()),
+                &supported_archs(),
+            )
+        })?;
+    match (c.arch, &c.rope_scaling) {
+        (_, None) => {}
+        (a, Some(s)) => {
+            return Err(refuse(
+                format!("RoPE scaling `{}` on {}", scaling_name(s), a.as_str()),
+                "no RoPE scaling",
+            ))
+        }
     }
     if c.rotary_dim() != c.head_dim {
-        return Err(refuse("partial rotary".into()));
+        return Err(refuse(
+            format!("partial rotary ({} of {} dims)", c.rotary_dim(), c.head_dim),
+            "rotary over the whole head",
+        ));
     }
     if (0..c.num_hidden_layers).any(|l| c.layer_window(l).is_some()) {
-        return Err(refuse("sliding-window attention".into()));
+        return Err(refuse(
+            "sliding-window attention".into(),
+            "full attention in every layer",
+        ));
     }
     Ok(row)
+}
+
+/// Gemma 3's period of sliding layers (every `p`-th layer full, as `sliding_window_pattern`
+/// says), when `c.layer_windows` follows one; `None` otherwise or without windows.
+pub fn window_period(c: &Config) -> Option<usize> {
+    let w = (0..c.num_hidden_layers).find_map(|l| c.layer_window(l))?;
+    (1..=c.num_hidden_layers + 1).find(|p| {
+        (0..c.num_hidden_layers).all(|n| c.layer_window(n) == ((n + 1) % p != 0).then_some(w))
+    })
+}
+
+/// The `rope_type` name of a scaling, for messages.
+fn scaling_name(s: &RopeScaling) -> &'static str {
+    match s {
+        RopeScaling::Linear { .. } => "linear",
+        RopeScaling::Llama3 { .. } => "llama3",
+        RopeScaling::LongRope { .. } => "longrope",
+        RopeScaling::Frequencies { .. } => "frequencies",
+    }
 }
 
 /// The model types the GGUF writer has rows for.
 fn supported_archs() -> String {
     ARCHS
         .iter()
-        .map(|a| a.arch.as_str())
+        .map(|a| a.family.model_type)
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// The row an import of `general.architecture = name` uses.
-pub fn by_name(name: &str) -> Option<&'static GgufArch> {
-    ARCHS.iter().find(|a| a.name == name)
-}
-
-/// `general.architecture` names we import, for error messages.
-pub fn supported_names() -> String {
-    let mut names: Vec<&str> = ARCHS.iter().map(|a| a.name).collect();
-    names.dedup();
-    names.join(", ")
-}
-
 impl GgufArch {
+    /// `general.architecture`, also the prefix of every hyper-parameter key.
+    pub fn name(&self) -> &'static str {
+        self.family.gguf_arch
+    }
+
+    pub fn rope(&self) -> RopeLayout {
+        match self.family.gguf_permuted_qk {
+            true => RopeLayout::Interleaved,
+            false => RopeLayout::Neox,
+        }
+    }
+
     /// `{name}.{suffix}`: a hyper-parameter key.
     pub fn key(&self, suffix: &str) -> String {
-        format!("{}.{suffix}", self.name)
+        format!("{}.{suffix}", self.name())
     }
 
     /// Hugging Face name of a GGUF tensor name; `None` for names this architecture lacks.
     pub fn hf_name(&self, gguf: &str) -> Option<String> {
-        if let Some((_, hf)) = TOP_TENSORS.iter().find(|(g, _)| *g == gguf) {
-            return Some(hf.to_string());
-        }
-        let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let (part, suffix) = rest.split_once('.')?;
-        let (_, hf) = self.block_tensors.iter().find(|(g, _)| *g == part)?;
-        let norm = hf.ends_with("layernorm");
-        match suffix {
-            "weight" => Some(format!("model.layers.{layer}.{hf}.weight")),
-            "bias" if !norm => Some(format!("model.layers.{layer}.{hf}.bias")),
-            _ => None,
-        }
+        gguf_family::hf_name(self.family, gguf)
     }
 
     /// GGUF name of a Hugging Face tensor name; `None` for names this architecture lacks.
     pub fn gguf_name(&self, hf: &str) -> Option<String> {
-        if let Some((g, _)) = TOP_TENSORS.iter().find(|(_, h)| *h == hf) {
-            return Some(g.to_string());
-        }
-        let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let (path, suffix) = rest.rsplit_once('.')?;
-        let (g, _) = self.block_tensors.iter().find(|(_, h)| *h == path)?;
-        matches!(suffix, "weight" | "bias").then(|| format!("blk.{layer}.{g}.{suffix}"))
+        gguf_family::gguf_name(self.family, hf)
     }
 
     /// Heads to permute a tensor's rows over when writing (q: heads, k: kv heads), or `None`
     /// when the tensor is stored as it is. `gguf` is the GGUF name.
     pub fn rope_heads(&self, gguf: &str, n_head: usize, n_head_kv: usize) -> Option<usize> {
-        if self.rope != RopeLayout::Interleaved {
+        if self.rope() != RopeLayout::Interleaved {
             return None;
         }
         if gguf.contains(".attn_q.") {
@@ -183,6 +170,11 @@ impl GgufArch {
         } else {
             None
         }
+    }
+
+    /// Whether llama.cpp stores this (Hugging Face named) tensor as `1 + w` (Gemma's norms).
+    pub fn plus_one(&self, hf: &str) -> bool {
+        self.family.gguf_norm_plus_one && hf.ends_with("norm.weight")
     }
 
     /// The hyper-parameter keys llama.cpp reads for this architecture, from a config.
@@ -203,14 +195,78 @@ impl GgufArch {
                 self.key("attention.layer_norm_rms_epsilon"),
                 Value::F32(c.rms_norm_eps as f32),
             ),
-            (self.key("rope.dimension_count"), u(c.head_dim)),
+            (self.key("rope.dimension_count"), u(c.rotary_dim())),
             (self.key("vocab_size"), u(c.vocab_size)),
         ];
-        if c.head_dim * c.num_attention_heads != c.hidden_size {
+        // llama.cpp's converter writes the head size for the families whose configs carry
+        // `head_dim` (it need not be hidden / heads), and for the others when it differs.
+        let own_head_dim = !matches!(c.arch, Arch::Llama | Arch::Mistral | Arch::Qwen2);
+        if own_head_dim || c.head_dim * c.num_attention_heads != c.hidden_size {
             kv.push((self.key("attention.key_length"), u(c.head_dim)));
             kv.push((self.key("attention.value_length"), u(c.head_dim)));
         }
+        let window = (0..c.num_hidden_layers).find_map(|l| c.layer_window(l));
+        if let Some(w) = window {
+            kv.push((self.key("attention.sliding_window"), u(w)));
+        }
+        if let (Arch::Gemma3, Some(p)) = (c.arch, window_period(c)) {
+            kv.push((self.key("attention.sliding_window_pattern"), u(p)));
+        }
+        if let Some(t) = c.rope_local_theta {
+            kv.push((self.key("rope.freq_base_swa"), Value::F32(t as f32)));
+        }
+        if let Some(cap) = c.final_logit_softcapping {
+            kv.push((self.key("final_logit_softcapping"), Value::F32(cap as f32)));
+        }
+        match &c.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => {
+                kv.push((
+                    self.key("rope.scaling.type"),
+                    Value::String("linear".into()),
+                ));
+                kv.push((self.key("rope.scaling.factor"), Value::F32(*factor as f32)));
+            }
+            Some(RopeScaling::LongRope {
+                original_max_position_embeddings: o,
+                attention_factor,
+                ..
+            }) => {
+                kv.push((self.key("rope.scaling.original_context_length"), u(*o)));
+                kv.push((
+                    self.key("rope.scaling.attn_factor"),
+                    Value::F32(*attention_factor as f32),
+                ));
+            }
+            _ => {}
+        }
         kv
+    }
+
+    /// RoPE scaling that llama.cpp keeps as f32 tensors: Llama 3's `rope_freqs.weight` (the
+    /// divisor of each base frequency, as its converter computes it) and Phi-3's
+    /// `rope_factors_short/long.weight`.
+    pub fn rope_tensors(&self, c: &Config) -> Vec<(&'static str, Vec<f32>)> {
+        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+        match &c.rope_scaling {
+            Some(s @ RopeScaling::Llama3 { .. }) => {
+                let plain = RopeScaling::inv_freq(None, c.rope_theta, c.rotary_dim());
+                let scaled = RopeScaling::inv_freq(Some(s), c.rope_theta, c.rotary_dim());
+                let div: Vec<f64> = plain.iter().zip(&scaled).map(|(p, q)| p / q).collect();
+                vec![("rope_freqs.weight", f32s(&div))]
+            }
+            Some(RopeScaling::Frequencies { divisors }) => {
+                vec![("rope_freqs.weight", f32s(divisors))]
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            }) => vec![
+                ("rope_factors_long.weight", f32s(long_factor)),
+                ("rope_factors_short.weight", f32s(short_factor)),
+            ],
+            _ => vec![],
+        }
     }
 }
 
