@@ -4,6 +4,8 @@
 //! writing. Tiny random decoders and the bundled model keep each test well under a second or
 //! two.
 
+#[path = "gguf_export/families.rs"]
+mod families;
 #[path = "gguf_export/helpers.rs"]
 mod helpers;
 

@@ -43,7 +43,7 @@ pub struct GgufArch {
 }
 
 /// Every family the writer writes.
-pub static ARCHS: [GgufArch; 3] = [
+pub static ARCHS: [GgufArch; 6] = [
     GgufArch {
         family: &family::LLAMA,
     },
@@ -52,6 +52,15 @@ pub static ARCHS: [GgufArch; 3] = [
     },
     GgufArch {
         family: &family::QWEN2,
+    },
+    GgufArch {
+        family: &family::QWEN3,
+    },
+    GgufArch {
+        family: &family::GEMMA3,
+    },
+    GgufArch {
+        family: &family::PHI3,
     },
 ];
 
@@ -77,28 +86,72 @@ pub fn for_config(c: &Config) -> Result<&'static GgufArch> {
                 &supported_archs(),
             )
         })?;
+    let windowed = (0..c.num_hidden_layers).any(|l| c.layer_window(l).is_some());
     match (c.arch, &c.rope_scaling) {
-        (_, None) => {}
+        (_, None)
+        | (Arch::Llama, Some(RopeScaling::Llama3 { .. } | RopeScaling::Frequencies { .. }))
+        | (Arch::Phi3, Some(RopeScaling::LongRope { .. }))
+        | (Arch::Gemma3, Some(RopeScaling::Linear { .. })) => {}
         (a, Some(s)) => {
             return Err(refuse(
                 format!("RoPE scaling `{}` on {}", scaling_name(s), a.as_str()),
-                "no RoPE scaling",
+                "llama3 scaling on llama, longrope on phi3, linear on gemma3_text, or none",
             ))
         }
     }
-    if c.rotary_dim() != c.head_dim {
+    if c.rotary_dim() != c.head_dim && c.arch != Arch::Phi3 {
         return Err(refuse(
             format!("partial rotary ({} of {} dims)", c.rotary_dim(), c.head_dim),
-            "rotary over the whole head",
+            "rotary over the whole head (partial only for phi3)",
         ));
     }
-    if (0..c.num_hidden_layers).any(|l| c.layer_window(l).is_some()) {
-        return Err(refuse(
-            "sliding-window attention".into(),
-            "full attention in every layer",
-        ));
+    match c.arch {
+        Arch::Gemma3 => gemma3_settings(c).map_err(|f| refuse(f, GEMMA3_AS_LLAMA_CPP))?,
+        // llama.cpp's phi3 applies `sliding_window` in every layer, as our decoder does.
+        Arch::Phi3 => {}
+        _ if windowed => {
+            return Err(refuse(
+                "sliding-window attention".into(),
+                "full attention in every layer (windows only for gemma3_text and phi3)",
+            ))
+        }
+        _ => {}
     }
     Ok(row)
+}
+
+/// What llama.cpp's `gemma3` assumes instead of reading it from the file.
+const GEMMA3_AS_LLAMA_CPP: &str = "every 6th layer global, local RoPE base 10000, scores \
+     scaled by head_dim^-½ (hidden/heads for the 62-layer 27B), no logit softcapping — what \
+     llama.cpp's gemma3 assumes";
+
+/// Gemma 3's settings that llama.cpp does not read from the file but fixes in code; a model
+/// with others would load there and compute something else.
+fn gemma3_settings(c: &Config) -> std::result::Result<(), String> {
+    if (0..c.num_hidden_layers).any(|l| c.layer_window(l).is_some()) {
+        match window_period(c) {
+            Some(6) => {}
+            Some(p) => return Err(format!("sliding-window pattern: every {p}th layer global")),
+            None => return Err("sliding-window layers without a period".into()),
+        }
+        if c.rope_local_theta.is_some_and(|t| t != 10_000.0) {
+            return Err(format!(
+                "local RoPE base {} (rope_local_base_freq)",
+                c.rope_local_theta.unwrap_or_default()
+            ));
+        }
+    }
+    let want = match c.num_hidden_layers {
+        62 => (c.hidden_size / c.num_attention_heads) as f64,
+        _ => c.head_dim as f64,
+    };
+    if let Some(q) = c.query_pre_attn_scalar.filter(|q| *q != want) {
+        return Err(format!("query_pre_attn_scalar {q} (llama.cpp uses {want})"));
+    }
+    if let Some(cap) = c.final_logit_softcapping {
+        return Err(format!("final_logit_softcapping {cap}"));
+    }
+    Ok(())
 }
 
 /// Gemma 3's period of sliding layers (every `p`-th layer full, as `sliding_window_pattern`
