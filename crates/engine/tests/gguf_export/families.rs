@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 /// Sizes shared by every family's tiny config: rows of 64 and 128 so Q8_0 (blocks of 32) is
 /// really used, and the bundled tokenizer's 512 tokens.
 const SIZES: &str = r#""vocab_size":512,"hidden_size":64,"intermediate_size":128,
-    "num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":64,
+    "num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":256,
     "bos_token_id":1,"eos_token_id":2"#;
 
 fn qwen3() -> String {
@@ -62,7 +62,7 @@ fn phi3() -> String {
     format!(
         r#"{{"model_type":"phi3",{SIZES},"num_hidden_layers":2,"rms_norm_eps":1e-5,
         "rope_theta":10000.0,"hidden_act":"silu","partial_rotary_factor":0.5,
-        "sliding_window":5,"tie_word_embeddings":false,"original_max_position_embeddings":32,
+        "sliding_window":5,"tie_word_embeddings":false,"original_max_position_embeddings":128,
         "rope_scaling":{{"type":"longrope","short_factor":[{}],"long_factor":[{}]}}}}"#,
         short.join(","),
         long.join(",")
@@ -307,6 +307,50 @@ fn gemma3_exports_with_plus_one_norms_and_windows() {
     assert!(max_abs(&raw["output_norm.weight"], &(d.norm.clone() + 1.0).unwrap()) < 1e-7);
 }
 
+#[test]
+fn gemma3_linear_rope_scaling_exports_as_its_keys() {
+    // Gemma 3 4B+: linearly scaled global layers, unscaled local ones.
+    let json = gemma3(6, r#","rope_scaling":{"rope_type":"linear","factor":8.0}"#);
+    let d = random_decoder(&config(&json), 9);
+    let (c, back) = round_trip(&d, "gemma3");
+    assert_eq!(
+        c.metadata["gemma3.rope.scaling.type"].to_string().unwrap(),
+        "linear"
+    );
+    assert_eq!(back.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+}
+
+#[test]
+fn a_gguf_import_of_llama3_exports_the_same_rope_freqs() {
+    // An imported Llama 3.x carries its scaling as the file's divisors: written back as they are.
+    let d = random_decoder(&config(&llama3()), 10);
+    let base = bundled();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a.gguf");
+    write_merged_gguf(&parts(&base, &d), GgufQuant::F32, &first, None, &mut |_| {}).unwrap();
+    let g = open_gguf(&first).unwrap();
+    let m = Decoder::load(&g.config, &g.source, &LoadOptions::default()).unwrap();
+    let second = dir.path().join("b.gguf");
+    write_merged_gguf(
+        &parts(&base, &m),
+        GgufQuant::F32,
+        &second,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (_, a) = read_raw(&first);
+    let (_, b) = read_raw(&second);
+    assert_eq!(
+        max_abs(&a["rope_freqs.weight"], &b["rope_freqs.weight"]),
+        0.0
+    );
+    let again = open_gguf(&second).unwrap();
+    let m2 = Decoder::load(&again.config, &again.source, &LoadOptions::default()).unwrap();
+    let diff = max_abs(&logits(&m2), &logits(&d));
+    assert!(diff < 1e-4, "max |Δlogit| after two exports = {diff}");
+}
+
 fn read_raw_f32(
     d: &Decoder,
 ) -> (
@@ -388,4 +432,37 @@ fn settings_llama_cpp_cannot_read_are_refused_by_name() {
         r#""hidden_act":"silu","rope_scaling":{"rope_type":"linear","factor":2.0}"#,
     ));
     assert!(err.contains("RoPE scaling `linear` on qwen3"), "{err}");
+}
+
+#[test]
+fn the_export_call_self_checks_every_new_family() {
+    use peft_engine::export::run::{export, ExportFormat, ExportRequest};
+    use peft_engine::export::selfcheck::CheckOptions;
+    let base = bundled();
+    for json in [qwen3(), llama3(), gemma3(6, ""), phi3()] {
+        let mut d = random_decoder(&config(&json), 12);
+        attach_random_lora(&mut d, 2, 1.0, 31);
+        for format in [ExportFormat::Gguf, ExportFormat::GgufAdapter] {
+            let dir = tempfile::tempdir().unwrap();
+            let req = ExportRequest {
+                format,
+                quant: GgufQuant::F32,
+                out: dir.path().to_path_buf(),
+                name: "t".into(),
+                publisher: String::new(),
+                check: CheckOptions {
+                    max_new_tokens: 4,
+                    ..CheckOptions::default()
+                },
+                cancel: None,
+            };
+            let r = export(&parts(&base, &d), &req, &mut |_| {}).unwrap();
+            assert!(
+                r.self_check.passed(),
+                "{} {format:?}: {}",
+                d.config.arch.as_str(),
+                r.self_check.summary()
+            );
+        }
+    }
 }
