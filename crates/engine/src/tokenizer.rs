@@ -20,6 +20,9 @@ pub struct Tokenizer {
     pub eos_ids: Vec<u32>,
 }
 
+/// Token ids and, for each, its byte range `(start, end)` in the encoded text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
     ///
@@ -55,11 +58,7 @@ impl Tokenizer {
     }
 
     /// Encodes text and returns each token's byte range in `text` too.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str, add_special: bool) -> Result<IdsAndOffsets> {
         let enc = guarded("encode", || self.inner.encode(text, add_special))?
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
