@@ -106,6 +106,45 @@ fn ollama_templates_render_like_the_jinja_templates() {
     );
     assert_eq!(l3, 3);
 
+    // The real templates of the new families (tests/fixtures/templates, with their sources).
+    let real = |file: &str| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/templates")
+            .join(file);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let qwen3 = real("qwen3.jinja");
+    assert_eq!(
+        assert_equivalent(&qwen3, "", "<|im_end|>", "", "chatml-think"),
+        3
+    );
+    let gemma = real("gemma3.jinja");
+    assert_eq!(
+        assert_equivalent(&gemma, "<bos>", "<eos>", "<bos>", "gemma"),
+        3
+    );
+    let phi35 = real("phi-3.5-mini-instruct.jinja");
+    assert_eq!(
+        assert_equivalent(&phi35, "<s>", "<|endoftext|>", "", "phi3"),
+        3
+    );
+    let phi4 = real("phi4-mini.jinja");
+    assert_eq!(
+        assert_equivalent(&phi4, "<|endoftext|>", "<|endoftext|>", "", "phi3"),
+        3
+    );
+    let llama32 = real("llama-3.2-instruct.jinja");
+    assert_eq!(
+        assert_equivalent(
+            &llama32,
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+            "<|begin_of_text|>",
+            "llama3-system"
+        ),
+        3
+    );
+
     // The default system prompt of ChatML templates becomes the Modelfile's SYSTEM.
     let t = ChatTemplate::new(QWEN2, "", "<|im_end|>").unwrap();
     let go = ollama_template(&t, "").unwrap();

@@ -15,7 +15,8 @@
 //!
 //! Families: ChatML (SmolLM2, Qwen2; a default system prompt becomes `SYSTEM`), our Alpaca
 //! fallback (`template::FALLBACK_TEMPLATE`, the bundled demo), Llama 2 `[INST]` with
-//! `<<SYS>>`, Mistral `[INST]` (no system role), Llama 3 headers. Caveat: Jinja templates that
+//! `<<SYS>>`, Mistral `[INST]` (no system role), Llama 3 headers, ChatML with Qwen3's empty
+//! think block, Gemma 3's turns, Phi-3/4's role tags. Caveat: Jinja templates that
 //! `strip()` message contents differ from the Go template for contents with surrounding
 //! whitespace; the probes have none.
 
@@ -59,10 +60,14 @@ type Recipe = fn(&Probe) -> Option<(String, Option<String>)>;
 /// Families we translate, tried in order.
 pub const FAMILIES: &[(&str, Recipe)] = &[
     ("chatml", chatml),
+    ("chatml-think", chatml_think),
     ("alpaca", alpaca),
     ("llama3", llama3),
+    ("llama3-system", llama3_system),
     ("llama2", llama2),
     ("mistral", mistral),
+    ("gemma", gemma),
+    ("phi3", phi3),
 ];
 
 fn u(c: &str) -> Message {
@@ -96,6 +101,19 @@ fn chatml(p: &Probe) -> Option<(String, Option<String>)> {
     Some((t, system))
 }
 
+/// ChatML whose generation prompt opens more than the assistant header: Qwen3 with thinking
+/// switched off writes an empty `<think>\n\n</think>\n\n` there (and drops it from earlier
+/// turns, which the plain ChatML body already does).
+fn chatml_think(p: &Probe) -> Option<(String, Option<String>)> {
+    let text = p.jinja(&[u("PROBE_USER")])?;
+    let opened = text.rsplit_once("<|im_start|>assistant\n")?.1;
+    if opened.is_empty() {
+        return None;
+    }
+    let (t, system) = chatml(p)?;
+    Some((format!("{t}{opened}"), system))
+}
+
 // Trim markers (`{{-`) only where the text before them ends in a non-space: a `{{- else }}`
 // after `\n\n` would eat the newlines the Jinja template writes.
 fn alpaca(p: &Probe) -> Option<(String, Option<String>)> {
@@ -115,6 +133,24 @@ fn llama3(p: &Probe) -> Option<(String, Option<String>)> {
     let head = leading(p, "<|start_header_id|>")?;
     let t = format!(
         "{head}{{{{- range .Messages }}}}<|start_header_id|>{{{{ .Role }}}}<|end_header_id|>\n\n{{{{ .Content }}}}<|eot_id|>\
+         {{{{ end }}}}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    Some((t, None))
+}
+
+/// Llama 3.1/3.2 Instruct: a system header always written, opening with the template's own
+/// lines (knowledge cutoff and date), then the system message if there is one.
+fn llama3_system(p: &Probe) -> Option<(String, Option<String>)> {
+    const SYS: &str = "<|start_header_id|>system<|end_header_id|>\n\n";
+    let text = p.jinja(&[u("PROBE_USER")])?;
+    let (head, rest) = text.split_once(SYS)?;
+    let (default_lines, _) = rest.split_once("<|eot_id|>")?;
+    p.jinja(&[s("PROBE_SYS"), u("PROBE_USER")])?
+        .contains(&format!("{SYS}{default_lines}PROBE_SYS<|eot_id|>"))
+        .then_some(())?;
+    let t = format!(
+        "{head}{SYS}{default_lines}{{{{ .System }}}}<|eot_id|>{{{{- range .Messages }}}}\
+         {{{{ if eq .Role \"system\" }}}}{{{{ else }}}}<|start_header_id|>{{{{ .Role }}}}<|end_header_id|>\n\n{{{{ .Content }}}}<|eot_id|>{{{{ end }}}}\
          {{{{ end }}}}<|start_header_id|>assistant<|end_header_id|>\n\n"
     );
     Some((t, None))
@@ -147,6 +183,32 @@ fn mistral(p: &Probe) -> Option<(String, Option<String>)> {
     let t = format!(
         "{head}{{{{- range .Messages }}}}{{{{- if eq .Role \"user\" }}}}[INST] {{{{ .Content }}}} [/INST]\
          {{{{- else if eq .Role \"assistant\" }}}}{pre}{{{{ .Content }}}}{post}{{{{ end }}}}{{{{ end }}}}"
+    );
+    Some((t, None))
+}
+
+/// Gemma's turns: `<start_of_turn>user|model`, the system prompt folded into the first user
+/// turn followed by a blank line.
+fn gemma(p: &Probe) -> Option<(String, Option<String>)> {
+    let head = leading(p, "<start_of_turn>")?;
+    let t = format!(
+        "{head}{{{{- range $i, $_ := .Messages }}}}\
+         {{{{ if eq .Role \"user\" }}}}<start_of_turn>user\n{{{{ if and $.System (eq $i 1) }}}}{{{{ $.System }}}}\n\n{{{{ end }}}}{{{{ .Content }}}}<end_of_turn>\n\
+         {{{{ else if eq .Role \"assistant\" }}}}<start_of_turn>model\n{{{{ .Content }}}}<end_of_turn>\n\
+         {{{{ end }}}}{{{{ end }}}}<start_of_turn>model\n"
+    );
+    Some((t, None))
+}
+
+/// Phi-3/3.5/4-mini: `<|role|>` tags closed by `<|end|>`, with or without newlines after each
+/// (read from one rendered turn).
+fn phi3(p: &Probe) -> Option<(String, Option<String>)> {
+    let text = p.jinja(&[u("PROBE_USER")])?;
+    let (head, rest) = text.split_once("<|user|>")?;
+    let (sep, rest) = rest.split_once("PROBE_USER<|end|>")?;
+    let after = rest.strip_suffix(&format!("<|assistant|>{sep}"))?;
+    let t = format!(
+        "{head}{{{{- range .Messages }}}}<|{{{{ .Role }}}}|>{sep}{{{{ .Content }}}}<|end|>{after}{{{{ end }}}}<|assistant|>{sep}"
     );
     Some((t, None))
 }
