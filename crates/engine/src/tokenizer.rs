@@ -11,6 +11,9 @@ pub use guard::contained_panics;
 use guard::guarded;
 use std::path::Path;
 
+/// Token ids and each token's byte range in the encoded text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer and the ids that matter for generation.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -55,11 +58,7 @@ impl Tokenizer {
     }
 
     /// Encodes text and returns each token's byte range in `text` too.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str, add_special: bool) -> Result<IdsAndOffsets> {
         let enc = guarded("encode", || self.inner.encode(text, add_special))?
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))

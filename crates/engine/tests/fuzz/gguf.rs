@@ -203,7 +203,7 @@ fn serialize(g: &G) -> Vec<u8> {
         o.extend(t.dtype.to_le_bytes());
         o.extend(t.offset.to_le_bytes());
     }
-    while o.len() % 32 != 0 {
+    while !o.len().is_multiple_of(32) {
         o.push(0);
     }
     o.extend(&g.data);
@@ -309,7 +309,8 @@ fn mutate(g: &mut G, rng: &mut Rng) {
                 "general.architecture",
             ]);
             let v = wild(rng);
-            let model = s(*rng.pick(&["llama", "gpt2", "bert", "t5", ""]));
+            let name: &&str = rng.pick(&["llama", "gpt2", "bert", "t5", ""]);
+            let model = s(name);
             if let Some(kv) = g.kvs.iter_mut().find(|(key, _)| key == k) {
                 kv.1 = if rng.one_in(2) { v } else { model };
             }

@@ -83,7 +83,7 @@ fn safetensors_headers() {
         let path = dir.path().join(format!("case-{i}.safetensors"));
         write_file(&path, rng);
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let r = SafetensorsSource::open(&[path.clone()]).and_then(|s| read_all(&s));
+        let r = SafetensorsSource::open(std::slice::from_ref(&path)).and_then(|s| read_all(&s));
         let _ = std::fs::remove_file(&path);
         Verdict::of(r, &[&name])
     });
