@@ -317,3 +317,85 @@ fn kill_9_during_merge_leaves_a_complete_folder_and_the_next_merge_cleans_up() {
         leftovers(tmp.path())
     );
 }
+
+/// The temporary files GGUF exports left beside `file`.
+fn gguf_temps(file: &Path) -> Vec<String> {
+    let prefix = format!(".{}.tmp-", file.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn kill_9_during_gguf_export_keeps_the_previous_file_and_the_next_export_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("demo.gguf");
+    let export = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+        c.current_dir(root()).args([
+            "export",
+            "--model",
+            "demo",
+            "--format",
+            "gguf",
+            "--quant",
+            "f32",
+            "--check-tokens",
+            "4",
+            "--out",
+        ]);
+        c.arg(out).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    let t = Instant::now();
+    ok(export(&gguf).output().unwrap());
+    let took = t.elapsed();
+    let bytes = std::fs::read(&gguf).unwrap();
+    // Killed at six points of its duration (writing, renaming, self-checking): the file under
+    // the final name is always the complete earlier export (the same bytes as a new one).
+    let mut killed_with_temp = 0;
+    for i in 0..6u32 {
+        let mut child = export(&gguf).spawn().unwrap();
+        std::thread::sleep(took * i / 6);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            std::fs::read(&gguf).unwrap(),
+            bytes,
+            "kill {i}: the earlier export was damaged"
+        );
+        // Each export removes what the one killed before it left: never more than one.
+        let temps = gguf_temps(&gguf);
+        assert!(
+            temps.len() <= 1,
+            "kill {i}: temporary files pile up: {temps:?}"
+        );
+        killed_with_temp += temps.len();
+    }
+    // A first export killed before it could finish leaves nothing under the final name.
+    let fresh = tmp.path().join("fresh.gguf");
+    let mut child = export(&fresh).spawn().unwrap();
+    let t0 = Instant::now();
+    while gguf_temps(&fresh).is_empty() && child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "export hung");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    match std::fs::read(&fresh) {
+        Ok(b) => assert_eq!(b, bytes, "a half-written GGUF under the final name"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    }
+    ok(export(&gguf).output().unwrap());
+    ok(export(&fresh).output().unwrap());
+    assert_eq!(std::fs::read(&gguf).unwrap(), bytes);
+    assert_eq!(std::fs::read(&fresh).unwrap(), bytes);
+    assert!(gguf_temps(&gguf).is_empty() && gguf_temps(&fresh).is_empty());
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?} ({killed_with_temp} kills left a temporary file)",
+        leftovers(tmp.path())
+    );
+}

@@ -28,6 +28,30 @@ pub fn remove_stale_tmp(dir: &Path) {
     }
 }
 
+/// Removes the temporary files of `target` (`.<name>.tmp-<pid>` beside it) that another
+/// process left: an export killed mid-write leaves one as large as the model, and the next
+/// write of the same target is where it is recognised. (A second live process writing the same
+/// target at that moment loses its temporary file and fails on its rename, with an error naming
+/// the file; nothing under the final name is touched.)
+pub fn remove_stale_tmp_of(target: &Path) {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let mine = format!(".tmp-{}", std::process::id());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && !n.ends_with(&mine) && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes `tmp` with `write`, syncs it and renames it to `path`; on any failure (a full disk)
 /// the temporary file is removed, so nothing half-written is left behind.
 fn via_tmp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

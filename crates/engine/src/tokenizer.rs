@@ -11,6 +11,9 @@ pub use guard::contained_panics;
 use guard::guarded;
 use std::path::Path;
 
+/// Token ids and each token's byte range in the encoded text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer and the ids that matter for generation.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -19,9 +22,6 @@ pub struct Tokenizer {
     /// Every id that ends generation (config, generation_config and template end-of-turn).
     pub eos_ids: Vec<u32>,
 }
-
-/// Token ids and, for each, its byte range `(start, end)` in the encoded text.
-pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
 
 impl Tokenizer {
     /// Loads a `tokenizer.json`.

@@ -6,6 +6,7 @@ use crate::error::{busy, internal, ApiError, ApiResult};
 use crate::paths::{existing, Kind};
 use crate::state::{lock, AppState, TrainJob};
 use peft_engine::train::history::{self, RunRecord};
+use peft_engine::train::run_lock;
 use peft_engine::train::{prepare::validate, train, TrainConfig, TrainEvent};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub fn train_start(
     let (record, resume) = match resume_run {
         Some(id) => {
             let r = history::find(&runs, &id)?;
+            // Another app window (or a `peft train`) trains it now: say so instead of failing
+            // later on the engine's lock.
+            if run_lock::in_use_now(&r.dir) {
+                return Err(in_use(&id));
+            }
             if !r.resumable() {
                 return Err(ApiError::new(
                     "NotResumable",
@@ -201,5 +207,17 @@ pub fn run_delete(state: State<'_, AppState>, run_id: String) -> ApiResult<()> {
     {
         return Err(busy("This run"));
     }
-    Ok(history::delete(&state.runs_dir(), &run_id)?)
+    let runs = state.runs_dir();
+    if history::find(&runs, &run_id).is_ok_and(|r| run_lock::in_use_now(&r.dir)) {
+        return Err(in_use(&run_id));
+    }
+    Ok(history::delete(&runs, &run_id)?)
+}
+
+/// A run another window or process is training (the engine's `run_lock` says so).
+fn in_use(id: &str) -> ApiError {
+    ApiError::new(
+        "Busy",
+        format!("run {id} is being trained by another PEFT Studio window or a `peft train` process; stop it there first."),
+    )
 }

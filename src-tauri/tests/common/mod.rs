@@ -21,14 +21,41 @@ pub struct App {
 
 pub fn app() -> App {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    app_at(&data, dir)
+}
+
+/// An app whose data lives in `data_dir` (an app opened again, or a second instance over the
+/// same data); `dir` is its own scratch folder.
+pub fn app_at(data_dir: &std::path::Path, dir: tempfile::TempDir) -> App {
     let app = peft_studio::with_commands(mock_builder())
-        .manage(AppState::new(dir.path().to_path_buf()))
+        .manage(AppState::new(data_dir.to_path_buf()))
         .build(mock_context(noop_assets()))
         .unwrap();
     let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
         .build()
         .unwrap();
     App { app, webview, dir }
+}
+
+/// Invokes `cmd` on `webview` like the UI does (from any thread: a command that blocks, an
+/// export or a download, can be stopped from another).
+pub fn invoke(
+    webview: &WebviewWindow<MockRuntime>,
+    cmd: &str,
+    args: Value,
+) -> Result<Value, Value> {
+    let req = InvokeRequest {
+        cmd: cmd.into(),
+        callback: CallbackFn(0),
+        error: CallbackFn(1),
+        // tauri://localhost, not http://tauri.localhost: on Linux the latter is remote.
+        url: "tauri://localhost".parse().unwrap(),
+        body: InvokeBody::Json(args),
+        headers: Default::default(),
+        invoke_key: INVOKE_KEY.to_string(),
+    };
+    get_ipc_response(webview, req).map(|b| b.deserialize::<Value>().unwrap())
 }
 
 impl App {

@@ -253,6 +253,8 @@ pub fn write_gguf(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
+    // What a killed export of this file left behind goes first.
+    crate::fsutil::remove_stale_tmp_of(path);
     let tmp = TempFile::beside(path);
     let file = std::fs::File::create(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);

@@ -4,12 +4,14 @@
 //! record; the app lists a folder of them as its run history.
 //!
 //! A record still saying `running` when no process is training it was left by a process that
-//! stopped mid-run: [`list`] reports it as interrupted (resumable from its last checkpoint).
+//! stopped mid-run: [`list`] reports it as interrupted (resumable from its last checkpoint),
+//! unless another process holds its folder's lock (`train::run_lock`) and trains it now.
 
 use crate::error::{Error, ErrorReport, Result};
 use crate::fsutil::{read_json, write_json_atomic};
 use crate::model::decoder::StorageReport;
 use crate::train::config::TrainConfig;
+use crate::train::run_lock::{in_use, in_use_now, RunLock};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -262,16 +264,40 @@ pub fn list(runs: &Path, active: &[&str]) -> Vec<RunRecord> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join(RECORD_FILE).is_file())
         .filter_map(|e| RunRecord::load(&e.path()).ok())
-        .map(|mut r| {
+        .map(|r| {
             if r.status == RunStatus::Running && !active.contains(&r.id.as_str()) {
-                r.status = RunStatus::Interrupted;
-                let _ = r.save();
+                mark_interrupted(r)
+            } else {
+                r
             }
-            r
         })
         .collect();
     out.sort_by(|a, b| b.started_at.total_cmp(&a.started_at));
     out
+}
+
+/// A record saying `running` that this process does not train: interrupted when no other
+/// process holds its folder either (another app window or a `peft train` may be training it:
+/// then it is left as it is). The lock is held while the record is re-read and saved, so a
+/// run that ends (or starts) meanwhile is not overwritten.
+fn mark_interrupted(mut r: RunRecord) -> RunRecord {
+    let lock = RunLock::acquire(&r.dir);
+    if lock.is_err() && in_use_now(&r.dir) {
+        return r;
+    }
+    // A folder this process cannot lock or write is still reported interrupted.
+    match RunRecord::load(&r.dir) {
+        Ok(mut now) if now.status == RunStatus::Running => {
+            now.status = RunStatus::Interrupted;
+            let _ = now.save();
+            now
+        }
+        Ok(now) => now,
+        Err(_) => {
+            r.status = RunStatus::Interrupted;
+            r
+        }
+    }
 }
 
 /// The record of run `id` under `runs`.
@@ -288,5 +314,9 @@ pub fn find(runs: &Path, id: &str) -> Result<RunRecord> {
 /// [`Error::Invalid`] for a malformed id; I/O failures naming the folder.
 pub fn delete(runs: &Path, id: &str) -> Result<()> {
     let dir = runs.join(check_id(id)?);
+    // Not under a trainer's feet (another window's or process's run).
+    if in_use_now(&dir) {
+        return Err(in_use(&dir));
+    }
     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
 }

@@ -11,6 +11,7 @@ pub mod import;
 pub mod optim;
 pub mod prepare;
 pub mod recipe;
+pub mod run_lock;
 pub mod schedule;
 pub mod step;
 pub mod tuned;

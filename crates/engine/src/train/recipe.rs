@@ -29,6 +29,7 @@ use crate::train::history::{
 };
 use crate::train::optim::{clip_grad_norm, AdamW};
 use crate::train::prepare::{prepare_data, prepare_model, validate, PreparedData, RunModel};
+use crate::train::run_lock::RunLock;
 use crate::train::schedule::lr_at;
 use crate::train::step::{batch_loss, evaluate};
 use candle_core::Tensor;
@@ -63,6 +64,8 @@ pub fn train(
     on_event: OnEvent<'_>,
 ) -> Result<TrainSummary> {
     validate(cfg)?;
+    // Before the record is touched: a folder another process trains into is refused as it is.
+    let _lock = RunLock::acquire(out)?;
     let mut record = begin_record(model, data, out, cfg, resume.is_some())?;
     let result = run(model, data, cfg, resume, cancel, &mut record, on_event);
     if let Err(e) = &result {

@@ -309,8 +309,8 @@ fn mutate(g: &mut G, rng: &mut Rng) {
                 "general.architecture",
             ]);
             let v = wild(rng);
-            let model: &&str = rng.pick(&["llama", "gpt2", "bert", "t5", ""]);
-            let model = s(model);
+            let name: &&str = rng.pick(&["llama", "gpt2", "bert", "t5", ""]);
+            let model = s(name);
             if let Some(kv) = g.kvs.iter_mut().find(|(key, _)| key == k) {
                 kv.1 = if rng.one_in(2) { v } else { model };
             }
