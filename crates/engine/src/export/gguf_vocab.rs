@@ -4,7 +4,7 @@
 //!
 //! - Byte-level BPE (SmolLM2, Qwen2, Llama 3) becomes `tokenizer.ggml.model = gpt2` with
 //!   `tokens`, `merges` and a `pre` name recognised from the pre-tokenizer
-//!   (`model::gguf_arch::PRE_TOKENIZERS`; an unknown one is refused rather than written as a
+//!   (`model::gguf_pretok::PRE_TOKENIZERS`; an unknown one is refused rather than written as a
 //!   guess that would tokenize differently).
 //! - SentencePiece-style BPE with byte fallback (Llama 2, Mistral, TinyLlama) becomes
 //!   `llama` with `scores`: a piece made by merge number `r` scores `-r` (llama.cpp merges the
@@ -21,7 +21,7 @@
 //! Not supported: WordPiece/Unigram vocabularies (`bert`, `t5` in GGUF terms).
 
 use crate::error::{Error, Result};
-use crate::model::gguf_arch::{pre_tokenizer_name, PrePiece, PRE_TOKENIZERS};
+use crate::model::gguf_pretok::{pre_tokenizer_name, PrePiece, PRE_TOKENIZERS};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::Value;

@@ -38,7 +38,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 const SUPPORTED_MODELS: &str = "gpt2 (byte-level BPE), llama (SentencePiece BPE)";
 const SUPPORTED_PRE: &str =
     "default, gpt-2, gpt2, smollm, starcoder, refact, llama-bpe, llama3, qwen2";
-use crate::model::gguf_arch::{LLAMA3_REGEX, QWEN2_REGEX};
+use crate::model::gguf_pretok::{LLAMA3_REGEX, QWEN2_REGEX};
 
 /// Typed access to GGUF metadata; every error names the file and the key.
 pub struct Meta<'a> {

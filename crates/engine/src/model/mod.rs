@@ -9,6 +9,7 @@ pub mod family;
 pub mod gguf;
 pub mod gguf_arch;
 pub mod gguf_family;
+pub mod gguf_pretok;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod linear;
