@@ -2,32 +2,14 @@
 //! nothing here asserts a time.
 
 use clap::Subcommand;
-use peft_engine::infer::generate::{generate, GenerateOptions};
-use peft_engine::memory::{format_bytes, peak_rss_bytes};
-use peft_engine::model::decoder::LoadOptions;
-use peft_engine::model::load::{ModelSource, OpenOptions};
-use peft_engine::model::loaded::LoadedModel;
-use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Planner check: predicted vs measured peak RSS and tokens/s over a grid of real runs.
     Plan(crate::bench_plan::BenchPlanArgs),
-    /// Prompt-processing and generation tokens/s with peak RSS, one model per child process.
-    Generate {
-        /// Models to measure (default: the bundled model and the SmolLM2 GGUF in ../shared).
-        #[arg(long)]
-        model: Vec<String>,
-        /// Prompt length in tokens.
-        #[arg(long, default_value_t = 128)]
-        prompt_tokens: usize,
-        /// Tokens to generate.
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-        /// Run a single measurement in this process and print one JSON line (used internally).
-        #[arg(long, hide = true)]
-        child: bool,
-    },
+    /// Prefill and decode tokens/s, weights in memory and peak RSS, one model and storage per
+    /// child process (a GGUF in its own block types and dequantized to f32).
+    Generate(crate::bench_generate::BenchGenerateArgs),
     /// Training tokens/s and peak RSS for LoRA (with and without gradient checkpointing) and
     /// full fine-tuning, each in its own child process.
     Train {
@@ -62,85 +44,6 @@ pub fn run(cmd: BenchCommand) -> peft_engine::Result<()> {
             Some(c) => crate::bench_train::child(&model, seq_len, steps, &c),
             None => crate::bench_train::parent(&model, seq_len, steps, &configs),
         },
-        BenchCommand::Generate {
-            model,
-            prompt_tokens,
-            new_tokens,
-            child,
-        } => {
-            if child {
-                return child_generate(&model[0], prompt_tokens, new_tokens);
-            }
-            let models = if model.is_empty() {
-                vec![
-                    "demo".to_string(),
-                    "../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
-                        .to_string(),
-                ]
-            } else {
-                model
-            };
-            println!(
-                "| model | prompt tokens | prompt tok/s | generated | gen tok/s | load s | peak RSS |"
-            );
-            println!("|---|---:|---:|---:|---:|---:|---:|");
-            for m in models {
-                let exe = std::env::current_exe().map_err(|e| peft_engine::Error::io("peft", e))?;
-                let out = std::process::Command::new(exe)
-                    .args(["bench", "generate", "--child", "--model", &m])
-                    .args(["--prompt-tokens", &prompt_tokens.to_string()])
-                    .args(["--new-tokens", &new_tokens.to_string()])
-                    .output()
-                    .map_err(|e| peft_engine::Error::io("peft", e))?;
-                let line = String::from_utf8_lossy(&out.stdout);
-                match serde_json::from_str::<serde_json::Value>(line.trim()) {
-                    Ok(v) => println!(
-                        "| {} | {} | {:.0} | {} | {:.1} | {:.2} | {} |",
-                        m,
-                        v["prompt_tokens"],
-                        v["prompt_tokens_per_s"].as_f64().unwrap_or(0.0),
-                        v["generated"],
-                        v["tokens_per_s"].as_f64().unwrap_or(0.0),
-                        v["load_s"].as_f64().unwrap_or(0.0),
-                        format_bytes(v["peak_rss"].as_u64().unwrap_or(0)),
-                    ),
-                    Err(_) => println!(
-                        "| {m} | failed: {} |",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ),
-                }
-            }
-            Ok(())
-        }
+        BenchCommand::Generate(a) => crate::bench_generate::run(a),
     }
-}
-
-fn child_generate(model: &str, prompt_tokens: usize, new_tokens: usize) -> peft_engine::Result<()> {
-    let t0 = Instant::now();
-    let m = LoadedModel::load(
-        &ModelSource::parse(model)?,
-        OpenOptions::default(),
-        &LoadOptions::default(),
-    )?;
-    let d = m.weights(&LoadOptions::default())?;
-    let load_s = t0.elapsed().as_secs_f64();
-    // A fixed, model-independent prompt: ids cycling over the vocabulary's middle.
-    let vocab = m.info.vocab_size as u32;
-    let ids: Vec<u32> = (0..prompt_tokens as u32)
-        .map(|i| 10 + (i * 7919) % (vocab - 20))
-        .collect();
-    let mut opts = GenerateOptions::greedy(new_tokens);
-    opts.max_new_tokens = new_tokens;
-    // No stop ids: always generate the full count so runs are comparable.
-    let g = generate(&d, &m.tokenizer, &ids, &opts, &[], None, &mut |_| {})?;
-    let v = serde_json::json!({
-        "prompt_tokens": g.prompt_tokens,
-        "prompt_tokens_per_s": g.prompt_tokens_per_s,
-        "generated": g.token_ids.len(),
-        "tokens_per_s": g.tokens_per_s,
-        "load_s": load_s,
-        "peak_rss": peak_rss_bytes().unwrap_or(0),
-    });
-    println!("{v}");
-    Ok(())
 }

@@ -60,8 +60,8 @@ fn load_with_adapter(
     let m = open_model(model)?;
     let d = match adapter {
         Some(dir) => Arc::new(with_adapter(&m, dir)?),
-        None => m.weights(&peft_engine::model::decoder::LoadOptions::dense(
-            model.weight_dtype(),
+        None => m.weights(&m.generation_storage(
+            peft_engine::model::decoder::LoadOptions::dense(model.weight_dtype()),
         ))?,
     };
     let dev = device.device.open()?;

@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bench_generate;
 mod bench_plan;
 mod bench_train;
 mod data;

@@ -24,6 +24,7 @@ use crate::model::linear::{matmul_t_with, Linear};
 use crate::model::rope_scaling::RopeScaling;
 use crate::model::tensors::TensorSource;
 use crate::ops::{OpPath, RopeTables};
+use crate::quant::ggml::GgmlWeight;
 use candle_core::{DType, Device, Tensor, D};
 
 /// How base weights are stored once loaded.
@@ -67,6 +68,12 @@ pub struct LoadOptions {
     /// NF4 for the block linears (QLoRA). Tensors are quantized one at a time as they are read,
     /// so loading never holds the whole model in f32.
     pub quantize: Option<QuantizeOptions>,
+    /// Keep tensors a GGUF file stores in a block type (`Q4_1`, `Q4_K`, …) in that type, with
+    /// the embedding (and a tied head) too: memory about the file size, for generation only
+    /// (`quant::ggml`). Float tensors and other sources load as `dtype`; ignored with
+    /// `quantize`.
+    #[serde(default)]
+    pub keep_gguf_types: bool,
 }
 
 impl LoadOptions {
@@ -75,6 +82,15 @@ impl LoadOptions {
         Self {
             dtype,
             quantize: None,
+            keep_gguf_types: false,
+        }
+    }
+
+    /// A GGUF file's block types kept as they are (generation), float tensors in `dtype`.
+    pub fn gguf_types(dtype: WeightDtype) -> Self {
+        Self {
+            keep_gguf_types: true,
+            ..Self::dense(dtype)
         }
     }
 
@@ -83,6 +99,7 @@ impl LoadOptions {
         Self {
             dtype,
             quantize: Some(QuantizeOptions::default()),
+            keep_gguf_types: false,
         }
     }
 
@@ -93,6 +110,7 @@ impl LoadOptions {
             WeightDtype::Bf16 => "bf16",
         };
         match (self.quantize, self.dtype) {
+            (None, _) if self.keep_gguf_types => format!("gguf-types+{dense}"),
             (None, _) => dense.to_string(),
             (Some(_), WeightDtype::F32) => "nf4".to_string(),
             (Some(_), _) => format!("nf4+{dense}"),
@@ -109,6 +127,10 @@ pub struct StorageReport {
     pub nf4_linears: usize,
     /// Linear layers with a dense frozen base.
     pub dense_linears: usize,
+    /// Linear layers kept in a GGUF file's block type (generation only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub gguf_linears: usize,
     /// Linear layers whose base weight trains (full or selective fine-tuning).
     pub trainable_linears: usize,
     /// Linear layers carrying a LoRA adapter.
@@ -124,6 +146,10 @@ pub struct StorageReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub compute_dtype: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Per-layer key/value cache for incremental decoding.
@@ -156,7 +182,11 @@ impl KvCache {
 #[derive(Clone)]
 pub struct Decoder {
     pub config: Config,
+    /// `[vocab, h]`. While `embed_q` holds the embedding this is a zero-stride placeholder of
+    /// the right shape (no memory); [`Decoder::dequantize_all`] fills it in.
     pub embed_tokens: Tensor,
+    /// The embedding (and a tied head) in a GGUF block type (`LoadOptions::keep_gguf_types`).
+    pub embed_q: Option<std::sync::Arc<GgmlWeight>>,
     pub layers: Vec<Block>,
     pub norm: Tensor,
     /// `None` when the output projection is tied to `embed_tokens`.
@@ -172,6 +202,7 @@ struct Loader<'a> {
     src: &'a dyn TensorSource,
     dtype: WeightDtype,
     quantize: Option<QuantizeOptions>,
+    keep_gguf_types: bool,
 }
 
 impl Loader<'_> {
@@ -201,7 +232,38 @@ impl Loader<'_> {
         self.src.load(name)
     }
 
+    /// The tensor in its GGUF block type, when kept that way (checked shape first).
+    fn get_ggml(&self, name: &str, shape: &[usize]) -> Result<Option<GgmlWeight>> {
+        if !self.keep_gguf_types || self.quantize.is_some() || shape.len() != 2 {
+            return Ok(None);
+        }
+        if self.src.shape(name).as_deref() != Some(shape) {
+            return Ok(None); // `get_f32` reports the mismatch
+        }
+        let Some(q) = self.src.load_ggml(name)? else {
+            return Ok(None);
+        };
+        let w = GgmlWeight::new(q).map_err(|c| Error::Tensor {
+            file: self.src.label(),
+            tensor: name.into(),
+            message: c.to_string(),
+        })?;
+        Ok(Some(w))
+    }
+
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let b = |l: &Self| -> Result<Option<Tensor>> {
+            bias.then(|| l.get(&format!("{prefix}.bias"), &[out]))
+                .transpose()
+        };
+        if let Some(q) = self.get_ggml(&format!("{prefix}.weight"), &[out, inp])? {
+            return Ok(Linear {
+                base: crate::model::linear::Base::Ggml(std::sync::Arc::new(q)),
+                bias: b(self)?,
+                lora: None,
+                merged: false,
+            });
+        }
         let quantize = self.quantize.filter(|q| prefix != "lm_head" || q.lm_head);
         let w = match quantize {
             Some(q) => {
@@ -210,23 +272,14 @@ impl Loader<'_> {
                 let nf4 = crate::quant::nf4::Nf4Tensor::from_tensor(&name, &f32w, q.double_quant)?;
                 return Ok(Linear {
                     base: crate::model::linear::Base::Nf4(std::sync::Arc::new(nf4)),
-                    bias: if bias {
-                        Some(self.get(&format!("{prefix}.bias"), &[out])?)
-                    } else {
-                        None
-                    },
+                    bias: b(self)?,
                     lora: None,
                     merged: false,
                 });
             }
             None => self.get(&format!("{prefix}.weight"), &[out, inp])?,
         };
-        let b = if bias {
-            Some(self.get(&format!("{prefix}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Ok(Linear::dense(w, b))
+        Ok(Linear::dense(w, b(self)?))
     }
 }
 
@@ -305,9 +358,17 @@ impl Decoder {
             src,
             dtype: opts.dtype,
             quantize: opts.quantize,
+            keep_gguf_types: opts.keep_gguf_types,
         };
         let h = c.hidden_size;
-        let embed_tokens = l.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_name = "model.embed_tokens.weight";
+        let embed_q = l.get_ggml(embed_name, &[c.vocab_size, h])?;
+        let embed_tokens = match &embed_q {
+            Some(_) => {
+                Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as((c.vocab_size, h))?
+            }
+            None => l.get(embed_name, &[c.vocab_size, h])?,
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for n in 0..c.num_hidden_layers {
             layers.push(l.block(c, &format!("model.layers.{n}"))?);
@@ -318,7 +379,9 @@ impl Decoder {
         } else {
             Some(l.linear("lm_head", c.vocab_size, h, false)?)
         };
-        Self::from_parts(c.clone(), embed_tokens, layers, norm, lm_head)
+        let mut d = Self::from_parts(c.clone(), embed_tokens, layers, norm, lm_head)?;
+        d.embed_q = embed_q.map(std::sync::Arc::new);
+        Ok(d)
     }
 
     pub fn from_parts(
@@ -352,6 +415,7 @@ impl Decoder {
         Ok(Self {
             config,
             embed_tokens,
+            embed_q: None,
             layers,
             norm,
             lm_head,
@@ -365,10 +429,11 @@ impl Decoder {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let flat = ids.flatten_all()?;
-        let e = self
-            .embed_tokens
-            .index_select(&flat, 0)?
-            .to_dtype(self.compute)?;
+        let e = match &self.embed_q {
+            Some(q) => q.rows(&flat)?,
+            None => self.embed_tokens.index_select(&flat, 0)?,
+        };
+        let e = e.to_dtype(self.compute)?;
         let e = e.reshape((b, s, self.config.hidden_size))?;
         if self.config.family().scale_embeddings {
             return Ok((e * (self.config.hidden_size as f64).sqrt())?);
@@ -435,7 +500,10 @@ impl Decoder {
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let z = match &self.lm_head {
             Some(head) => head.forward(hidden, ctx)?,
-            None => matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?,
+            None => match &self.embed_q {
+                Some(q) => q.forward(hidden)?,
+                None => matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?,
+            },
         };
         match self.config.final_logit_softcapping {
             Some(cap) => Ok(((z / cap)?.tanh()? * cap)?),
@@ -521,17 +589,24 @@ impl Decoder {
         out
     }
 
-    /// Replaces every NF4 base with its dequantized f32 weight (before merging or exporting:
-    /// a merged model is never written back in 4 bits).
+    /// Replaces every NF4 or GGUF-typed base (and a GGUF-typed embedding) with its
+    /// dequantized f32 weight (before merging, exporting or training: a merged model is never
+    /// written back in 4 bits).
     pub fn dequantize_all(&mut self) -> Result<usize> {
         fn dequantize(lin: &mut Linear) -> Result<usize> {
-            if let crate::model::linear::Base::Nf4(q) = &lin.base {
-                lin.base = crate::model::linear::Base::Dense(q.dequantize()?);
-                return Ok(1);
+            use crate::model::linear::Base;
+            match &lin.base {
+                Base::Nf4(_) | Base::Ggml(_) => {
+                    lin.base = Base::Dense(lin.dense_weight()?);
+                    Ok(1)
+                }
+                Base::Dense(_) => Ok(0),
             }
-            Ok(0)
         }
         let mut n = 0;
+        if let Some(q) = self.embed_q.take() {
+            self.embed_tokens = q.dequantize()?;
+        }
         for (_, lin) in self.linears_mut() {
             n += dequantize(lin)?;
         }
@@ -543,19 +618,24 @@ impl Decoder {
 
     /// Bytes held by base weights as stored (NF4 at its packed size).
     pub fn base_weight_bytes(&mut self) -> usize {
+        use crate::model::linear::Base;
+        let placeholder = self.embed_q.is_some();
         let mut bytes: usize = self
             .named_tensors_mut()
             .iter()
+            .filter(|(n, _)| !(placeholder && n == "model.embed_tokens.weight"))
             .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
             .sum();
+        bytes += self.embed_q.as_ref().map_or(0, |q| q.storage_bytes());
+        let packed = |lin: &Linear| match &lin.base {
+            Base::Nf4(q) => q.storage_bytes(),
+            Base::Ggml(q) => q.storage_bytes(),
+            Base::Dense(_) => 0,
+        };
         for (_, lin) in self.linears_mut() {
-            if let crate::model::linear::Base::Nf4(q) = &lin.base {
-                bytes += q.storage_bytes();
-            }
+            bytes += packed(lin);
         }
-        if let Some(crate::model::linear::Base::Nf4(q)) = self.lm_head.as_ref().map(|h| &h.base) {
-            bytes += q.storage_bytes();
-        }
+        bytes += self.lm_head.as_ref().map_or(0, packed);
         bytes
     }
 
@@ -566,6 +646,7 @@ impl Decoder {
         let mut count = |lin: &Linear| {
             match &lin.base {
                 crate::model::linear::Base::Nf4(_) => r.nf4_linears += 1,
+                crate::model::linear::Base::Ggml(_) => r.gguf_linears += 1,
                 crate::model::linear::Base::Dense(w) if w.is_variable() => r.trainable_linears += 1,
                 crate::model::linear::Base::Dense(_) => r.dense_linears += 1,
             }

@@ -33,7 +33,7 @@ use crate::model::gguf_tokenizer::{gguf_tokenizer, Meta};
 use crate::model::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::io::BufReader;
@@ -312,20 +312,8 @@ impl TensorSource for GgufSource {
             tensor: name.into(),
             message,
         };
-        let e = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| err("missing".into()))?;
-        let info = TensorInfo {
-            ggml_dtype: e.dtype,
-            shape: e.shape.clone().into(),
-            offset: e.offset,
-        };
-        let mut f = std::fs::File::open(&self.path).map_err(|io| Error::io(&self.path, io))?;
+        let (e, q) = self.read(name)?;
         let what = format!("GGUF `{}` ({})", e.gguf_name, type_name(e.dtype));
-        let q = info
-            .read(&mut f, self.data_offset, &Device::Cpu)
-            .map_err(|c| err(format!("reading {what}: {c}")))?;
         let t = q
             .dequantize(&Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
@@ -343,12 +331,88 @@ impl TensorSource for GgufSource {
         self.path.display().to_string()
     }
 
+    fn load_ggml(&self, name: &str) -> Result<Option<QTensor>> {
+        let (e, q) = self.read(name)?;
+        let float = matches!(e.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if float || e.minus_one || e.shape.len() != 2 {
+            return Ok(None);
+        }
+        let Some(heads) = e.rope_heads else {
+            return Ok(Some(q));
+        };
+        let err = |message: String| Error::Tensor {
+            file: self.label(),
+            tensor: name.into(),
+            message,
+        };
+        let order = unpermute_order(e.shape[0], heads).map_err(|x| err(x.to_string()))?;
+        let q = crate::quant::ggml::reorder_rows(&q, &order)
+            .map_err(|c| err(format!("reordering rows of `{}`: {c}", e.gguf_name)))?;
+        Ok(Some(q))
+    }
+
     fn dtype_summary(&self) -> String {
         let mut kinds: Vec<&str> = self.tensors.values().map(|e| type_name(e.dtype)).collect();
         kinds.sort();
         kinds.dedup();
         kinds.join("+")
     }
+}
+
+impl GgufSource {
+    /// One tensor as stored in the file (block type, GGUF row order).
+    fn read(&self, name: &str) -> Result<(&Entry, QTensor)> {
+        let err = |message: String| Error::Tensor {
+            file: self.label(),
+            tensor: name.into(),
+            message,
+        };
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| err("missing".into()))?;
+        let info = TensorInfo {
+            ggml_dtype: e.dtype,
+            shape: e.shape.clone().into(),
+            offset: e.offset,
+        };
+        let mut f = std::fs::File::open(&self.path).map_err(|io| Error::io(&self.path, io))?;
+        let q = info
+            .read(&mut f, self.data_offset, &Device::Cpu)
+            .map_err(|c| {
+                err(format!(
+                    "reading GGUF `{}` ({}): {c}",
+                    e.gguf_name,
+                    type_name(e.dtype)
+                ))
+            })?;
+        Ok((e, q))
+    }
+}
+
+/// The row order [`unpermute_rope_rows`] produces, as source row indices: row `i` of the
+/// result is row `order[i]` of the GGUF tensor (for moving quantized rows without
+/// dequantizing them).
+///
+/// # Errors
+/// [`Error::Invalid`] when `out` is not a multiple of `2 * n_heads`.
+pub fn unpermute_order(out: usize, n_heads: usize) -> Result<Vec<usize>> {
+    if n_heads == 0 || out % (2 * n_heads) != 0 {
+        return Err(Error::invalid(
+            "n_heads",
+            format!("{out} rows do not split into {n_heads} heads of even size"),
+        ));
+    }
+    let half = out / n_heads / 2;
+    let mut order = Vec::with_capacity(out);
+    for h in 0..n_heads {
+        for j in 0..2 {
+            for i in 0..half {
+                order.push(h * 2 * half + i * 2 + j);
+            }
+        }
+    }
+    Ok(order)
 }
 
 /// Reads the GGUF header; a read failure becomes [`Error::Gguf`] naming the file, and an unknown

@@ -1,10 +1,12 @@
-//! A linear layer of the decoder: a base weight (frozen or trainable, dense or NF4), an optional
-//! bias, and an optional LoRA adapter on top.
+//! A linear layer of the decoder: a base weight (frozen or trainable, dense, NF4, or a GGUF
+//! block type kept for inference), an optional bias, and an optional LoRA adapter on top.
 //!
 //! Which kernel runs is decided by structure, not flags: a base weight that is a candle `Var`
 //! (full or selective fine-tuning) goes through the ordinary matmul so it receives a gradient;
 //! a plain tensor goes through [`crate::ops::frozen_linear`], whose backward returns only the
-//! input gradient; an NF4 weight goes through the NF4 op. The LoRA delta is added by
+//! input gradient; an NF4 weight goes through the NF4 op; a GGUF-typed weight through candle's
+//! quantized matmul (inference only: it has no backward, so a training forward is refused
+//! rather than silently cutting the gradient to earlier adapters). The LoRA delta is added by
 //! [`crate::model::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
 //! together with the base product by [`crate::model::lora::Lora::forward_with_base`] (one op
 //! instead of two plus an add: fewer full-size buffers and gradient accumulations).
@@ -12,6 +14,7 @@
 use crate::model::ctx::ForwardCtx;
 use crate::model::lora::Lora;
 use crate::ops::{frozen_linear_with, OpPath};
+use crate::quant::ggml::GgmlWeight;
 use crate::quant::nf4::Nf4Tensor;
 use crate::quant::nf4_op::Nf4Linear;
 use candle_core::{DType, Result, Tensor};
@@ -25,6 +28,9 @@ pub enum Base {
     /// Frozen 4-bit NormalFloat with double-quantized constants (QLoRA); dequantized tile by
     /// tile inside the matmul, forward and backward.
     Nf4(Arc<Nf4Tensor>),
+    /// Frozen, in the GGUF file's own block type (`Q4_1`, `Q4_K`, …), for generation: the
+    /// LoRA delta, if any, is added unmerged on top of the quantized product.
+    Ggml(Arc<GgmlWeight>),
 }
 
 #[derive(Clone)]
@@ -80,6 +86,7 @@ impl Linear {
         match &self.base {
             Base::Dense(w) => (w.dims()[0], w.dims()[1]),
             Base::Nf4(q) => q.shape(),
+            Base::Ggml(q) => q.shape(),
         }
     }
 
@@ -92,6 +99,14 @@ impl Linear {
             }
             (Base::Dense(w), _) => (matmul_t_with(ctx.ops, x, w)?, false),
             (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward_with(ctx.ops, x)?, false),
+            (Base::Ggml(_), _) if ctx.train => {
+                return Err(candle_core::Error::Msg(
+                    "a GGUF-typed weight is for generation only (its matmul has no backward); \
+                     training loads the model in a trainable storage"
+                        .into(),
+                ))
+            }
+            (Base::Ggml(q), _) => (q.forward(&x.to_dtype(DType::F32)?)?, false),
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
@@ -139,13 +154,14 @@ impl Linear {
         Ok(())
     }
 
-    /// The base weight as f32 (dequantized if NF4).
+    /// The base weight as f32 (dequantized if NF4 or GGUF-typed).
     pub fn dense_weight(&self) -> Result<Tensor> {
         match &self.base {
             Base::Dense(w) => w.to_dtype(DType::F32),
             Base::Nf4(q) => q
                 .dequantize()
                 .map_err(|e| candle_core::Error::Msg(e.to_string())),
+            Base::Ggml(q) => q.dequantize(),
         }
     }
 }

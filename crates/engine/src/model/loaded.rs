@@ -197,13 +197,28 @@ impl LoadedModel {
     }
 
     /// The weights chat runs on: whatever is built (after a QLoRA run, the NF4 base it trained
-    /// over), else dense f32.
+    /// over), else dense f32 — a GGUF model's dense f32 replaced by its own block types
+    /// ([`LoadedModel::generation_storage`]).
     ///
     /// # Errors
     /// Those of [`LoadedModel::weights`].
     pub fn chat_weights(&self) -> Result<Arc<Decoder>> {
         let storage = self.kept_storage().unwrap_or_default();
-        self.weights(&storage)
+        self.weights(&self.generation_storage(storage))
+    }
+
+    /// The storage generation uses where `base` would otherwise be built: a GGUF file's own
+    /// block types in place of dense weights (the same values the dense path dequantizes to,
+    /// in about the file's size, through the quantized kernels); `base` unchanged for NF4
+    /// (a QLoRA adapter corrects that base) and for other sources.
+    pub fn generation_storage(&self, base: LoadOptions) -> LoadOptions {
+        match &self.source {
+            ModelSource::Gguf(_) if base.quantize.is_none() => LoadOptions {
+                keep_gguf_types: true,
+                ..base
+            },
+            _ => base,
+        }
     }
 
     /// Forgets the kept decoder (its memory is freed once no job holds it).

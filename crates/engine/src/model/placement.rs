@@ -66,6 +66,11 @@ impl Decoder {
     /// [`crate::Error::Invalid`] for a trainable tensor; candle errors for a failed copy.
     pub fn to_device(&self, device: &Device, compute: DType) -> Result<Decoder> {
         let mut d = self.clone();
+        if !device.is_cpu() {
+            // GGUF block types run through candle's CPU kernels here; on a GPU they are
+            // widened like any dense weight.
+            d.dequantize_all()?;
+        }
         let half = compute != DType::F32;
         let place = |t: &Tensor| -> Result<Tensor> {
             let t = t.to_device(device)?;

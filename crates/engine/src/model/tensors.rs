@@ -30,6 +30,16 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool {
         self.shape(name).is_some()
     }
+
+    /// The tensor in the file's own block type (`Q4_1`, `Q4_K`, …) when it is stored in one,
+    /// rows in Hugging Face order, for inference without an f32 copy; `None` for float
+    /// tensors and for sources without block types (safetensors).
+    ///
+    /// # Errors
+    /// As [`TensorSource::load`].
+    fn load_ggml(&self, _name: &str) -> Result<Option<candle_core::quantized::QTensor>> {
+        Ok(None)
+    }
 }
 
 enum Bytes {

@@ -99,6 +99,14 @@ fn bias_none() -> String {
 }
 
 /// Reads `adapter_config.json`, rejecting what we cannot apply.
+/// Whether the adapter in `dir` only adds LoRA deltas to linear layers (a PEFT LoRA folder
+/// without `modules_to_save`; not a selective/full delta): then it runs unmerged over any
+/// frozen base, a quantized one included. A folder that cannot be read answers `false` (the
+/// loader then reports what is wrong with it).
+pub fn is_lora_only(dir: &Path) -> bool {
+    read_adapter_config(dir).is_ok_and(|c| c.modules_to_save.as_ref().is_none_or(Vec::is_empty))
+}
+
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     let path = dir.join(ADAPTER_CONFIG);
     let cfg: AdapterConfig = read_json(&path)?;

@@ -1,8 +1,10 @@
 //! Quantized storage for frozen base weights: 4-bit NormalFloat with double-quantized constants
 //! (QLoRA's base, [`nf4`]), the matmul that dequantizes it tile by tile on the CPU, forward and
 //! backward ([`nf4_op`]), and the same codes as tensors on any device with a generic matmul
-//! ([`nf4_device`]). Nothing here trains; adapters live in `model::lora`.
+//! ([`nf4_device`]); and a GGUF file's own block types kept as they are for inference
+//! ([`ggml`]). Nothing here trains; adapters live in `model::lora`.
 
+pub mod ggml;
 pub mod nf4;
 pub mod nf4_device;
 pub mod nf4_format;

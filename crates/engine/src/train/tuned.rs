@@ -31,20 +31,30 @@ pub fn adapter_base_storage(dir: &Path) -> LoadOptions {
 }
 
 /// The model's base (in [`adapter_base_storage`]) with the adapter in `dir` attached, frozen.
-/// The opened model's own weights are not changed.
+/// A LoRA-only adapter over a GGUF model's dense base runs unmerged over the file's own block
+/// types instead ([`LoadedModel::generation_storage`]; chat and generate, not export, which
+/// dequantizes). The opened model's own weights are not changed.
 ///
 /// # Errors
 /// A missing or malformed adapter, naming the file; an adapter that does not fit the model.
 pub fn with_adapter(model: &LoadedModel, dir: &Path) -> Result<Decoder> {
-    let storage = adapter_base_storage(dir);
-    let mut d = (*model.weights(&storage)?).clone();
+    let mut storage = adapter_base_storage(dir);
+    if crate::peft::adapter_config::is_lora_only(dir) {
+        storage = model.generation_storage(storage);
+    }
+    attach(model, dir, &storage)
+}
+
+/// The base in `storage` with the adapter in `dir` attached.
+fn attach(model: &LoadedModel, dir: &Path, storage: &LoadOptions) -> Result<Decoder> {
+    let mut d = (*model.weights(storage)?).clone();
     apply_adapter(&mut d, dir)?;
     Ok(d)
 }
 
-/// The weights an export of `model` writes: the base with the adapter in `dir` attached, as
-/// [`with_adapter`] (so the export is the model the app chats with, and the self-check can ask
-/// for identical tokens), or the dense f32 base when there is no adapter (the kept weights when
+/// The weights an export of `model` writes: the base with the adapter in `dir` attached over
+/// the storage it was trained against (the model the app chats with, up to a GGUF base's
+/// block types, which an export dequantizes), or the dense f32 base when there is no adapter (the kept weights when
 /// they are that; never a 4-bit base re-exported).
 ///
 /// # Errors
@@ -52,7 +62,8 @@ pub fn with_adapter(model: &LoadedModel, dir: &Path) -> Result<Decoder> {
 pub fn export_weights(model: &LoadedModel, dir: Option<&Path>) -> Result<Decoder> {
     let dense = LoadOptions::default();
     match dir {
-        Some(dir) => with_adapter(model, dir),
+        // Dense (or NF4) as trained: an export is never built from GGUF block types.
+        Some(dir) => attach(model, dir, &adapter_base_storage(dir)),
         None if model.kept_storage() == Some(dense) => Ok((*model.weights(&dense)?).clone()),
         None => model.build_weights(&dense),
     }

@@ -17,6 +17,7 @@ pub fn smollm_gguf() -> PathBuf {
     smollm_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+#[allow(unused_imports)]
 pub use peft_engine::test_support::{max_abs, rel_err, uniform as random};
 
 /// llama.cpp's HF→GGUF q/k row order, written with explicit indices (independent of the

@@ -14,6 +14,10 @@ nf4_linears: number,
  */
 dense_linears: number, 
 /**
+ * Linear layers kept in a GGUF file's block type (generation only).
+ */
+gguf_linears?: number, 
+/**
  * Linear layers whose base weight trains (full or selective fine-tuning).
  */
 trainable_linears: number, 
