@@ -51,7 +51,6 @@ def main():
         n_threads=a.threads,
         n_threads_batch=a.threads,
         n_ctx=n_ctx,
-        # The scores buffer has n_batch rows when logits_all is off; one per position.
         n_batch=n_ctx,
         use_mmap=True,
         verbose=False,
@@ -66,7 +65,9 @@ def main():
     t1 = time.perf_counter()
     generated = []
     for i in range(a.new_tokens):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # llama-cpp-python 0.3 keeps `scores` only with logits_all; read the last logits.
+        last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+        nxt = int(np.argmax(last))
         generated.append(nxt)
         if i + 1 == a.new_tokens:
             break
