@@ -29,6 +29,7 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::train::train_start,
         commands::train::train_cancel,
         commands::train::train_status,
+        commands::train::train_attach,
         commands::train::runs_list,
         commands::train::run_delete,
         commands::chat::chat_generate,

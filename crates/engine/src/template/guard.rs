@@ -10,9 +10,12 @@
 //! - filters and string methods whose numeric argument sets how much they allocate (`indent`,
 //!   `slice`, `batch`, printf/`str.format` widths, `str.replace` growth) check it first.
 //!
-//! Not bounded here: a value grown by repeated `~` concatenation inside the fuel budget, or a
-//! lazily repeated list turned into one string (`([s] * n) ~ ''`): minijinja has no hook on
-//! its operators; the fuel bounds how many such steps run, not their size.
+//! - strings built by operators (`~`, `+`, `*`) pay fuel for their bytes, and sequences built by
+//!   `+` or `*` are limited in length: minijinja has no hook on its operators, so this part is a
+//!   patch of the vendored crate (`vendor/minijinja/PATCHES.md`); `{% set s = s ~ s %}` in a
+//!   loop then ends "out of fuel" instead of exhausting memory;
+//! - filters that turn a whole value into one string (`join`, `string`, `pprint`, `tojson`)
+//!   measure it first, so a lazily repeated list (`[s] * n`) is refused, not built.
 
 use crate::limits::{TEMPLATE_FUEL, TEMPLATE_OUTPUT_BYTES, TEMPLATE_RECURSION, TEMPLATE_SECONDS};
 use minijinja::value::{Kwargs, Rest, StringInput, Value};
@@ -64,6 +67,10 @@ pub(super) fn harden(env: &mut Environment<'static>) {
     env.add_filter("slice", slice);
     env.add_filter("batch", batch);
     env.add_filter("format", format);
+    env.add_filter("join", join);
+    env.add_filter("string", string);
+    env.add_filter("pprint", pprint);
+    env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(methods);
 }
 
@@ -110,6 +117,119 @@ fn slice(state: &State, value: Value, count: usize, fill: Option<Value>) -> Resu
 fn batch(state: &State, value: Value, count: usize, fill: Option<Value>) -> Result<Value, Error> {
     bounded("batch size", count, std::mem::size_of::<Value>())?;
     minijinja::filters::batch(state, value, count, fill)
+}
+
+/// Counts bytes written, failing past the output bound.
+struct Measure(usize);
+
+impl std::fmt::Write for Measure {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        if self.0 > TEMPLATE_OUTPUT_BYTES {
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for Measure {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        if self.0 > TEMPLATE_OUTPUT_BYTES {
+            return Err(std::io::Error::other("too large"));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fails when the text `write` makes would exceed the output bound, before anything is built.
+fn measured(what: &str, write: impl FnOnce(&mut Measure) -> std::fmt::Result) -> Result<(), Error> {
+    let mut m = Measure(0);
+    write(&mut m).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "{what} would build more than {} MiB; templates are limited",
+                TEMPLATE_OUTPUT_BYTES >> 20
+            ),
+        )
+    })
+}
+
+fn join(state: &State, value: &Value, joiner: Option<StringInput<'_>>) -> Result<Value, Error> {
+    use std::fmt::Write;
+    let sep = joiner.as_ref().map(|j| j.as_str()).unwrap_or("");
+    if let Some(s) = value.as_str() {
+        // A string joins its characters.
+        bounded("join of", s.chars().count(), sep.len() + 4)?;
+    } else if !value.is_undefined() && !value.is_none() {
+        if let Ok(items) = value.try_iter() {
+            measured("join", |m| {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        m.write_str(sep)?;
+                    }
+                    write!(m, "{item}")?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    minijinja::filters::join(state, value, joiner)
+}
+
+fn string(state: &State, value: &Value) -> Result<Value, Error> {
+    use std::fmt::Write;
+    measured("string", |m| write!(m, "{value}"))?;
+    minijinja::filters::string(state, value)
+}
+
+fn pprint(value: &Value) -> Result<String, Error> {
+    use std::fmt::Write;
+    measured("pprint", |m| write!(m, "{value:#?}"))?;
+    Ok(minijinja::filters::pprint(value))
+}
+
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+    let given = match &indent {
+        Some(v) => Some(v.clone()),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    // As minijinja reads it: `true` is 2 spaces, `false` none, else a count.
+    let width = match given {
+        None => None,
+        Some(v) => match bool::try_from(v.clone()) {
+            Ok(true) => Some(2),
+            Ok(false) => None,
+            Err(_) => usize::try_from(v).ok(),
+        },
+    };
+    if let Some(w) = width {
+        bounded("tojson indent", w, 1)?;
+    }
+    let spaces = " ".repeat(width.unwrap_or(0));
+    measured("tojson", |m| {
+        let out = std::io::Write::by_ref(m);
+        let done = match width {
+            Some(_) => {
+                let fmt = serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes());
+                serde::Serialize::serialize(
+                    value,
+                    &mut serde_json::Serializer::with_formatter(out, fmt),
+                )
+            }
+            None => serde_json::to_writer(out, value),
+        };
+        // Only running past the bound is ours to report; minijinja reports the other errors.
+        match done {
+            Err(e) if e.is_io() => Err(std::fmt::Error),
+            _ => Ok(()),
+        }
+    })?;
+    minijinja::filters::tojson(value, indent, kwargs)
 }
 
 /// Refuses a printf or `str.format` spec whose width or precision has more than 7 digits.
