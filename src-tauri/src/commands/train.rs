@@ -204,7 +204,8 @@ pub fn train_attach(
         return Ok(None);
     };
     *lock(&j.events)? = on_event;
-    Ok(Some(lock(&j.record)?.clone()))
+    let record = lock(&j.record)?.clone();
+    Ok(Some(record))
 }
 
 /// Every run in the history, newest first.
