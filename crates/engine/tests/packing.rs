@@ -334,3 +334,38 @@ fn a_packed_run_takes_fewer_steps_per_epoch_and_learns() {
     assert_eq!(totals[0], 18);
     assert!(totals[1] <= 6, "packed run: {} steps", totals[1]);
 }
+
+#[test]
+fn the_planner_costs_an_epoch_by_the_rows_it_computes() {
+    use peft_engine::plan::epoch::{epoch_rows, epoch_seconds};
+    use peft_engine::plan::{Calibration, PlanRequest};
+    let lengths: Vec<usize> = (0..200).map(|i| 20 + i % 30).chain([400]).collect();
+    let plain = PlanRequest {
+        seq_len: 256,
+        ..Default::default()
+    };
+    let packed = PlanRequest {
+        packing: true,
+        ..plain.clone()
+    };
+    let cut: usize = lengths.iter().map(|&l| l.min(256)).sum();
+    // One micro-batch per example unpacked; packed, rows of at most seq_len holding every
+    // (cut) token once, nearly full.
+    let rows = epoch_rows(&lengths, &plain);
+    assert_eq!(rows.len(), 201);
+    assert_eq!(rows.iter().flatten().sum::<usize>(), cut);
+    let rows = epoch_rows(&lengths, &packed);
+    assert_eq!(rows.iter().flatten().sum::<usize>(), cut);
+    assert!(rows.iter().flatten().all(|&r| r <= 256));
+    assert!(rows.len() <= cut.div_ceil(256) + 2, "{} rows", rows.len());
+    let c = bundled().config.clone();
+    let k = Calibration::default();
+    let (a, b) = (
+        epoch_seconds(&c, &plain, &k, &lengths),
+        epoch_seconds(&c, &packed, &k, &lengths),
+    );
+    assert!(
+        a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0 && a != b,
+        "{a} {b}"
+    );
+}
