@@ -8,6 +8,7 @@ pub mod commands;
 pub mod error;
 pub mod paths;
 pub mod state;
+pub mod train_update;
 
 pub use error::{ApiError, ApiResult};
 pub use state::AppState;

@@ -2,8 +2,8 @@
 //! hardware scan, the running job and one cancel token per kind of long job. Everything here
 //! is an engine value or a token; the shell computes nothing from it.
 
-use crate::commands::train::TrainUpdate;
 use crate::error::{internal, no_model, ApiResult};
+use crate::train_update::TrainUpdate;
 use peft_engine::data::inspect::DatasetReport;
 use peft_engine::hardware::Hardware;
 use peft_engine::model::decoder::Decoder;

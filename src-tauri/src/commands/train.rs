@@ -5,29 +5,15 @@
 use crate::error::{busy, internal, ApiError, ApiResult};
 use crate::paths::{existing, Kind};
 use crate::state::{lock, AppState, TrainJob};
+pub use crate::train_update::TrainUpdate;
 use peft_engine::train::history::{self, RunRecord};
 use peft_engine::train::run_lock;
 use peft_engine::train::{prepare::validate, train, TrainConfig, TrainEvent};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tauri::ipc::Channel;
 use tauri::State;
-use ts_rs::TS;
-
-/// What the Train step receives while a run goes.
-#[derive(Debug, Clone, Serialize, TS)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TrainUpdate {
-    /// An engine event and the run's record as it stands after it.
-    Event {
-        event: TrainEvent,
-        record: Box<RunRecord>,
-    },
-    /// The run ended (completed, paused or failed); the record is what the history keeps.
-    Finished { record: Box<RunRecord> },
-}
 
 /// Starts a run on the open model and dataset with `config`, or resumes `resume_run` (with the
 /// settings and data it was started with, on the open model, which must be the run's). Returns

@@ -14,8 +14,9 @@
 //!   `+` or `*` are limited in length: minijinja has no hook on its operators, so this part is a
 //!   patch of the vendored crate (`vendor/minijinja/PATCHES.md`); `{% set s = s ~ s %}` in a
 //!   loop then ends "out of fuel" instead of exhausting memory;
-//! - filters that turn a whole value into one string (`join`, `string`, `pprint`, `tojson`)
-//!   measure it first, so a lazily repeated list (`[s] * n`) is refused, not built.
+//! - filters that turn a whole value into one string (`join`, `string`, `pprint`) measure it
+//!   first, so a lazily repeated list (`[s] * n`) is refused, not built; the engine's own
+//!   `tojson` stops once its output passes the output bound.
 
 use crate::limits::{TEMPLATE_FUEL, TEMPLATE_OUTPUT_BYTES, TEMPLATE_RECURSION, TEMPLATE_SECONDS};
 use minijinja::value::{Kwargs, Rest, StringInput, Value};
@@ -70,7 +71,6 @@ pub(super) fn harden(env: &mut Environment<'static>) {
     env.add_filter("join", join);
     env.add_filter("string", string);
     env.add_filter("pprint", pprint);
-    env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(methods);
 }
 
@@ -132,19 +132,6 @@ impl std::fmt::Write for Measure {
     }
 }
 
-impl std::io::Write for Measure {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        if self.0 > TEMPLATE_OUTPUT_BYTES {
-            return Err(std::io::Error::other("too large"));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Fails when the text `write` makes would exceed the output bound, before anything is built.
 fn measured(what: &str, write: impl FnOnce(&mut Measure) -> std::fmt::Result) -> Result<(), Error> {
     let mut m = Measure(0);
@@ -191,45 +178,6 @@ fn pprint(value: &Value) -> Result<String, Error> {
     use std::fmt::Write;
     measured("pprint", |m| write!(m, "{value:#?}"))?;
     Ok(minijinja::filters::pprint(value))
-}
-
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
-    let given = match &indent {
-        Some(v) => Some(v.clone()),
-        None => kwargs.get::<Option<Value>>("indent")?,
-    };
-    // As minijinja reads it: `true` is 2 spaces, `false` none, else a count.
-    let width = match given {
-        None => None,
-        Some(v) => match bool::try_from(v.clone()) {
-            Ok(true) => Some(2),
-            Ok(false) => None,
-            Err(_) => usize::try_from(v).ok(),
-        },
-    };
-    if let Some(w) = width {
-        bounded("tojson indent", w, 1)?;
-    }
-    let spaces = " ".repeat(width.unwrap_or(0));
-    measured("tojson", |m| {
-        let out = std::io::Write::by_ref(m);
-        let done = match width {
-            Some(_) => {
-                let fmt = serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes());
-                serde::Serialize::serialize(
-                    value,
-                    &mut serde_json::Serializer::with_formatter(out, fmt),
-                )
-            }
-            None => serde_json::to_writer(out, value),
-        };
-        // Only running past the bound is ours to report; minijinja reports the other errors.
-        match done {
-            Err(e) if e.is_io() => Err(std::fmt::Error),
-            _ => Ok(()),
-        }
-    })?;
-    minijinja::filters::tojson(value, indent, kwargs)
 }
 
 /// Refuses a printf or `str.format` spec whose width or precision has more than 7 digits.
