@@ -8,6 +8,7 @@ pub mod commands;
 pub mod error;
 pub mod paths;
 pub mod state;
+pub mod train_update;
 
 pub use error::{ApiError, ApiResult};
 pub use state::AppState;
@@ -29,6 +30,7 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
         commands::train::train_start,
         commands::train::train_cancel,
         commands::train::train_status,
+        commands::train::train_attach,
         commands::train::runs_list,
         commands::train::run_delete,
         commands::chat::chat_generate,

@@ -3,6 +3,7 @@
 //! is an engine value or a token; the shell computes nothing from it.
 
 use crate::error::{internal, no_model, ApiResult};
+use crate::train_update::TrainUpdate;
 use peft_engine::data::inspect::DatasetReport;
 use peft_engine::hardware::Hardware;
 use peft_engine::model::decoder::Decoder;
@@ -12,6 +13,7 @@ use peft_engine::train::{RunRecord, WhichAdapter};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tauri::ipc::Channel;
 
 /// The model the wizard works on, opened once: training, chat and export all use it (the
 /// engine builds its weights in the storage each use needs and keeps them).
@@ -35,6 +37,9 @@ pub struct TrainJob {
     pub running: Arc<AtomicBool>,
     /// The engine's record of the run, as of its last event.
     pub record: Arc<Mutex<RunRecord>>,
+    /// Where progress goes: the view that started the run, or the one that re-attached after a
+    /// reload of the window (`train_attach`).
+    pub events: Arc<Mutex<Channel<TrainUpdate>>>,
 }
 
 /// The tuned model for chat: base + one run's adapter.

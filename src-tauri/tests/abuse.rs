@@ -96,8 +96,15 @@ fn a_second_start_is_refused_and_the_first_run_is_unharmed() {
     let runs = list(&a);
     assert_eq!(runs.len(), 1, "a refused start left a run behind");
     assert_eq!(runs[0]["status"], "running");
+    // A reloaded window re-attaches to the run (a new channel) and gets its record so far.
+    let attached: Value = a.ok("train_attach", json!({"onEvent": "__CHANNEL__:3"}));
+    assert_eq!(attached["id"], id.as_str(), "{attached}");
+    assert_eq!(attached["status"], "running");
     let done = a.wait_run(&id);
     assert_like_reference(&done);
+    // Nothing to attach to once it ended.
+    let none: Value = a.ok("train_attach", json!({"onEvent": "__CHANNEL__:4"}));
+    assert!(none.is_null(), "{none}");
     // The slot is free again: the next start is accepted.
     let id2 = a.start(&s);
     assert_ne!(id2, id);
@@ -327,7 +334,7 @@ fn a_download_stopped_mid_way_keeps_what_arrived_and_opening_again_finishes_it()
     let snapshot = tree(&cache.path().join("models--org--tiny").join("snapshots"));
     for (path, bytes) in &snapshot {
         let name = path.file_name().unwrap();
-        let original = std::fs::read(Path::new(fake_hub::MODEL_DIR).join(name)).unwrap();
+        let original = std::fs::read(fake_hub::model_dir().join(name)).unwrap();
         assert!(
             bytes == &original,
             "{}: a partial file in the snapshot",

@@ -105,6 +105,20 @@ try {
   await shot("train-paused");
   check("train + pause");
   await (await byTest("resume-training")).click();
+  await until("running again", async () => (await textOf("run-status")) === "running");
+  // Abuse while it runs: a second Start is not offered; leaving the step and coming back
+  // finds the same run going on.
+  assert.equal(await (await byTest("start-training")).isEnabled(), false, "Start offered while a run trains");
+  await step("chat");
+  await step("train");
+  assert.equal(await textOf("run-status"), "running");
+  // Reloading the window mid-run: the app re-attaches to the run and follows it to the end.
+  const points = Number(await (await byTest("loss-chart")).getAttribute("data-points"));
+  await browser.refresh();
+  await browser.$("h1=Train").waitForDisplayed({ timeout: 30_000 });
+  await until("the reloaded view follows the run", async () =>
+    Number(await (await byTest("loss-chart")).getAttribute("data-points")) > points);
+  check("abuse: second start, leave and return, reload mid-run");
   await until("completed", async () => (await textOf("run-status")) === "completed", 300_000);
   await shot("train-done");
   check("resume + complete");

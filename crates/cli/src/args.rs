@@ -79,6 +79,10 @@ pub struct SizeArgs {
     /// Recompute each block in backward: far less memory, about a third more time.
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// Sample packing (true/false): short examples end to end in rows of --seq-len, each with
+    /// its own positions and attending only to itself. Unset: the engine's default.
+    #[arg(long)]
+    pub packing: Option<bool>,
 }
 
 /// Where to compute.

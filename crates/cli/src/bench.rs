@@ -21,9 +21,20 @@ pub enum BenchCommand {
         /// Optimizer steps per configuration (the first is not timed).
         #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// Only these configurations (comma list of lora, lora-ckpt, qlora, qlora-ckpt, full).
+        /// Only these configurations (comma list of lora, lora-ckpt, qlora, qlora-ckpt, full;
+        /// `+packed` after one adds sample packing, e.g. `lora,lora+packed`).
         #[arg(long, default_value = "lora,lora-ckpt,full")]
         configs: String,
+        /// A real dataset (JSONL): each configuration trains one epoch of its first
+        /// --examples rows instead of --steps synthetic full-length rows.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        examples: usize,
+        /// Also break each step down by kind of op (GEMM, elementwise, attention, loss,
+        /// optimizer, the rest) and compare the GEMM rate with the machine's.
+        #[arg(long)]
+        profile: bool,
         #[arg(long, hide = true)]
         child: Option<String>,
     },
@@ -39,11 +50,21 @@ pub fn run(cmd: BenchCommand) -> peft_engine::Result<()> {
             seq_len,
             steps,
             configs,
+            data,
+            examples,
+            profile,
             child,
-        } => match child {
-            Some(c) => crate::bench_train::child(&model, seq_len, steps, &c),
-            None => crate::bench_train::parent(&model, seq_len, steps, &configs),
-        },
+        } => {
+            let data = crate::bench_train::BenchData {
+                data,
+                examples,
+                profile,
+            };
+            match child {
+                Some(c) => crate::bench_train::child(&model, seq_len, steps, &c, &data),
+                None => crate::bench_train::parent(&model, seq_len, steps, &configs, &data),
+            }
+        }
         BenchCommand::Generate(a) => crate::bench_generate::run(a),
     }
 }

@@ -64,6 +64,7 @@ fn options(a: &PlanArgs) -> peft_engine::Result<RecommendOptions> {
         base: PlanRequest {
             weight_dtype: a.model.weight_dtype(),
             throughput: measure_throughput(Duration::from_millis(150))?,
+            packing: a.size.packing.unwrap_or(TrainConfig::default().packing),
             ..PlanRequest::default()
         },
         device: a.device.device,

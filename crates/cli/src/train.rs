@@ -122,6 +122,7 @@ impl TrainArgs {
             weight_dtype: self.model.weight_dtype(),
             // Unset for auto, so runs started before the flag existed resume with it.
             device: (self.device.device != DeviceChoice::Auto).then_some(self.device.device),
+            packing: self.size.packing.unwrap_or(d.packing),
             ..d
         };
         c.adamw.weight_decay = self.weight_decay;

@@ -3,7 +3,9 @@
 //! a write failure (the process's file-size limit, which fails writes the way a full disk
 //! does) while checkpointing or merging must give a clear error, keep the previous checkpoint
 //! or merged folder intact, and leave no partial folder or temporary file behind; a checkpoint
-//! with one flipped byte must be refused on resume.
+//! with one flipped byte must be refused on resume. A GGUF export killed or run out of disk
+//! keeps the earlier file whole; a hub download killed mid-file leaves only whole files under
+//! the model's snapshot, and opening again finishes it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -397,5 +399,142 @@ fn kill_9_during_gguf_export_keeps_the_previous_file_and_the_next_export_cleans_
         leftovers(tmp.path()).is_empty(),
         "{:?} ({killed_with_temp} kills left a temporary file)",
         leftovers(tmp.path())
+    );
+}
+
+#[test]
+fn a_full_disk_during_gguf_export_keeps_the_previous_file_and_leaves_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("demo.gguf");
+    let export = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+        c.current_dir(root()).args([
+            "export",
+            "--model",
+            "demo",
+            "--format",
+            "gguf",
+            "--quant",
+            "f32",
+            "--check-tokens",
+            "4",
+            "--out",
+        ]);
+        c.arg(&gguf);
+        c
+    };
+    ok(export().output().unwrap());
+    let bytes = std::fs::read(&gguf).unwrap();
+    // The disk fills half way through the new file.
+    let o = with_file_size_limit(&export(), bytes.len() as u64 / 2)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "exporting past a full disk succeeded");
+    assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::fs::read(&gguf).unwrap(),
+        bytes,
+        "the earlier export was damaged"
+    );
+    assert!(gguf_temps(&gguf).is_empty(), "{:?}", gguf_temps(&gguf));
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(tmp.path())
+    );
+}
+
+// The app's fake hub (std only), shared through its path.
+#[path = "../../../src-tauri/tests/fake_hub/mod.rs"]
+#[allow(dead_code)]
+mod fake_hub;
+
+/// Every file under `dir`, with its bytes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_during_a_hub_download_keeps_only_whole_files_and_opening_again_finishes_it() {
+    let hub = fake_hub::FakeHub::start("org/tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let info = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peft"));
+        c.current_dir(root())
+            .args(["info", "--model", "org/tiny"])
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HOME", cache.path().join("home"))
+            .env_remove("HF_HUB_OFFLINE");
+        c
+    };
+    // Each file's body is held back, so the kill lands in the middle of the download.
+    hub.delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
+    let mut child = info()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while hub.served.lock().unwrap().len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the download stalled"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the download ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let snapshots = cache.path().join("models--org--tiny").join("snapshots");
+    let whole = |what: &str| {
+        for (path, bytes) in files_under(&snapshots) {
+            let name = path.file_name().unwrap();
+            let original = std::fs::read(fake_hub::model_dir().join(name)).unwrap();
+            assert!(
+                bytes == original,
+                "{what}: {} is not the whole file",
+                path.display()
+            );
+        }
+    };
+    whole("after the kill");
+
+    // Opening again finishes it (the held-back bodies no longer wait).
+    hub.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let o = ok(info().output().unwrap());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("llama"), "{text}");
+    whole("after opening again");
+    let names: Vec<_> = files_under(&snapshots)
+        .into_iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for needed in ["config.json", "model.safetensors"] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} missing: {names:?}"
+        );
+    }
+    assert!(
+        leftovers(cache.path()).is_empty(),
+        "{:?}",
+        leftovers(cache.path())
     );
 }

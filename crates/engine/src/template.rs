@@ -333,6 +333,16 @@ fn write_json(
     sort_keys: bool,
     depth: usize,
 ) -> std::result::Result<(), minijinja::Error> {
+    // A lazily repeated list (`[s] * n`) would otherwise be written out whole.
+    if out.len() > crate::limits::TEMPLATE_OUTPUT_BYTES {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "tojson would build more than {} MiB; templates are limited",
+                crate::limits::TEMPLATE_OUTPUT_BYTES >> 20
+            ),
+        ));
+    }
     // A namespace can hold itself: bound the depth instead of overflowing the stack.
     if depth > MAX_JSON_DEPTH {
         return Err(minijinja::Error::new(

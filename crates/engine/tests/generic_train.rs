@@ -32,6 +32,7 @@ fn batch() -> Batch {
         attention_mask: vec![1.0; batch * seq],
         batch,
         seq,
+        segment_starts: None,
     }
 }
 
@@ -61,6 +62,7 @@ fn step(
         train: true,
         step_seed: 11,
         ops,
+        packing: None,
     };
     let per_layer: Vec<Vec<Tensor>> = (0..model.layers.len())
         .map(|n| {

@@ -57,6 +57,6 @@ pub async fn adapter_import(state: State<'_, AppState>, dir: String) -> ApiResul
     let (_, model) = state.current_model()?;
     let src = existing(&dir, Kind::Dir)?;
     let runs = state.runs_dir();
-    let out = runs.join(history::new_id(&runs));
+    let out = runs.join(history::reserve_id(&runs)?);
     blocking(move || Ok(import_adapter(&model, &src, &out)?)).await
 }

@@ -5,29 +5,15 @@
 use crate::error::{busy, internal, ApiError, ApiResult};
 use crate::paths::{existing, Kind};
 use crate::state::{lock, AppState, TrainJob};
+pub use crate::train_update::TrainUpdate;
 use peft_engine::train::history::{self, RunRecord};
 use peft_engine::train::run_lock;
 use peft_engine::train::{prepare::validate, train, TrainConfig, TrainEvent};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tauri::ipc::Channel;
 use tauri::State;
-use ts_rs::TS;
-
-/// What the Train step receives while a run goes.
-#[derive(Debug, Clone, Serialize, TS)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TrainUpdate {
-    /// An engine event and the run's record as it stands after it.
-    Event {
-        event: TrainEvent,
-        record: Box<RunRecord>,
-    },
-    /// The run ended (completed, paused or failed); the record is what the history keeps.
-    Finished { record: Box<RunRecord> },
-}
 
 /// Starts a run on the open model and dataset with `config`, or resumes `resume_run` (with the
 /// settings and data it was started with, on the open model, which must be the run's). Returns
@@ -91,7 +77,7 @@ pub fn train_start(
                 .as_ref()
                 .map(|d| d.path.clone())
                 .ok_or_else(|| ApiError::new("NoDataset", "Choose a dataset first (step 3)."))?;
-            let dir = runs.join(history::new_id(&runs));
+            let dir = runs.join(history::reserve_id(&runs)?);
             (
                 RunRecord::new(&dir, &model.source.spec(), &data, &config),
                 None,
@@ -101,12 +87,19 @@ pub fn train_start(
     let cancel = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicBool::new(true));
     let shared = Arc::new(Mutex::new(record.clone()));
+    let events = Arc::new(Mutex::new(on_event));
     *job = Some(TrainJob {
         run_id: record.id.clone(),
         cancel: cancel.clone(),
         running: running.clone(),
         record: shared.clone(),
+        events: events.clone(),
     });
+    let send = move |u: TrainUpdate| {
+        if let Ok(c) = events.lock() {
+            let _ = c.send(u);
+        }
+    };
     let (cfg, data, out) = (
         record.config.clone(),
         PathBuf::from(&record.data),
@@ -119,7 +112,7 @@ pub fn train_start(
                 if let Ok(mut s) = shared.lock() {
                     *s = r.clone();
                 }
-                let _ = on_event.send(TrainUpdate::Event {
+                send(TrainUpdate::Event {
                     event: e.clone(),
                     record: Box::new(r.clone()),
                 });
@@ -154,7 +147,7 @@ pub fn train_start(
                 *s = last.clone();
             }
             running.store(false, Ordering::Relaxed);
-            let _ = on_event.send(TrainUpdate::Finished {
+            send(TrainUpdate::Finished {
                 record: Box::new(last),
             });
         })
@@ -182,6 +175,23 @@ pub fn train_status(state: State<'_, AppState>) -> ApiResult<Option<RunRecord>> 
         Some(j) => Some(lock(&j.record)?.clone()),
         None => None,
     })
+}
+
+/// Re-attaches a view to the running job (the window was reloaded, so the channel the run was
+/// started with has no listener): its progress goes to `on_event` from now on. Returns the
+/// run's record so far, or `None` when nothing trains.
+#[tauri::command]
+pub fn train_attach(
+    state: State<'_, AppState>,
+    on_event: Channel<TrainUpdate>,
+) -> ApiResult<Option<RunRecord>> {
+    let job = lock(&state.train)?;
+    let Some(j) = job.as_ref().filter(|j| j.running.load(Ordering::Relaxed)) else {
+        return Ok(None);
+    };
+    *lock(&j.events)? = on_event;
+    let record = lock(&j.record)?.clone();
+    Ok(Some(record))
 }
 
 /// Every run in the history, newest first.

@@ -11,10 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const MODEL_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/models/stories260K/"
-);
+/// The shared stories260K model: `shared/` beside the checkout, found from the crate that
+/// includes this module (the app's tests, or the CLI's through `#[path]`).
+pub fn model_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|a| a.join("shared/models/stories260K"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| panic!("no shared/models/stories260K above {}", here.display()))
+}
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 pub struct FakeHub {
@@ -30,8 +35,9 @@ impl FakeHub {
     /// Serves stories260K's files as repo `id`.
     pub fn start(id: &str) -> FakeHub {
         let mut files = BTreeMap::new();
-        let entries = std::fs::read_dir(MODEL_DIR)
-            .unwrap_or_else(|e| panic!("{MODEL_DIR}: {e} (the shared stories260K model)"));
+        let dir = model_dir();
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (the shared stories260K model)", dir.display()));
         for entry in entries {
             let path = entry.unwrap().path();
             if path.is_file() {
@@ -124,7 +130,7 @@ fn serve(
     };
     let file = file.unwrap();
     let total = content.len();
-    let sha = peft_engine::fsutil::sha256_file(&std::path::Path::new(MODEL_DIR).join(&file))
+    let sha = peft_engine::fsutil::sha256_file(&model_dir().join(&file))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let tag = format!("\"{sha}\"");
     let mut headers = vec![("x-repo-commit", SHA.to_string())];

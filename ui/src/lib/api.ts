@@ -67,6 +67,8 @@ export const api = {
     call<RunRecord>("train_start", { config, resumeRun, onEvent: channel(onEvent) }),
   trainCancel: () => call<boolean>("train_cancel"),
   trainStatus: () => call<RunRecord | null>("train_status"),
+  /** Re-attaches to the running job after a reload: its progress comes to `onEvent` from now on. */
+  trainAttach: (onEvent: (u: TrainUpdate) => void) => call<RunRecord | null>("train_attach", { onEvent: channel(onEvent) }),
   runsList: () => call<RunRecord[]>("runs_list"),
   runDelete: (runId: string) => call<null>("run_delete", { runId }),
   chatGenerate: (

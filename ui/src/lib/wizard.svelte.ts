@@ -101,8 +101,29 @@ export class Wizard {
       /* the footer just shows less; the Plan step waits for settings */
     }
     void this.scanHardware();
+    // A reload of the window while a run trains: follow it again instead of showing it idle.
+    if (await this.attachTraining()) return;
     if (await this.openModel("demo")) await this.useDemoDataset();
     void this.loadRuns();
+  }
+
+  /** Follows the job the engine is running, if any (the window was reloaded mid-run). */
+  async attachTraining(): Promise<boolean> {
+    try {
+      const rec = await this.api.trainAttach((u) => this.onTrain(u));
+      if (!rec) return false;
+      this.run = rec;
+      this.training = true;
+      this.step = STEPS.indexOf("Train");
+      // The wizard's choices are the run's: its model (the engine still has it open), data
+      // and settings.
+      this.useSettings(rec.config);
+      void this.loadRuns();
+      if (await this.openModel(rec.model)) await this.inspect(rec.data);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   go(step: number) {

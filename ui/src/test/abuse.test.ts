@@ -118,4 +118,44 @@ describe("the wizard under abuse", () => {
     expect(w.run).toBeNull();
     expect(button("start-training").disabled).toBe(false);
   });
+
+  it("follows a run again after the window is reloaded mid-run, with the run's model, data and settings", async () => {
+    // A fresh wizard (the reload) over a shell whose run goes on at step 5.
+    let send: ((u: TrainUpdate) => void) | null = null;
+    const opened: string[] = [];
+    const inspected: string[] = [];
+    const rec = at(5);
+    rec.model = "/models/mine";
+    rec.data = "/data/mine.jsonl";
+    rec.config = { ...structuredClone(settings), epochs: 7 };
+    const w = new Wizard(fakeApi({
+      trainAttach: async (on) => { send = on; return rec; },
+      modelOpen: async (spec) => { opened.push(spec); return model; },
+      dataInspect: async (path) => { inspected.push(path); return dataset; },
+      runsList: async () => [rec],
+    }));
+    await w.start();
+    expect(opened).toEqual(["/models/mine"]);
+    expect(inspected).toEqual(["/data/mine.jsonl"]);
+    expect(w.settings?.epochs).toBe(7);
+    expect(w.step).toBe(4);
+    showTrain(w);
+    flushSync();
+    expect(text("train-step")).toBe("5 / 10");
+    expect(button("pause-training").disabled).toBe(false);
+    expect(button("start-training").disabled).toBe(true);
+    // Progress now reaches the new view.
+    send!(stepUpdate(8));
+    flushSync();
+    expect(text("train-step")).toBe("8 / 10");
+  });
+
+  it("starts as usual when nothing trains", async () => {
+    const opened: string[] = [];
+    const w = new Wizard(fakeApi({ modelOpen: async (spec) => { opened.push(spec); return model; } }));
+    await w.start();
+    expect(opened).toEqual(["demo"]);
+    expect(w.training).toBe(false);
+    expect(w.step).toBe(0);
+  });
 });

@@ -120,6 +120,7 @@ export function fakeApi(over: Partial<Api> = {}): Api {
     trainStart: async () => run("running"),
     trainCancel: async () => true,
     trainStatus: async () => null,
+    trainAttach: async () => null,
     runsList: async () => [],
     runDelete: async () => null,
     chatGenerate: async (_side, _run, _which, _msgs, _s, onText) => {

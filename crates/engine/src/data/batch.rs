@@ -9,6 +9,11 @@
 //! Randomness is [`crate::seed::SplitMix64`] and Fisher–Yates, fixed forever, so a resumed
 //! run sees the same order from `(seed, epoch)` after any dependency update.
 //!
+//! Sample packing ([`pack_rows`], [`pack_batch`]): short examples are laid end to end in rows
+//! of `seq_len` tokens, each keeping its own shifted targets and loss mask (an example's last
+//! position never predicts the next example's first token), with `segment_starts` telling the
+//! model where each example begins so positions restart and attention stays inside it.
+//!
 //! This module does not tokenise (`render`) or move data to a device (the trainer does).
 
 use crate::data::render::TokenizedExample;
@@ -66,6 +71,9 @@ pub struct Batch {
     pub attention_mask: Vec<f32>,
     pub batch: usize,
     pub seq: usize,
+    /// Packed rows ([`pack_batch`]): per position, the index in its row where its example
+    /// starts (`ops::Segments`). `None`: one example per row.
+    pub segment_starts: Option<Vec<u32>>,
 }
 
 impl Batch {
@@ -112,6 +120,7 @@ pub fn make_batch(examples: &[&TokenizedExample], pad_id: u32) -> Result<Batch> 
         attention_mask: vec![0.0; cells],
         batch: examples.len(),
         seq,
+        segment_starts: None,
     };
     for (row, ex) in examples.iter().enumerate() {
         let base = row * seq;
@@ -137,4 +146,85 @@ pub fn batch_indices(order: &[usize], batch_size: usize) -> Result<Vec<Vec<usize
         return Err(Error::invalid("batch_size", "must be at least 1"));
     }
     Ok(order.chunks(batch_size).map(<[usize]>::to_vec).collect())
+}
+
+/// Packs examples of `lengths` into rows of at most `capacity` tokens, visiting them in
+/// `order` and starting a new row when the next one does not fit (next fit: the order, and
+/// so the seeded shuffle, is kept). Each row lists example indices.
+///
+/// # Errors
+/// [`Error::Invalid`] for `capacity == 0` or an example longer than `capacity` (the caller
+/// truncates to the sequence length first).
+pub fn pack_rows(lengths: &[usize], order: &[usize], capacity: usize) -> Result<Vec<Vec<usize>>> {
+    if capacity == 0 {
+        return Err(Error::invalid("seq_len", "must be at least 1"));
+    }
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = capacity;
+    for &i in order {
+        let len = lengths[i];
+        if len > capacity {
+            return Err(Error::invalid(
+                "packing",
+                format!("example {i} has {len} tokens, more than a row of {capacity}"),
+            ));
+        }
+        if used + len > capacity {
+            rows.push(Vec::new());
+            used = 0;
+        }
+        if let Some(row) = rows.last_mut() {
+            row.push(i);
+        }
+        used += len;
+    }
+    Ok(rows)
+}
+
+/// A batch of packed rows: each row's examples end to end, right-padded to the longest row.
+/// Targets and loss masks are each example's own (shifted inside the example), so the loss is
+/// the same mean over trained tokens as [`make_batch`] of the same examples.
+///
+/// # Errors
+/// [`Error::Invalid`] for no rows, an empty row, or a mask length that differs from its ids.
+pub fn pack_batch(rows: &[Vec<&TokenizedExample>], pad_id: u32) -> Result<Batch> {
+    if rows.is_empty() || rows.iter().any(Vec::is_empty) {
+        return Err(Error::invalid("batch", "no examples"));
+    }
+    if rows.iter().flatten().any(|e| e.input_ids.is_empty()) {
+        return Err(Error::invalid("batch", "an example without tokens"));
+    }
+    let row_len = |r: &Vec<&TokenizedExample>| r.iter().map(|e| e.input_ids.len()).sum::<usize>();
+    let seq = rows.iter().map(row_len).max().unwrap_or(0).max(1);
+    let mut b = Batch {
+        input_ids: Vec::with_capacity(rows.len() * seq),
+        targets: Vec::with_capacity(rows.len() * seq),
+        loss_mask: Vec::with_capacity(rows.len() * seq),
+        attention_mask: Vec::with_capacity(rows.len() * seq),
+        batch: rows.len(),
+        seq,
+        segment_starts: Some(Vec::with_capacity(rows.len() * seq)),
+    };
+    let mut starts = Vec::with_capacity(rows.len() * seq);
+    for row in rows {
+        for ex in row {
+            let one = make_batch(&[ex], pad_id)?;
+            let begin = b.input_ids.len() % seq;
+            b.input_ids.extend_from_slice(&one.input_ids);
+            b.targets.extend_from_slice(&one.targets);
+            b.loss_mask.extend_from_slice(&one.loss_mask);
+            b.attention_mask.extend_from_slice(&one.attention_mask);
+            starts.extend(std::iter::repeat_n(begin as u32, one.seq));
+        }
+        // Padding is a segment of its own: it attends only to padding.
+        let pad = seq - row_len(row);
+        let begin = (seq - pad) as u32;
+        b.input_ids.extend(std::iter::repeat_n(pad_id, pad));
+        b.targets.extend(std::iter::repeat_n(pad_id, pad));
+        b.loss_mask.extend(std::iter::repeat_n(0.0, pad));
+        b.attention_mask.extend(std::iter::repeat_n(0.0, pad));
+        starts.extend(std::iter::repeat_n(begin, pad));
+    }
+    b.segment_starts = Some(starts);
+    Ok(b)
 }

@@ -22,8 +22,8 @@ use crate::model::ctx::ForwardCtx;
 use crate::model::family::Activation;
 use crate::model::linear::Linear;
 use crate::ops::{
-    causal_softmax_windowed_with, geglu_with, rms_norm_with, rope_with, swiglu_with, OpPath,
-    RopeTables,
+    causal_softmax_packed_with, geglu_with, rms_norm_with, rope_packed_with, rope_with,
+    swiglu_with, OpPath, RopeTables,
 };
 use candle_core::{DType, Tensor};
 
@@ -287,10 +287,24 @@ impl Block {
             q = norm(c, ctx.ops, &q, qn)?;
             k = norm(c, ctx.ops, &k, kn)?;
         }
-        let q = rope_with(ctx.ops, &q, bc.rope, offset)?;
-        let mut k = rope_with(ctx.ops, &k, bc.rope, offset)?;
+        let (q, mut k) = match &ctx.packing {
+            Some(seg) => (
+                rope_packed_with(ctx.ops, &q, bc.rope, seg)?,
+                rope_packed_with(ctx.ops, &k, bc.rope, seg)?,
+            ),
+            None => (
+                rope_with(ctx.ops, &q, bc.rope, offset)?,
+                rope_with(ctx.ops, &k, bc.rope, offset)?,
+            ),
+        };
         let mut v = v;
         if let Some(slot) = cache {
+            if ctx.packing.is_some() {
+                return Err(Error::invalid(
+                    "packing",
+                    "packed rows cannot use a KV cache",
+                ));
+            }
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
@@ -305,7 +319,8 @@ impl Block {
         let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
         let window = c.layer_window(bc.layer);
         let scale = c.attention_scale();
-        let probs = causal_softmax_windowed_with(ctx.ops, &scores, scale, offset, s, window)?;
+        let seg = ctx.packing.as_ref();
+        let probs = causal_softmax_packed_with(ctx.ops, &scores, scale, offset, s, window, seg)?;
         let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;
         let out = out.transpose(1, 2)?.reshape((b, s, nh * d))?;
         Ok(attn.o_proj.forward(&out, ctx)?)

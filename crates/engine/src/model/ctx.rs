@@ -1,10 +1,11 @@
 //! The per-call context of a forward pass: whether it trains (dropout on), the seed its
-//! dropout masks come from, and which implementation of the custom ops runs.
+//! dropout masks come from, which implementation of the custom ops runs, and, for packed
+//! rows, where each example starts.
 
-use crate::ops::OpPath;
+use crate::ops::{OpPath, Segments};
 
 /// Per-call settings that change the forward pass during training.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ForwardCtx {
     /// Dropout is active only when training.
     pub train: bool,
@@ -14,4 +15,7 @@ pub struct ForwardCtx {
     /// Fused CPU kernels or device-generic ops (`Auto`: fused on the CPU, generic elsewhere;
     /// tests force `Generic` on the CPU to compare the two).
     pub ops: OpPath,
+    /// Sample packing: several examples per row, each with its own positions (from 0) and
+    /// attention confined to itself. `None`: one example per row.
+    pub packing: Option<Segments>,
 }

@@ -11,9 +11,13 @@
 //! Sliding-window attention (Gemma 3's local layers, Phi-3): with a window `w`, a query at
 //! position `p` sees keys `p − w + 1 ..= p` (its own included, `w` in all), as transformers'
 //! `sliding_window_overlay` defines it; the rest of the row is 0 and gets no gradient.
+//!
+//! Packed rows (sample packing, [`Segments`]): a query also sees no key before the start of
+//! its own example, so the mask is block-diagonal causal and examples never see each other.
 
 use super::bridge::{logical_f32, tensor_f32};
 use super::generic::OpPath;
+use super::segments::Segments;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -24,6 +28,9 @@ struct CausalSoftmax {
     q: usize,
     /// Keys visible to each query, its own included (`None`: all earlier keys).
     window: Option<usize>,
+    /// Packed rows: per (batch row, query), where the query's example starts; keys before it
+    /// are hidden (block-diagonal causal mask).
+    starts: Option<std::sync::Arc<Vec<u32>>>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -32,17 +39,27 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Attention);
         let dims = layout.shape().dims();
         let k = dims[dims.len() - 1];
         let x = logical_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
         let (scale, offset, q, window) = (self.scale, self.offset, self.q.max(1), self.window);
+        let starts = self.starts.as_deref().map(Vec::as_slice);
+        // Score rows per batch row (kv heads · groups · q): the batch row of a score row.
+        let per_batch = match starts {
+            Some(st) => (x.len() / k) / (st.len() / q).max(1),
+            None => 1,
+        };
         y.par_chunks_mut(k)
             .zip(x.par_chunks(k))
             .enumerate()
             .for_each(|(row, (yr, xr))| {
                 let end = ((row % q) + offset + 1).min(k);
-                let start = window.map_or(0, |w| end.saturating_sub(w));
+                let mut start = window.map_or(0, |w| end.saturating_sub(w));
+                if let Some(st) = starts {
+                    start = start.max(st[(row / per_batch) * q + row % q] as usize);
+                }
                 let (yr, xr) = (&mut yr[start..end], &xr[start..end]);
                 let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
                 let mut z = 0f32;
@@ -59,6 +76,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _profile = super::profile::span(super::profile::Kind::Attention);
         let k = res.dim(candle_core::D::Minus1)?;
         let (ys, yl) = res.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
@@ -127,6 +145,21 @@ pub fn causal_softmax_windowed_with(
     q: usize,
     window: Option<usize>,
 ) -> Result<Tensor> {
+    causal_softmax_packed_with(path, scores, scale, offset, q, window, None)
+}
+
+/// [`causal_softmax_windowed_with`] over packed rows: a query also sees no key before the
+/// start of its own example (`segments`, a `[batch, q]` layout; `offset` must be 0, packing
+/// has no KV cache). With `None` it is the plain causal softmax.
+pub fn causal_softmax_packed_with(
+    path: OpPath,
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+    window: Option<usize>,
+    segments: Option<&Segments>,
+) -> Result<Tensor> {
     let rows = scores.dim(candle_core::D::Minus2)?;
     if q == 0 || rows % q != 0 {
         candle_core::bail!("causal softmax: {rows} score rows are not groups of {q} queries");
@@ -134,13 +167,22 @@ pub fn causal_softmax_windowed_with(
     if window == Some(0) {
         candle_core::bail!("causal softmax: a window of 0 keys");
     }
+    if let Some(seg) = segments {
+        if offset != 0 {
+            candle_core::bail!("causal softmax: packed rows with a KV cache (offset {offset})");
+        }
+        seg.check(scores.dim(0)?, q)?;
+    }
     if !path.fused_on(scores.device()) || scores.dtype() != candle_core::DType::F32 {
-        return super::generic_rowwise::causal_softmax_grouped(scores, scale, offset, q, window);
+        return super::generic_rowwise::causal_softmax_packed(
+            scores, scale, offset, q, window, segments,
+        );
     }
     scores.apply_op1(CausalSoftmax {
         scale: scale as f32,
         offset,
         q,
         window,
+        starts: segments.map(Segments::shared_starts),
     })
 }

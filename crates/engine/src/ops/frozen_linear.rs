@@ -48,9 +48,11 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (out, k) = self.w.dims2()?;
         let x = logical_f32(storage, layout)?;
         let m = x.len() / k.max(1);
+        super::profile::add_gemm_flops(2.0 * (m * k * out) as f64);
         let y = with_weight(&self.w, |w| {
             matmul(
                 MatRef::row_major(&x, m, k),
@@ -64,6 +66,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         // The gradient itself may be tracked only under double backward, which we never do.
         let g = grad.detach();
         let (out, k) = self.w.dims2()?;
@@ -73,6 +76,7 @@ impl CustomOp1 for FrozenLinear {
         };
         let gs = logical_f32(cpu, layout)?;
         let m = gs.len() / out.max(1);
+        super::profile::add_gemm_flops(2.0 * (m * k * out) as f64);
         let dx = with_weight(&self.w, |w| {
             matmul(MatRef::row_major(&gs, m, out), MatRef::row_major(w, out, k))
         })?;

@@ -244,6 +244,8 @@ struct CausalSoftmax {
     q: usize,
     /// Sliding window: a query sees at most this many keys, its own included.
     window: Option<usize>,
+    /// Packed rows: `[batch, q, 1]` f32, where each query's example starts.
+    starts: Option<Tensor>,
 }
 
 impl GenericOp for CausalSoftmax {
@@ -269,9 +271,20 @@ impl GenericOp for CausalSoftmax {
             visible = visible.mul(&keys.broadcast_ge(&first_seen)?)?;
         }
         let shape = (lead * rows / self.q, self.q, k);
+        let visible = match &self.starts {
+            // and j ≥ the start of the query's example: [b, 1, q, k] over [b, rest, q, k].
+            Some(st) => {
+                let b = st.dim(0)?;
+                let own = keys.broadcast_ge(st)?.to_dtype(visible.dtype())?;
+                let v = own.broadcast_mul(&visible.unsqueeze(0)?)?.unsqueeze(1)?;
+                v.broadcast_as((b, shape.0 / b, self.q, k))?
+                    .reshape(shape)?
+            }
+            None => visible.broadcast_as(shape)?,
+        };
         let scaled = (f32(s)?.reshape(shape)? * self.scale)?;
         let hidden = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as(shape)?;
-        let masked = visible.broadcast_as(shape)?.where_cond(&scaled, &hidden)?;
+        let masked = visible.where_cond(&scaled, &hidden)?;
         candle_nn::ops::softmax_last_dim(&masked)?
             .reshape(dims)?
             .to_dtype(s.dtype())
@@ -301,12 +314,33 @@ pub fn causal_softmax_grouped(
     q: usize,
     window: Option<usize>,
 ) -> Result<Tensor> {
+    causal_softmax_packed(scores, scale, offset, q, window, None)
+}
+
+/// [`causal_softmax_grouped`] over packed rows (`segments`: the block-diagonal causal mask of
+/// `ops::causal_softmax_packed_with`); any device.
+pub fn causal_softmax_packed(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    q: usize,
+    window: Option<usize>,
+    segments: Option<&super::segments::Segments>,
+) -> Result<Tensor> {
+    let starts = match segments {
+        Some(seg) => {
+            let st: Vec<f32> = seg.starts().iter().map(|&v| v as f32).collect();
+            Some(Tensor::from_vec(st, (seg.batch(), q, 1), scores.device())?)
+        }
+        None => None,
+    };
     apply(
         CausalSoftmax {
             scale,
             offset,
             q,
             window,
+            starts,
         },
         &[scores],
     )

@@ -285,6 +285,7 @@ impl CustomOp1 for LinearCrossEntropy {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Loss);
         let h = cpu_to_tensor(storage, layout)?;
         let (loss, lse) = forward_pass(&h, &self.w, &self.plan)?;
         // A second forward of the same op (which candle never does) would compute the same.
@@ -293,6 +294,7 @@ impl CustomOp1 for LinearCrossEntropy {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _profile = super::profile::span(super::profile::Kind::Loss);
         let g = grad
             .detach()
             .to_dtype(DType::F32)?

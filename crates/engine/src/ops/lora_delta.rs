@@ -55,6 +55,7 @@ impl CustomOp3 for LoraDelta {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (x, a, b) = (
             cpu_to_tensor(xs, xl)?,
             cpu_to_tensor(as_, al)?,
@@ -75,6 +76,7 @@ impl CustomOp3 for LoraDelta {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
         let g = rows(&grad.detach().contiguous()?)?;
         let (xd, h) = self.inner(&x, &a)?;

@@ -105,10 +105,12 @@ impl CustomOp3 for LoraLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (out, k, r) = self.dims(xl.dims(), al.dims(), bl.dims())?;
         let x = logical_f32(xs, xl)?;
         let (a, b) = (logical_f32(as_, al)?, logical_f32(bs, bl)?);
         let m = x.len() / k.max(1);
+        super::profile::add_gemm_flops(2.0 * (m * (k * out + r * (k + out))) as f64);
         let mut y = vec![0f32; m * out];
         with_weight(&self.w, |w| {
             gemm_into(
@@ -142,6 +144,7 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (want_x, want_a, want_b) = (x.track_op(), a.track_op(), b.track_op());
         let (out, k, r) = self.dims(x.dims(), a.dims(), b.dims())?;
         let scale = self.scale as f32;
@@ -150,6 +153,8 @@ impl CustomOp3 for LoraLinear {
         let (gs, gl) = grad.storage_and_layout();
         let g = cpu_f32(&gs, gl)?;
         let m = g.len() / out.max(1);
+        // dx through the base, and dh, dA, dB, dx through the adapter.
+        super::profile::add_gemm_flops(2.0 * (m * (k * out + 2 * r * (k + out))) as f64);
         let (ast, al) = a.storage_and_layout();
         let av = cpu_f32(&ast, al)?;
 

@@ -24,13 +24,15 @@ mod linear_cross_entropy;
 mod linear_cross_entropy_generic;
 mod lora_delta;
 mod lora_linear;
+pub mod profile;
 mod rms_norm;
 mod rope;
+mod segments;
 mod swiglu;
 
 pub use causal_softmax::{
-    causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with, causal_softmax_windowed,
-    causal_softmax_windowed_with,
+    causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with,
+    causal_softmax_packed_with, causal_softmax_windowed, causal_softmax_windowed_with,
 };
 pub use dropout::DropoutMask;
 pub use frozen_linear::{frozen_linear, frozen_linear_with};
@@ -42,5 +44,6 @@ pub use linear_cross_entropy_generic::{
 pub use lora_delta::{lora_delta, lora_delta_with};
 pub use lora_linear::{lora_linear, lora_linear_with};
 pub use rms_norm::{rms_norm, rms_norm_with};
-pub use rope::{rope, rope_with, RopeTables};
+pub use rope::{rope, rope_packed_with, rope_with, RopeTables};
+pub use segments::Segments;
 pub use swiglu::{geglu, geglu_with, swiglu, swiglu_with};

@@ -37,6 +37,7 @@ impl CustomOp2 for RmsNorm {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         let d = xl.shape().dims().last().copied().unwrap_or(1);
         if wl.shape().elem_count() != d {
             bail!(
@@ -67,6 +68,7 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         let d = x.dim(candle_core::D::Minus1)?;
         let (want_dx, want_dw) = (x.track_op(), w.track_op());
         if d == 0 || !(want_dx || want_dw) {

@@ -11,6 +11,7 @@
 
 use super::bridge::{cpu_to_tensor, tensor_to_cpu};
 use super::generic::OpPath;
+use super::segments::Segments;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Precomputed `cos`/`sin` tables, `[max_positions, head_dim/2]`.
@@ -75,12 +76,14 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         let x = cpu_to_tensor(storage, layout)?;
         let y = candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?;
         Ok((tensor_to_cpu(&y)?, y.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         let g = grad.detach().contiguous()?;
         Ok(Some(candle_nn::rotary_emb::rope(
             &g,
@@ -107,6 +110,42 @@ pub fn rope_with(path: OpPath, x: &Tensor, tables: &RopeTables, offset: usize) -
     let seq = x.dim(2)?;
     let cos = tables.cos.narrow(0, offset, seq)?.contiguous()?;
     let sin = tables.sin.narrow(0, offset, seq)?.contiguous()?;
+    rope_tables_with(path, x, cos, sin)
+}
+
+/// [`rope_with`] at per-token positions: packed rows, whose position ids restart at 0 for
+/// every example (`segments.positions()`); the tables are gathered to `[b, seq, d/2]`.
+pub fn rope_packed_with(
+    path: OpPath,
+    x: &Tensor,
+    tables: &RopeTables,
+    segments: &Segments,
+) -> Result<Tensor> {
+    let (b, _, seq, d) = x.dims4()?;
+    segments.check(b, seq)?;
+    if segments.span() > tables.max_positions() {
+        candle_core::bail!(
+            "rope: an example of {} positions exceeds the tables' {}",
+            segments.span(),
+            tables.max_positions()
+        );
+    }
+    let rot = tables.rotary_dim();
+    if rot < d {
+        let rotated = rope_packed_with(path, &x.narrow(3, 0, rot)?, tables, segments)?;
+        return Tensor::cat(&[&rotated, &x.narrow(3, rot, d - rot)?], 3);
+    }
+    let pos = segments.positions();
+    let gather = |t: &Tensor| -> Result<Tensor> {
+        t.index_select(pos, 0)?
+            .reshape((b, seq, rot / 2))?
+            .contiguous()
+    };
+    rope_tables_with(path, x, gather(&tables.cos)?, gather(&tables.sin)?)
+}
+
+/// RoPE with `cos`/`sin` already cut to this call (`[seq, d/2]` or `[b, seq, d/2]`).
+fn rope_tables_with(path: OpPath, x: &Tensor, cos: Tensor, sin: Tensor) -> Result<Tensor> {
     if !path.fused_on(x.device()) || x.dtype() != candle_core::DType::F32 {
         return super::generic_rowwise::rope(x, &cos, &sin);
     }

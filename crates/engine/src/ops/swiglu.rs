@@ -73,6 +73,7 @@ impl CustomOp2 for GatedAct {
         us: &CpuStorage,
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         if gl.shape() != ul.shape() {
             bail!(
                 "swiglu: gate {:?} and up {:?} differ",
@@ -100,6 +101,7 @@ impl CustomOp2 for GatedAct {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _profile = super::profile::span(super::profile::Kind::Elementwise);
         let (want_dg, want_du) = (gate.track_op(), up.track_op());
         let (gs, gl) = gate.storage_and_layout();
         let (us, ul) = up.storage_and_layout();

@@ -9,6 +9,7 @@
 pub mod calibrate;
 pub mod devices;
 pub mod elsewhere;
+pub mod epoch;
 pub mod estimate;
 pub mod fit;
 pub mod gpu_classes;

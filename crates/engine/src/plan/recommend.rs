@@ -132,6 +132,7 @@ pub struct Candidate {
     /// `usable − peak` (negative when it does not fit).
     #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub headroom_bytes: i64,
+    /// Real (non-padding) tokens per second over an epoch of the dataset (`epoch_seconds`).
     pub tokens_per_s: f64,
     pub epoch_seconds: f64,
     pub reason: String,
@@ -251,6 +252,12 @@ pub fn recommend_with(
                 let fits = need <= usable;
                 let trunc = data.truncated_share(seq);
                 let tokens = data.epoch_tokens(seq).max(1) as f64;
+                // What the steps compute: each micro-batch at its own length, or packed rows.
+                let epoch_s = if data.lengths.is_empty() {
+                    tokens / est.tokens_per_s.max(1e-9)
+                } else {
+                    super::epoch::epoch_seconds(c, &req, k, &data.lengths)
+                };
                 let name = label(m, ckpt);
                 let reason = if fits {
                     format!(
@@ -271,8 +278,8 @@ pub fn recommend_with(
                     truncated_share: trunc,
                     fits,
                     headroom_bytes: usable as i64 - need as i64,
-                    tokens_per_s: est.tokens_per_s,
-                    epoch_seconds: tokens / est.tokens_per_s.max(1e-9),
+                    tokens_per_s: tokens / epoch_s.max(1e-9),
+                    epoch_seconds: epoch_s,
                     estimate: est,
                     request: req,
                     reason,

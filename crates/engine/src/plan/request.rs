@@ -74,6 +74,10 @@ pub struct PlanRequest {
     /// A validation split is evaluated (its forward pass has its own peak).
     pub evaluation: bool,
     pub throughput: Throughput,
+    /// Sample packing: every row is `seq_len` tokens of several examples, so an epoch costs
+    /// its packed rows rather than one sequence per example (`recommend`'s epoch time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
 }
 
 impl Default for PlanRequest {
@@ -88,6 +92,7 @@ impl Default for PlanRequest {
             device: ComputeDevice::Cpu,
             evaluation: true,
             throughput: Throughput::default(),
+            packing: false,
         }
     }
 }

@@ -10,9 +10,13 @@
 //! - filters and string methods whose numeric argument sets how much they allocate (`indent`,
 //!   `slice`, `batch`, printf/`str.format` widths, `str.replace` growth) check it first.
 //!
-//! Not bounded here: a value grown by repeated `~` concatenation inside the fuel budget, or a
-//! lazily repeated list turned into one string (`([s] * n) ~ ''`): minijinja has no hook on
-//! its operators; the fuel bounds how many such steps run, not their size.
+//! - strings built by operators (`~`, `+`, `*`) pay fuel for their bytes, and sequences built by
+//!   `+` or `*` are limited in length: minijinja has no hook on its operators, so this part is a
+//!   patch of the vendored crate (`vendor/minijinja/PATCHES.md`); `{% set s = s ~ s %}` in a
+//!   loop then ends "out of fuel" instead of exhausting memory;
+//! - filters that turn a whole value into one string (`join`, `string`, `pprint`) measure it
+//!   first, so a lazily repeated list (`[s] * n`) is refused, not built; the engine's own
+//!   `tojson` stops once its output passes the output bound.
 
 use crate::limits::{TEMPLATE_FUEL, TEMPLATE_OUTPUT_BYTES, TEMPLATE_RECURSION, TEMPLATE_SECONDS};
 use minijinja::value::{Kwargs, Rest, StringInput, Value};
@@ -64,6 +68,9 @@ pub(super) fn harden(env: &mut Environment<'static>) {
     env.add_filter("slice", slice);
     env.add_filter("batch", batch);
     env.add_filter("format", format);
+    env.add_filter("join", join);
+    env.add_filter("string", string);
+    env.add_filter("pprint", pprint);
     env.set_unknown_method_callback(methods);
 }
 
@@ -110,6 +117,67 @@ fn slice(state: &State, value: Value, count: usize, fill: Option<Value>) -> Resu
 fn batch(state: &State, value: Value, count: usize, fill: Option<Value>) -> Result<Value, Error> {
     bounded("batch size", count, std::mem::size_of::<Value>())?;
     minijinja::filters::batch(state, value, count, fill)
+}
+
+/// Counts bytes written, failing past the output bound.
+struct Measure(usize);
+
+impl std::fmt::Write for Measure {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        if self.0 > TEMPLATE_OUTPUT_BYTES {
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+/// Fails when the text `write` makes would exceed the output bound, before anything is built.
+fn measured(what: &str, write: impl FnOnce(&mut Measure) -> std::fmt::Result) -> Result<(), Error> {
+    let mut m = Measure(0);
+    write(&mut m).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "{what} would build more than {} MiB; templates are limited",
+                TEMPLATE_OUTPUT_BYTES >> 20
+            ),
+        )
+    })
+}
+
+fn join(state: &State, value: &Value, joiner: Option<StringInput<'_>>) -> Result<Value, Error> {
+    use std::fmt::Write;
+    let sep = joiner.as_ref().map(|j| j.as_str()).unwrap_or("");
+    if let Some(s) = value.as_str() {
+        // A string joins its characters.
+        bounded("join of", s.chars().count(), sep.len() + 4)?;
+    } else if !value.is_undefined() && !value.is_none() {
+        if let Ok(items) = value.try_iter() {
+            measured("join", |m| {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        m.write_str(sep)?;
+                    }
+                    write!(m, "{item}")?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    minijinja::filters::join(state, value, joiner)
+}
+
+fn string(state: &State, value: &Value) -> Result<Value, Error> {
+    use std::fmt::Write;
+    measured("string", |m| write!(m, "{value}"))?;
+    minijinja::filters::string(state, value)
+}
+
+fn pprint(value: &Value) -> Result<String, Error> {
+    use std::fmt::Write;
+    measured("pprint", |m| write!(m, "{value:#?}"))?;
+    Ok(minijinja::filters::pprint(value))
 }
 
 /// Refuses a printf or `str.format` spec whose width or precision has more than 7 digits.

@@ -61,6 +61,13 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub device: Option<DeviceChoice>,
+    /// Sample packing: short examples laid end to end in rows of `seq_len` tokens, each with
+    /// its own positions and attention confined to itself (the same loss and gradients as one
+    /// by one), so a step computes on real tokens instead of many tiny sequences or padding.
+    /// Off in records from before it existed (and left out of records when off, so those runs
+    /// still resume with the same settings).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +94,7 @@ impl Default for TrainConfig {
             adapter_dtype: Default::default(),
             weight_dtype: WeightDtype::F32,
             device: None,
+            packing: false,
         }
     }
 }
@@ -138,12 +146,13 @@ impl TrainConfig {
             device,
             evaluation: self.val_fraction > 0.0,
             throughput,
+            packing: self.packing,
         }
     }
 
     /// These settings with the knobs a planner candidate chooses (method, sequence length,
     /// batch, accumulation, checkpointing, weight storage) taken from `r`; the rest (learning
-    /// rate, epochs, seed…) kept.
+    /// rate, epochs, seed, packing…) kept.
     pub fn with_plan(&self, r: &PlanRequest) -> Self {
         Self {
             method: r.method.clone(),

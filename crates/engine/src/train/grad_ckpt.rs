@@ -109,7 +109,7 @@ pub fn checkpointed_block(
     let op = CheckpointedBlock {
         model: model.clone(),
         layer,
-        ctx: *ctx,
+        ctx: ctx.clone(),
         params,
         sink: sink.clone(),
     };

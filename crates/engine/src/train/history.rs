@@ -165,13 +165,21 @@ pub fn check_id(id: &str) -> Result<&str> {
     }
 }
 
-/// A new, unused run id under `runs`: `run-<unix seconds>-<n>`.
-pub fn new_id(runs: &Path) -> String {
+/// A new run id under `runs` (`run-<unix seconds>-<n>`), its folder created empty here: the
+/// creation is the reservation, so two app instances starting runs in the same second (both
+/// seeing `-1` free) still get different ids — `create_dir` fails for all but one of them.
+pub fn reserve_id(runs: &Path) -> Result<String> {
+    std::fs::create_dir_all(runs).map_err(|e| Error::io(runs, e))?;
     let base = format!("run-{}", now() as u64);
-    (1..)
-        .map(|n| format!("{base}-{n}"))
-        .find(|id| !runs.join(id).exists())
-        .unwrap_or(base)
+    let mut n = 1;
+    loop {
+        let id = format!("{base}-{n}");
+        match std::fs::create_dir(runs.join(&id)) {
+            Ok(()) => return Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(Error::io(runs.join(&id), e)),
+        }
+    }
 }
 
 impl RunRecord {
@@ -319,4 +327,40 @@ pub fn delete(runs: &Path, id: &str) -> Result<()> {
         return Err(in_use(&dir));
     }
     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_reserved_at_once_from_many_threads_get_different_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        // Eight "instances" reserving 25 ids each, all within the same second or two: with a
+        // check-then-create id they would collide.
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..25)
+                            .map(|_| reserve_id(&runs).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 200, "duplicate run ids: {ids:?}");
+        for id in &ids {
+            assert!(runs.join(id).is_dir(), "{id} was not created");
+            check_id(id).unwrap();
+        }
+    }
 }

@@ -9,13 +9,14 @@
 //! checkpoint holds the parameters and optimizer moments bit for bit. So a run resumed at
 //! step s computes exactly what the uninterrupted run computes from step s.
 
-use crate::data::batch::{epoch_order, make_batch, pad_id};
+use crate::data::batch::{epoch_order, make_batch, pack_batch, pack_rows, pad_id, Batch};
 use crate::data::render::TokenizedExample;
 use crate::error::{Error, Result};
 use crate::fsutil::replace_dir;
 use crate::memory::{peak_rss_bytes, rss_bytes};
 use crate::model::ctx::ForwardCtx;
 use crate::model::loaded::LoadedModel;
+use crate::ops::profile::{span, Kind};
 use crate::peft::adapter_io::{save_delta, save_lora_adapter, ADAPTER_CONFIG, DELTA_WEIGHTS};
 use crate::peft::method::{layer_index, Method, Trainable};
 use crate::plan::{estimate, ComputeDevice, Throughput};
@@ -131,7 +132,9 @@ fn run(
     let baseline = rss_bytes().unwrap_or(0);
     let prep = prepare_data(model, data, cfg)?;
     let rm = prepare_model(model, cfg)?;
-    let micro_per_epoch = prep.train.len().div_ceil(cfg.batch_size);
+    let packed_rows = packed_rows(&prep.train, cfg)?;
+    let units = packed_rows.as_ref().map_or(prep.train.len(), Vec::len);
+    let micro_per_epoch = units.div_ceil(cfg.batch_size);
     let total_steps = match cfg.max_steps {
         Some(s) => s,
         None => ((cfg.epochs * micro_per_epoch as f64) / cfg.grad_accum as f64)
@@ -187,6 +190,7 @@ fn run(
         prep: &prep,
         rm: &rm,
         pad: pad_id(&model.tokenizer),
+        packed_rows,
         micro_per_epoch,
         total_steps,
         baseline,
@@ -302,6 +306,19 @@ fn best_of(evals: &[(usize, f64)]) -> Option<BestCheckpoint> {
         .map(|(step, eval_loss)| BestCheckpoint { step, eval_loss })
 }
 
+/// With `cfg.packing`, the training examples packed into rows of `seq_len` tokens once per
+/// run, in a seeded order of their own: the rows are fixed, so an epoch has a fixed number of
+/// micro-batches (what makes the step → batch map, and so resume, exact) and each epoch
+/// shuffles the rows.
+fn packed_rows(train: &[TokenizedExample], cfg: &TrainConfig) -> Result<Option<Vec<Vec<usize>>>> {
+    if !cfg.packing {
+        return Ok(None);
+    }
+    let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
+    let order = epoch_order(train.len(), cfg.seed ^ 0x9ACC_ED5E_9ACC_ED5E, u64::MAX);
+    Ok(Some(pack_rows(&lengths, &order, cfg.seq_len)?))
+}
+
 /// The planned memory of this run, and the part of it already in memory when it began
 /// (runtime, tokenizer, and the base weights when the run shares ones built earlier).
 fn memory_plan(model: &LoadedModel, cfg: &TrainConfig, rm: &RunModel, baseline: u64) -> RunMemory {
@@ -332,6 +349,8 @@ struct Run<'a> {
     prep: &'a PreparedData,
     rm: &'a RunModel,
     pad: u32,
+    /// With packing, the rows of example indices every epoch shuffles (see [`packed_rows`]).
+    packed_rows: Option<Vec<Vec<usize>>>,
     micro_per_epoch: usize,
     total_steps: usize,
     baseline: u64,
@@ -378,6 +397,7 @@ impl Run<'_> {
             };
             tokens_done += tokens;
             let mut grads = grads;
+            let optimizer_span = span(Kind::Optimizer);
             let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
             if !loss.is_finite() || !grad_norm.is_finite() {
                 return Err(Error::invalid(
@@ -393,6 +413,7 @@ impl Run<'_> {
                 step,
             );
             opt.step(&grads, lr)?;
+            drop(optimizer_span);
             state.step += 1;
             state.optimizer_t = opt.t;
             state.losses.push((state.step, loss));
@@ -459,10 +480,7 @@ impl Run<'_> {
             }
             let k = step * cfg.grad_accum + j;
             let (epoch, pos) = (k / self.micro_per_epoch, k % self.micro_per_epoch);
-            let order = epoch_order(self.prep.train.len(), cfg.seed, epoch as u64);
-            let idx = &order[pos * cfg.batch_size..((pos + 1) * cfg.batch_size).min(order.len())];
-            let refs: Vec<&TokenizedExample> = idx.iter().map(|&i| &self.prep.train[i]).collect();
-            let b = make_batch(&refs, self.pad)?;
+            let b = self.micro_batch(epoch, pos)?;
             tokens += b.attention_mask.iter().filter(|&&m| m > 0.0).count();
             let ctx = ForwardCtx {
                 train: true,
@@ -495,6 +513,27 @@ impl Run<'_> {
             .map(|(g, (_, v))| g.map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Some((step_loss, grads, tokens)))
+    }
+
+    /// Micro-batch `pos` of epoch `epoch`: examples (or packed rows) in the epoch's order.
+    fn micro_batch(&self, epoch: usize, pos: usize) -> Result<Batch> {
+        let (cfg, train) = (self.cfg, &self.prep.train);
+        let units = self.packed_rows.as_ref().map_or(train.len(), Vec::len);
+        let order = epoch_order(units, cfg.seed, epoch as u64);
+        let idx = &order[pos * cfg.batch_size..((pos + 1) * cfg.batch_size).min(order.len())];
+        match &self.packed_rows {
+            Some(rows) => {
+                let rows: Vec<Vec<&TokenizedExample>> = idx
+                    .iter()
+                    .map(|&r| rows[r].iter().map(|&i| &train[i]).collect())
+                    .collect();
+                pack_batch(&rows, self.pad)
+            }
+            None => {
+                let refs: Vec<&TokenizedExample> = idx.iter().map(|&i| &train[i]).collect();
+                make_batch(&refs, self.pad)
+            }
+        }
     }
 
     /// Validation loss when due (every `eval_every` steps and at the end); a new best is saved

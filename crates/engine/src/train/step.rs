@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::{masked_cross_entropy, Decoder};
 use crate::model::linear::Base;
-use crate::ops::linear_cross_entropy_with;
+use crate::ops::{linear_cross_entropy_with, Segments};
 use crate::train::grad_ckpt::{checkpointed_block, GradSink};
 use candle_core::{DType, Tensor};
 use std::sync::Arc;
@@ -73,6 +73,17 @@ pub fn batch_loss(
     }
     let dev = model.device();
     let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.seq), dev)?;
+    let packed;
+    let ctx = match &b.segment_starts {
+        Some(starts) => {
+            packed = ForwardCtx {
+                packing: Some(Segments::new(starts.clone(), b.batch, b.seq, dev)?),
+                ..ctx.clone()
+            };
+            &packed
+        }
+        None => ctx,
+    };
     let h = forward_hidden(model, &ids, ctx, ckpt)?;
     if let Some(w) = frozen_output_weight(model) {
         // Never materialises the [tokens, vocab] logits or their gradient.
@@ -189,6 +200,7 @@ mod tests {
             attention_mask: vec![1.0; batch * seq],
             batch,
             seq,
+            segment_starts: None,
         };
         let ctx = ForwardCtx {
             train: true,

@@ -3,9 +3,9 @@
 //! with extreme arguments, plus truncated (unparseable) ones, rendered over random messages;
 //! and a fixed list of hostile templates that must end with a clear error.
 //!
-//! Not generated: a value that feeds itself (`set s = s ~ s` in a loop, or a macro passing
-//! `s ~ s` to itself) — exponential growth inside the fuel budget, which minijinja gives no
-//! hook to bound (see `template::guard`).
+//! Values that feed themselves (`set ns.v = ns.v ~ ns.v`, lists doubled by `+`) are generated
+//! too: their growth is bounded by fuel charged per byte and a length limit on sequences (the
+//! vendored minijinja's patch, see `template::guard`).
 
 use crate::harness::{run, Rng, Verdict};
 use peft_engine::template::{ChatTemplate, Message};
@@ -67,7 +67,7 @@ fn expr(rng: &mut Rng, depth: usize) -> String {
 fn stmts(rng: &mut Rng, depth: usize) -> String {
     let mut out = String::new();
     for _ in 0..1 + rng.below(3) {
-        let s = match rng.below(if depth == 0 { 4 } else { 9 }) {
+        let s = match rng.below(if depth == 0 { 4 } else { 11 }) {
             0 => "<|im_start|>".to_string(),
             1 => {
                 let d = rng.below(3);
@@ -92,6 +92,8 @@ fn stmts(rng: &mut Rng, depth: usize) -> String {
                 num(rng)
             ),
             7 => format!("{{{{ raise_exception('bad ' ~ {}) }}}}", expr(rng, 0)),
+            8 => format!("{{% set ns.v = ns.v ~ ns.v ~ {} %}}", expr(rng, 0)),
+            9 => format!("{{% set ns.l = ns.l + ns.l + [{}] %}}", expr(rng, 0)),
             _ => format!(
                 "{{% for a in range({}) %}}{{% for b in range({}) %}}{}{{% endfor %}}{{% endfor %}}",
                 num(rng),
@@ -116,7 +118,7 @@ fn messages(rng: &mut Rng) -> Vec<Message> {
 #[test]
 fn chat_templates() {
     run("chat template", 300, |rng, _| {
-        let mut src = format!("{{% set ns = namespace(v='') %}}{}", stmts(rng, 3));
+        let mut src = format!("{{% set ns = namespace(v='', l=[]) %}}{}", stmts(rng, 3));
         if rng.one_in(8) {
             src.truncate(rng.below(src.len()));
         }
@@ -159,6 +161,42 @@ fn loops_of_costly_steps_stop_at_the_deadline() {
         "{% for a in range(100000) %}{{ ('x' * 100000000)|length }}{% endfor %}",
         "longer than",
     )]);
+}
+
+#[test]
+fn values_that_feed_themselves_stop_with_a_clear_error() {
+    let doubled = "{% set s = s ~ s %}".repeat(48);
+    let sequential = format!("{{% set s = 'ab' %}}{doubled}{{{{ s|length }}}}");
+    expect_clear_errors(&[
+        // 2^64 bytes by `~` in a loop, in 64 steps.
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+            "fuel",
+        ),
+        // The same without a loop: 48 statements, 2^49 bytes.
+        (&sequential, "fuel"),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+            "fuel",
+        ),
+        (
+            "{% macro m(s, n) %}{% if n > 0 %}{{ m(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ m('ab', 60) }}",
+            "fuel|recursion",
+        ),
+        // Lazy sequences: doubled by `+`, repeated by `*`.
+        (
+            "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}",
+            "too long",
+        ),
+        ("{{ ([messages] * 1099511627776)|length }}", "too long"),
+        // A repeated list printed into one string: 1000 x 10 MB.
+        ("{% set s = 'x' * 10000000 %}{{ ([s] * 1000) ~ '' }}", "fuel"),
+        ("{{ (['x' * 10000000] * 1000)|join }}", "join"),
+        ("{{ (['x' * 10000000] * 1000)|string }}", "string"),
+        ("{{ (['x' * 10000000] * 1000)|tojson }}", "tojson"),
+        ("{{ (['x' * 10000000] * 1000)|pprint }}", "pprint"),
+        ("{{ ('x' * 10000000)|join(' ' * 100) }}", "join"),
+    ]);
 }
 
 #[test]

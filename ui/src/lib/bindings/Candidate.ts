@@ -13,4 +13,8 @@ label: string, request: PlanRequest, truncated_share: number, estimate: Estimate
 /**
  * `usable − peak` (negative when it does not fit).
  */
-headroom_bytes: number, tokens_per_s: number, epoch_seconds: number, reason: string, };
+headroom_bytes: number, 
+/**
+ * Real (non-padding) tokens per second over an epoch of the dataset (`epoch_seconds`).
+ */
+tokens_per_s: number, epoch_seconds: number, reason: string, };

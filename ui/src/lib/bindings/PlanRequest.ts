@@ -16,4 +16,9 @@ weight_dtype: WeightDtype, device: ComputeDevice,
 /**
  * A validation split is evaluated (its forward pass has its own peak).
  */
-evaluation: boolean, throughput: Throughput, };
+evaluation: boolean, throughput: Throughput, 
+/**
+ * Sample packing: every row is `seq_len` tokens of several examples, so an epoch costs
+ * its packed rows rather than one sequence per example (`recommend`'s epoch time).
+ */
+packing?: boolean, };

@@ -69,4 +69,12 @@ weight_dtype: WeightDtype,
  * else the CPU). On a GPU activations and frozen weights are bf16; adapters, gradients
  * and optimizer state stay f32.
  */
-device?: DeviceChoice, };
+device?: DeviceChoice, 
+/**
+ * Sample packing: short examples laid end to end in rows of `seq_len` tokens, each with
+ * its own positions and attention confined to itself (the same loss and gradients as one
+ * by one), so a step computes on real tokens instead of many tiny sequences or padding.
+ * Off in records from before it existed (and left out of records when off, so those runs
+ * still resume with the same settings).
+ */
+packing?: boolean, };
