@@ -116,7 +116,11 @@ fn a_method_refuses_a_base_stored_for_another() {
     use peft_engine::peft::method::apply_method;
     let lora = LoraSettings::default();
     let e = apply_method(&mut common::decoder(), &Method::Qlora(lora.clone()), 1).unwrap_err();
-    assert!(e.to_string().contains("qlora needs NF4"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("qlora needs quantized (NF4 or GGUF)"),
+        "{e}"
+    );
     let e = apply_method(&mut common::nf4_decoder(), &Method::Lora(lora), 1).unwrap_err();
     assert!(e.to_string().contains("lora needs dense"), "{e}");
     let e = apply_method(&mut common::nf4_decoder(), &Method::Full, 1).unwrap_err();

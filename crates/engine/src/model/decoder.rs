@@ -501,6 +501,8 @@ impl Decoder {
         let z = match &self.lm_head {
             Some(head) => head.forward(hidden, ctx)?,
             None => match &self.embed_q {
+                // Training needs the gradient to the hidden states: the tiled op.
+                Some(q) if ctx.train => q.forward_train(hidden)?,
                 Some(q) => q.forward(hidden)?,
                 None => matmul_t_with(ctx.ops, hidden, &self.embed_tokens)?,
             },

@@ -332,15 +332,8 @@ impl TensorSource for GgufSource {
     }
 
     fn load_ggml(&self, name: &str) -> Result<Option<QTensor>> {
-        let Some(e) = self.tensors.get(name) else {
-            return Ok(None); // the dense load names what is missing
-        };
-        let float = matches!(e.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        // The quantized kernels need every row to be whole blocks (a crafted file can store a
-        // tensor whose rows straddle blocks); such a tensor loads dense instead.
-        let whole_rows = e.shape.len() == 2 && e.shape[1] % e.dtype.block_size() == 0;
-        if float || e.minus_one || !whole_rows {
-            return Ok(None);
+        if self.ggml_bytes(name).is_none() {
+            return Ok(None); // kept dense (a missing tensor is named by the dense load)
         }
         let (e, q) = self.read(name)?;
         let Some(heads) = e.rope_heads else {
@@ -355,6 +348,19 @@ impl TensorSource for GgufSource {
         let q = crate::quant::ggml::reorder_rows(&q, &order)
             .map_err(|c| err(format!("reordering rows of `{}`: {c}", e.gguf_name)))?;
         Ok(Some(q))
+    }
+
+    fn ggml_bytes(&self, name: &str) -> Option<u64> {
+        let e = self.tensors.get(name)?;
+        let float = matches!(e.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        // The quantized kernels need every row to be whole blocks (a crafted file can store a
+        // tensor whose rows straddle blocks); such a tensor loads dense instead.
+        let whole_rows = e.shape.len() == 2 && e.shape[1] % e.dtype.block_size() == 0;
+        if float || e.minus_one || !whole_rows {
+            return None;
+        }
+        let n: usize = e.shape.iter().product();
+        Some((n / e.dtype.block_size() * e.dtype.type_size()) as u64)
     }
 
     fn dtype_summary(&self) -> String {

@@ -4,9 +4,9 @@
 //! Which kernel runs is decided by structure, not flags: a base weight that is a candle `Var`
 //! (full or selective fine-tuning) goes through the ordinary matmul so it receives a gradient;
 //! a plain tensor goes through [`crate::ops::frozen_linear`], whose backward returns only the
-//! input gradient; an NF4 weight goes through the NF4 op; a GGUF-typed weight through candle's
-//! quantized matmul (inference only: it has no backward, so a training forward is refused
-//! rather than silently cutting the gradient to earlier adapters). The LoRA delta is added by
+//! input gradient; an NF4 weight goes through the NF4 op; a GGUF-typed weight through the
+//! quantized kernels when generating and through the tiled op of `quant::ggml_op` (input
+//! gradient, like NF4's) when training. The LoRA delta is added by
 //! [`crate::model::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
 //! together with the base product by [`crate::model::lora::Lora::forward_with_base`] (one op
 //! instead of two plus an add: fewer full-size buffers and gradient accumulations).
@@ -28,8 +28,9 @@ pub enum Base {
     /// Frozen 4-bit NormalFloat with double-quantized constants (QLoRA); dequantized tile by
     /// tile inside the matmul, forward and backward.
     Nf4(Arc<Nf4Tensor>),
-    /// Frozen, in the GGUF file's own block type (`Q4_1`, `Q4_K`, …), for generation: the
-    /// LoRA delta, if any, is added unmerged on top of the quantized product.
+    /// Frozen, in the GGUF file's own block type (`Q4_1`, `Q4_K`, …): generation, with the
+    /// LoRA delta added unmerged on top of the quantized product, and QLoRA over the file's
+    /// own quantization.
     Ggml(Arc<GgmlWeight>),
 }
 
@@ -99,13 +100,8 @@ impl Linear {
             }
             (Base::Dense(w), _) => (matmul_t_with(ctx.ops, x, w)?, false),
             (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward_with(ctx.ops, x)?, false),
-            (Base::Ggml(_), _) if ctx.train => {
-                return Err(candle_core::Error::Msg(
-                    "a GGUF-typed weight is for generation only (its matmul has no backward); \
-                     training loads the model in a trainable storage"
-                        .into(),
-                ))
-            }
+            // Training needs the input gradient: the tiled op with a backward.
+            (Base::Ggml(q), _) if ctx.train => (q.forward_train(x)?, false),
             (Base::Ggml(q), _) => (q.forward(&x.to_dtype(DType::F32)?)?, false),
         };
         if let Some(b) = &self.bias {

@@ -221,6 +221,25 @@ impl LoadedModel {
         }
     }
 
+    /// Bytes of the block linears as the GGUF file stores them, when every one of them is in
+    /// a block type the engine keeps (`LoadOptions::keep_gguf_types`); `None` for other
+    /// sources and for GGUFs with float (or unusable) linears. QLoRA over such a file trains
+    /// over these bytes, and the planner counts them.
+    pub fn gguf_linear_bytes(&self) -> Option<u64> {
+        if !matches!(self.source, ModelSource::Gguf(_)) {
+            return None;
+        }
+        let mut total = 0u64;
+        for l in 0..self.config.num_hidden_layers {
+            for (path, ..) in crate::model::count::block_linears(&self.config) {
+                total += self
+                    .tensors
+                    .ggml_bytes(&format!("model.layers.{l}.{path}.weight"))?;
+            }
+        }
+        Some(total)
+    }
+
     /// Forgets the kept decoder (its memory is freed once no job holds it).
     pub fn release_weights(&self) {
         if let Ok(mut k) = self.kept() {

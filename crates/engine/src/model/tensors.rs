@@ -40,6 +40,12 @@ pub trait TensorSource: Send + Sync {
     fn load_ggml(&self, _name: &str) -> Result<Option<candle_core::quantized::QTensor>> {
         Ok(None)
     }
+
+    /// Bytes [`TensorSource::load_ggml`] would keep for `name` (its block type's bits per
+    /// weight), without reading it; `None` where that returns `None`.
+    fn ggml_bytes(&self, _name: &str) -> Option<u64> {
+        None
+    }
 }
 
 enum Bytes {

@@ -15,6 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::decoder::{Decoder, LoadOptions, WeightDtype};
+use crate::model::loaded::LoadedModel;
 use crate::peft::lora::{fresh_adapter, lora_scale};
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
@@ -214,6 +215,24 @@ impl Method {
         }
     }
 
+    /// [`Method::base_storage`] for `model` trained on the CPU or not: QLoRA over a GGUF whose
+    /// block linears are all in block types trains over those (the file's own 4-bit (or k-quant)
+    /// base, dequantized tile by tile like NF4: no f32 copy and no second rounding to NF4) —
+    /// on the CPU, where their kernels run; elsewhere NF4.
+    pub fn base_storage_for(
+        &self,
+        model: &LoadedModel,
+        dtype: WeightDtype,
+        cpu: bool,
+    ) -> LoadOptions {
+        match self {
+            Method::Qlora(_) if cpu && model.gguf_linear_bytes().is_some() => {
+                LoadOptions::gguf_types(dtype)
+            }
+            _ => self.base_storage(dtype),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Method::Full => "full",
@@ -281,15 +300,17 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 /// anything but NF4 would be plain LoRA with 4-bit memory figures, and LoRA or full tuning over
 /// NF4 would train against a degraded base.
 fn check_base_storage(model: &mut Decoder, method: &Method) -> Result<()> {
+    use crate::model::linear::Base;
     let linears = model.linears_mut();
     let blocks = linears.len();
-    let nf4 = linears
+    // NF4, or a GGUF's own block types (QLoRA over the file's quantization).
+    let quantized = linears
         .iter()
-        .filter(|(_, l)| matches!(l.base, crate::model::linear::Base::Nf4(_)))
+        .filter(|(_, l)| matches!(l.base, Base::Nf4(_) | Base::Ggml(_)))
         .count();
-    let (want_nf4, ok) = match method {
-        Method::Qlora(_) => (true, nf4 == blocks),
-        _ => (false, nf4 == 0),
+    let (want_quantized, ok) = match method {
+        Method::Qlora(_) => (true, quantized == blocks),
+        _ => (false, quantized == 0),
     };
     if ok {
         return Ok(());
@@ -297,9 +318,9 @@ fn check_base_storage(model: &mut Decoder, method: &Method) -> Result<()> {
     Err(Error::invalid(
         "method",
         format!(
-            "{} needs {} block linears, but {nf4} of {blocks} are NF4; load the base with `Method::base_storage`",
+            "{} needs {} block linears, but {quantized} of {blocks} are quantized; load the base with `Method::base_storage_for`",
             method.name(),
-            if want_nf4 { "NF4" } else { "dense" },
+            if want_quantized { "quantized (NF4 or GGUF)" } else { "dense" },
         ),
     ))
 }

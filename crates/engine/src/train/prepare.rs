@@ -123,7 +123,10 @@ pub struct RunModel {
 /// # Errors
 /// Those of building the weights and of [`apply_method`].
 pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel> {
-    let storage = cfg.method.base_storage(cfg.weight_dtype);
+    let device = cfg.open_device()?;
+    let storage = cfg
+        .method
+        .base_storage_for(model, cfg.weight_dtype, device.is_cpu());
     let already_built = model.kept_storage() == Some(storage);
     let decoder = match cfg.method {
         Method::Full => model.take_weights(&storage)?,
@@ -134,7 +137,7 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
         _ => decoder.storage_report().base_bytes,
     };
     // Placed before the method so trainable copies and adapters are made on the device.
-    let mut decoder = decoder.on_device(&cfg.open_device()?)?;
+    let mut decoder = decoder.on_device(&device)?;
     let trainable = apply_method(&mut decoder, &cfg.method, cfg.seed)?;
     let storage = decoder.placement_report();
     Ok(RunModel {

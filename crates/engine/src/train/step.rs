@@ -37,13 +37,15 @@ fn forward_hidden(
 
 /// The output projection's weight when it is frozen and plain (`x · Wᵀ`, nothing else), so
 /// the loss can be fused with it. `None` when it trains (full fine-tuning trains the tied
-/// embedding; selective tuning may train `lm_head`), is NF4, has a bias or carries LoRA.
+/// embedding; selective tuning may train `lm_head`), is quantized, has a bias or carries LoRA.
 pub(crate) fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
     // Soft-capped logits (`final_logit_softcapping`) go through `Decoder::logits`.
     if model.config.final_logit_softcapping.is_some() {
         return None;
     }
     match &model.lm_head {
+        // A tied head in a GGUF block type goes through `Decoder::logits` (its tiled op).
+        None if model.embed_q.is_some() => None,
         None => (!model.embed_tokens.is_variable()).then_some(&model.embed_tokens),
         Some(head) => match &head.base {
             Base::Dense(w) if !w.is_variable() && head.bias.is_none() && head.lora.is_none() => {

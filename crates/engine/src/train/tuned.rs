@@ -25,6 +25,10 @@ pub fn adapter_base_storage(dir: &Path) -> LoadOptions {
         .find(|d| d.join(RECORD_FILE).is_file())
         .and_then(|d| RunRecord::load(d).ok());
     match record {
+        // A QLoRA run over a GGUF's own block types recorded them in its storage report.
+        Some(r) if r.storage.as_ref().is_some_and(|s| s.gguf_linears > 0) => {
+            LoadOptions::gguf_types(r.config.weight_dtype)
+        }
         Some(r) => r.config.method.base_storage(r.config.weight_dtype),
         None => LoadOptions::default(),
     }
