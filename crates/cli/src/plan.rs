@@ -53,7 +53,7 @@ fn data_stats(model: &LoadedModel, data: &Path) -> peft_engine::Result<DataStats
     Ok(DataStats::from_report(&report))
 }
 
-fn options(a: &PlanArgs) -> peft_engine::Result<RecommendOptions> {
+fn options(a: &PlanArgs, model: &LoadedModel) -> peft_engine::Result<RecommendOptions> {
     let d = RecommendOptions::default();
     Ok(RecommendOptions {
         method: a.method.method.map(|k| a.method.method_of(k)).transpose()?,
@@ -66,7 +66,8 @@ fn options(a: &PlanArgs) -> peft_engine::Result<RecommendOptions> {
             throughput: measure_throughput(Duration::from_millis(150))?,
             packing: a.size.packing.unwrap_or(TrainConfig::default().packing),
             ..PlanRequest::default()
-        },
+        }
+        .for_model(model),
         device: a.device.device,
         ..d
     })
@@ -94,7 +95,7 @@ pub fn run(a: PlanArgs) -> peft_engine::Result<()> {
     let model = open_model(&a.model)?;
     let stats = data_stats(&model, &a.data)?;
     let hw = hardware(&a.assume_ram, &a.assume_vram)?;
-    let r = recommend(&model.config, &hw, &stats, &options(&a)?);
+    let r = recommend(&model.config, &hw, &stats, &options(&a, &model)?);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return Ok(());
@@ -180,10 +181,12 @@ pub fn auto_train_config(
 ) -> peft_engine::Result<TrainConfig> {
     let stats = data_stats(model, data)?;
     let o = RecommendOptions {
-        base: cfg.plan_request(
-            Default::default(),
-            measure_throughput(Duration::from_millis(150))?,
-        ),
+        base: cfg
+            .plan_request(
+                Default::default(),
+                measure_throughput(Duration::from_millis(150))?,
+            )
+            .for_model(model),
         device: cfg.device.unwrap_or_default(),
         ..RecommendOptions::default()
     };

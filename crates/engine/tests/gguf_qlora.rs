@@ -11,6 +11,7 @@ use peft_engine::model::decoder::{LoadOptions, WeightDtype};
 use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::model::loaded::LoadedModel;
 use peft_engine::peft::method::{LoraSettings, Method};
+use peft_engine::plan::{estimate, ComputeDevice};
 use peft_engine::quant::ggml_op::GgmlMatMul;
 use peft_engine::test_support::max_diff;
 use peft_engine::train::tuned::adapter_base_storage;
@@ -134,6 +135,19 @@ fn qlora_over_the_bundled_gguf_trains_over_its_own_block_types() {
     assert!(linear_bytes < s.storage.base_bytes);
     let (first, last) = (s.losses[0].1, s.losses.last().unwrap().1);
     assert!(last < 0.8 * first, "loss {first} → {last}");
+    // The planner counts the same bytes the run held, by the file's own types (not NF4's).
+    let est = estimate(
+        &model.config,
+        &cfg.plan_request(ComputeDevice::Cpu, Default::default())
+            .for_model(&model),
+    );
+    assert_eq!(est.bytes_of(&["base_weights.nf4"]), 0);
+    let planned = est.bytes_of(&["base_weights.gguf", "base_weights.frozen"]) as f64;
+    let held = s.storage.base_bytes as f64;
+    assert!(
+        (planned - held).abs() < 0.01 * held,
+        "planned {planned} bytes of base, held {held}"
+    );
     // Chat afterwards runs the adapter over the same block types it trained against.
     assert_eq!(
         adapter_base_storage(&out),

@@ -7,8 +7,8 @@ use crate::error::{internal, ApiError, ApiResult};
 use crate::state::{lock, AppState};
 use peft_engine::plan::devices::{device_options, DeviceOption};
 use peft_engine::plan::{
-    measure_throughput, recommend, Candidate, DataStats, RecommendOptions, Recommendation,
-    Throughput,
+    measure_throughput, recommend, Candidate, DataStats, GgufBase, PlanRequest, RecommendOptions,
+    Recommendation, Throughput,
 };
 use peft_engine::train::TrainConfig;
 use serde::Serialize;
@@ -44,9 +44,11 @@ fn inputs(
     peft_engine::Config,
     peft_engine::hardware::Hardware,
     DataStats,
-    Throughput,
+    (Throughput, Option<GgufBase>),
 )> {
     let (_, model) = state.current_model()?;
+    // The engine's word on what QLoRA over this model stores (a GGUF's own block types).
+    let gguf = PlanRequest::default().for_model(&model).gguf_base;
     let data = lock(&state.dataset)?
         .as_ref()
         .map(|d| DataStats::from_report(&d.report))
@@ -55,13 +57,17 @@ fn inputs(
         model.config.clone(),
         hardware::current(state)?,
         data,
-        throughput(state)?,
+        (throughput(state)?, gguf),
     ))
 }
 
 /// Planner options for `cfg`: its method and sequence length fixed (`fixed`) or the planner's
 /// to choose; its batch, accumulation and LoRA settings kept either way.
-fn options(cfg: &TrainConfig, t: Throughput, fixed: bool) -> RecommendOptions {
+fn options(
+    cfg: &TrainConfig,
+    (t, gguf_base): (Throughput, Option<GgufBase>),
+    fixed: bool,
+) -> RecommendOptions {
     let d = RecommendOptions::default();
     RecommendOptions {
         method: fixed.then(|| cfg.method.clone()),
@@ -69,7 +75,10 @@ fn options(cfg: &TrainConfig, t: Throughput, fixed: bool) -> RecommendOptions {
         seq_len: fixed.then_some(cfg.seq_len),
         batch_size: cfg.batch_size,
         grad_accum: cfg.grad_accum,
-        base: cfg.plan_request(Default::default(), t),
+        base: PlanRequest {
+            gguf_base,
+            ..cfg.plan_request(Default::default(), t)
+        },
         device: cfg.device.unwrap_or_default(),
         ..d
     }

@@ -99,7 +99,7 @@ export function run(status: RunRecord["status"] = "completed"): RunRecord {
     id: "run-1-1", model: "demo", data: dataset.path, config: settings, status, started_at: 1, finished_at: 2,
     step: 10, total_steps: 10, losses: [[1, 3.2], [10, 1.5]], eval_losses: [[5, 1.6], [10, 1.7]],
     best: { step: 5, eval_loss: 1.6 },
-    storage: { nf4_linears: 0, dense_linears: 35, trainable_linears: 0, adapted_linears: 35, base_bytes: 1_000_000 },
+    storage: { nf4_linears: 0, dense_linears: 35, gguf_linears: 0, trainable_linears: 0, adapted_linears: 35, base_bytes: 1_000_000 },
     memory: { baseline_rss_bytes: 200 * 2 ** 20, planned_peak_bytes: 60 * 2 ** 20, already_loaded_bytes: 20 * 2 ** 20, planned_growth_bytes: 40 * 2 ** 20, peak_growth_bytes: 38 * 2 ** 20 },
     error: null, dir: "/runs/run-1-1", origin: { kind: "local" },
   };

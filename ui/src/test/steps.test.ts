@@ -92,6 +92,17 @@ describe("step components", () => {
     expect(screen.getByTestId("run-storage").textContent).toContain("computing in f32");
   });
 
+  it("Train says a QLoRA run over a GGUF keeps the file's block types", () => {
+    const w = new Wizard(fakeApi());
+    const x = run("running");
+    x.storage = { ...x.storage!, dense_linears: 0, gguf_linears: 210, adapted_linears: 210 };
+    w.run = x;
+    withWizard(TrainStep, w);
+    const text = screen.getByTestId("run-storage").textContent;
+    expect(text).toContain("210 linear layers in the GGUF's own block types");
+    expect(text).not.toContain("NF4");
+  });
+
   it("Train shows progress and the history", () => {
     const w = new Wizard(fakeApi());
     w.run = run("paused");

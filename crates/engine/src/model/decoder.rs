@@ -127,9 +127,9 @@ pub struct StorageReport {
     pub nf4_linears: usize,
     /// Linear layers with a dense frozen base.
     pub dense_linears: usize,
-    /// Linear layers kept in a GGUF file's block type (generation only).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    #[cfg_attr(feature = "ts", ts(optional))]
+    /// Linear layers kept in a GGUF file's block type (generation, and QLoRA over the file's
+    /// own quantization).
+    #[serde(default)]
     pub gguf_linears: usize,
     /// Linear layers whose base weight trains (full or selective fine-tuning).
     pub trainable_linears: usize,
@@ -146,10 +146,6 @@ pub struct StorageReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub compute_dtype: Option<String>,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 /// Per-layer key/value cache for incremental decoding.

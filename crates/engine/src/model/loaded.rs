@@ -240,6 +240,11 @@ impl LoadedModel {
         Some(total)
     }
 
+    /// Bytes `name` keeps in its GGUF block type (`LoadOptions::keep_gguf_types`), if it does.
+    pub fn gguf_tensor_bytes(&self, name: &str) -> Option<u64> {
+        self.tensors.ggml_bytes(name)
+    }
+
     /// Forgets the kept decoder (its memory is freed once no job holds it).
     pub fn release_weights(&self) {
         if let Ok(mut k) = self.kept() {

@@ -26,7 +26,7 @@ pub use super::calibrate::Calibration;
 use super::params::{
     base_weight_bytes, largest_trainable, nf4_bytes, tensors, trainable_parameters, trains_tensor,
 };
-use super::request::{ComputeDevice, PlanRequest};
+use super::request::{ComputeDevice, GgufBase, PlanRequest};
 use super::work::{
     block_activations, first_kept_block, loss_is_fused, train_flops_per_token, LOSS_TILE_BYTES,
 };
@@ -228,12 +228,38 @@ pub fn estimate_with(c: &Config, req: &PlanRequest, k: &Calibration) -> Estimate
     }
 }
 
+/// The GGUF block types QLoRA trains over, when it does (else NF4).
+fn gguf_qlora(req: &PlanRequest) -> Option<GgufBase> {
+    matches!(req.method, crate::peft::method::Method::Qlora(_))
+        .then_some(req.gguf_base)
+        .flatten()
+        .filter(|_| req.device == ComputeDevice::Cpu)
+}
+
+/// `(quantized, dense, trained)` bytes of the base as the run stores it: NF4, or the GGUF's
+/// block types (the embedding moved from dense to quantized when it is one of them).
+fn stored_base_bytes(c: &Config, req: &PlanRequest) -> (u64, u64, u64) {
+    let (nf4, dense, trained) = base_weight_bytes(c, &req.method, req.weight_dtype);
+    match gguf_qlora(req) {
+        None => (nf4, dense, trained),
+        Some(g) => {
+            let embed_dense = match (g.embed_bytes, req.weight_dtype) {
+                (None, _) => 0,
+                (Some(_), WeightDtype::F32) => 4 * (c.vocab_size * c.hidden_size) as u64,
+                (Some(_), WeightDtype::Bf16) => 2 * (c.vocab_size * c.hidden_size) as u64,
+            };
+            let quantized = g.linear_bytes + g.embed_bytes.unwrap_or(0);
+            (quantized, dense.saturating_sub(embed_dense), trained)
+        }
+    }
+}
+
 /// Alive for the whole run: runtime, tokenizer, base weights in their storage, adapters and the
 /// optimizer's moments.
 fn resident_lines(c: &Config, req: &PlanRequest, k: &Calibration) -> Vec<Line> {
     let v = c.vocab_size as u64;
     let trainable = trainable_parameters(c, &req.method) as u64;
-    let (nf4, dense, trained_base) = base_weight_bytes(c, &req.method, req.weight_dtype);
+    let (nf4, dense, trained_base) = stored_base_bytes(c, req);
     let mut out = vec![
         line(
             "runtime",
@@ -251,13 +277,27 @@ fn resident_lines(c: &Config, req: &PlanRequest, k: &Calibration) -> Vec<Line> {
             ),
         ),
     ];
-    if nf4 > 0 {
-        out.push(line(
+    match (nf4, gguf_qlora(req)) {
+        (0, _) => {}
+        (_, Some(g)) => out.push(line(
+            "base_weights.gguf",
+            Band::Weights,
+            nf4,
+            format!(
+                "block projections{} in the GGUF's own block types, as the file stores them",
+                if g.embed_bytes.is_some() {
+                    " and embedding"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        (_, None) => out.push(line(
             "base_weights.nf4",
             Band::Weights,
             nf4,
             "block projections in NF4 with double quantization (≈ 0.516 B/param)".into(),
-        ));
+        )),
     }
     if dense > 0 {
         let what = match req.weight_dtype {
@@ -376,7 +416,10 @@ impl TransientLines {
         let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
         let trainable = trainable_parameters(c, &req.method) as u64;
         let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
-        let fused_loss = loss_is_fused(c, &req.method);
+        // A tied head in a GGUF block type goes through the unfused logits (`train::step`).
+        let quantized_head = gguf_qlora(req).is_some_and(|g| g.embed_bytes.is_some());
+        let fused_loss =
+            loss_is_fused(c, &req.method) && !(quantized_head && c.tie_word_embeddings);
         let loss_tile = (F * tokens * v).min(LOSS_TILE_BYTES);
         let per = block_activations(c, &req.method, req.seq_len, true);
         let one_block = F * tokens * per.total();
@@ -388,7 +431,7 @@ impl TransientLines {
         // Forward and backward each hold at most one dequantized tile of the largest projection.
         let largest = 4 * c.intermediate_size as u64 * c.hidden_size as u64;
         let tile = largest.min(DEFAULT_TILE_BYTES as u64);
-        let nf4 = base_weight_bytes(c, &req.method, req.weight_dtype).0;
+        let nf4 = stored_base_bytes(c, req).0;
         // A trained embedding's gradient is a scatter into a zeroed table, and a tied one then
         // adds the output head's gradient: at the end of the backward, with every activation
         // still held by the graph, up to two table-sized buffers are alive beyond the one

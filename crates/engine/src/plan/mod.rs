@@ -23,5 +23,5 @@ pub mod work;
 pub use calibrate::measure_throughput;
 pub use estimate::{estimate, estimate_with, Band, Calibration, Estimate, Line};
 pub use recommend::{recommend, Candidate, DataStats, RecommendOptions, Recommendation};
-pub use request::{ComputeDevice, PlanRequest, Throughput};
+pub use request::{ComputeDevice, GgufBase, PlanRequest, Throughput};
 pub use time::StepTime;

@@ -78,6 +78,35 @@ pub struct PlanRequest {
     /// its packed rows rather than one sequence per example (`recommend`'s epoch time).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packing: bool,
+    /// The GGUF block types a QLoRA run over this model trains over instead of NF4
+    /// (`Method::base_storage_for`), as the file stores them; set by [`PlanRequest::for_model`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf_base: Option<GgufBase>,
+}
+
+/// Bytes of a GGUF's tensors kept in their block types under QLoRA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct GgufBase {
+    /// The block linears (every one is in a block type, or this is not set).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    pub linear_bytes: u64,
+    /// The embedding, when it is in a block type too (then a tied head is as well, and the
+    /// loss builds full logits instead of the fused tiles).
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
+    pub embed_bytes: Option<u64>,
+}
+
+impl PlanRequest {
+    /// This request for `model`: where QLoRA would train over the file's own block types,
+    /// their bytes ([`LoadedModel::gguf_linear_bytes`]).
+    pub fn for_model(mut self, model: &crate::model::loaded::LoadedModel) -> Self {
+        self.gguf_base = model.gguf_linear_bytes().map(|linear_bytes| GgufBase {
+            linear_bytes,
+            embed_bytes: model.gguf_tensor_bytes("model.embed_tokens.weight"),
+        });
+        self
+    }
 }
 
 impl Default for PlanRequest {
@@ -93,6 +122,7 @@ impl Default for PlanRequest {
             evaluation: true,
             throughput: Throughput::default(),
             packing: false,
+            gguf_base: None,
         }
     }
 }

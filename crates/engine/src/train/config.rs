@@ -147,6 +147,8 @@ impl TrainConfig {
             evaluation: self.val_fraction > 0.0,
             throughput,
             packing: self.packing,
+            // The model's, not a setting: `PlanRequest::for_model`.
+            gguf_base: None,
         }
     }
 

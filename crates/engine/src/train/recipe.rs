@@ -327,11 +327,16 @@ fn memory_plan(model: &LoadedModel, cfg: &TrainConfig, rm: &RunModel, baseline: 
         &cfg.plan_request(
             ComputeDevice::of(rm.decoder.device()),
             Throughput::default(),
-        ),
+        )
+        .for_model(model),
     );
     let mut already = est.bytes_of(&["runtime", "tokenizer"]);
     if rm.shared_base_bytes > 0 {
-        already += est.bytes_of(&["base_weights.frozen", "base_weights.nf4"]);
+        already += est.bytes_of(&[
+            "base_weights.frozen",
+            "base_weights.nf4",
+            "base_weights.gguf",
+        ]);
     }
     RunMemory {
         baseline_rss_bytes: baseline,

@@ -14,9 +14,10 @@ nf4_linears: number,
  */
 dense_linears: number, 
 /**
- * Linear layers kept in a GGUF file's block type (generation only).
+ * Linear layers kept in a GGUF file's block type (generation, and QLoRA over the file's
+ * own quantization).
  */
-gguf_linears?: number, 
+gguf_linears: number, 
 /**
  * Linear layers whose base weight trains (full or selective fine-tuning).
  */
