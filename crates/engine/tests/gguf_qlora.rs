@@ -92,6 +92,76 @@ fn tiled_op_equals_the_dense_product_forward_and_backward() {
     }
 }
 
+/// The training loss over the file's block types (the tied Q8_0 head through the fused loss,
+/// widened tile by tile; the Q4_1 projections through the tiled op) equals the dense decoder's
+/// loss on the same file, and so does an adapter's gradient: the widened values are the same.
+#[test]
+fn training_loss_over_block_types_equals_the_dense_decoder() {
+    use peft_engine::data::batch::Batch;
+    use peft_engine::model::ctx::ForwardCtx;
+    use peft_engine::peft::method::apply_method;
+    use peft_engine::train::step::batch_loss;
+    let source = ModelSource::Gguf(fixtures::smollm_gguf());
+    let model = LoadedModel::open(&source, OpenOptions::default()).unwrap();
+    let ids: Vec<u32> = (0..17u32).map(|i| 100 + i * 37).collect();
+    let b = Batch {
+        input_ids: ids[..16].to_vec(),
+        targets: ids[1..].to_vec(),
+        loss_mask: vec![1.0; 16],
+        attention_mask: vec![1.0; 16],
+        batch: 1,
+        seq: 16,
+        segment_starts: None,
+    };
+    let ctx = ForwardCtx {
+        train: true,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for (storage, method) in [
+        (
+            LoadOptions::gguf_types(WeightDtype::F32),
+            Method::Qlora(LoraSettings::default()),
+        ),
+        // The same fresh adapters (same seed) as plain LoRA over the dense decoder.
+        (
+            LoadOptions::default(),
+            Method::Lora(LoraSettings::default()),
+        ),
+    ] {
+        let mut d = (*model.weights(&storage).unwrap()).clone();
+        let t = apply_method(&mut d, &method, 7).unwrap();
+        let d = Arc::new(d);
+        let loss = batch_loss(&d, &b, &ctx, None).unwrap();
+        let grads = loss.backward().unwrap();
+        // B starts at zero, so A's gradient is zero: B's is the informative one.
+        let (name, a0) = t
+            .params
+            .iter()
+            .find(|(n, _)| n.ends_with("lora_B.weight"))
+            .expect("a LoRA B");
+        let g: Vec<f32> = grads
+            .get(a0.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has a gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        results.push((loss.to_scalar::<f32>().unwrap(), g));
+    }
+    let ((lq, gq), (ld, gd)) = (&results[0], &results[1]);
+    assert!((lq - ld).abs() < 1e-4 * ld.abs(), "loss {lq} vs dense {ld}");
+    let scale = gd.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let diff = gq
+        .iter()
+        .zip(gd)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        scale > 0.0 && diff < 1e-3 * scale,
+        "gradient differs by {diff} of {scale}"
+    );
+}
+
 #[test]
 fn qlora_over_the_bundled_gguf_trains_over_its_own_block_types() {
     let dir = tempfile::tempdir().unwrap();

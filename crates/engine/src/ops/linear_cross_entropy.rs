@@ -27,7 +27,7 @@
 use super::bridge::cpu_to_tensor;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Upper bound on one tile of logits, and on one tile of the weight once widened to f32.
 const TILE_BYTES: usize = 8 << 20;
@@ -55,15 +55,15 @@ pub(super) struct Plan {
 
 impl Plan {
     /// `chunks`: `(rows, vocab)` per tile; by default sized from [`TILE_BYTES`].
+    /// `(vocab, dw)`: the weight's shape.
     pub(super) fn new(
         h: &Tensor,
-        w: &Tensor,
+        (vocab, dw): (usize, usize),
         targets: &[u32],
         weights: &[f32],
         chunks: Option<(usize, usize)>,
     ) -> Result<Self> {
         let (n, d) = h.dims2()?;
-        let (vocab, dw) = w.dims2()?;
         if d != dw {
             return Err(err(format!(
                 "linear_cross_entropy: hidden size {d} does not match the weight's {dw}"
@@ -134,10 +134,37 @@ impl Plan {
     }
 }
 
+/// Rows `v0..v0+len` of a frozen weight as an f32 `[len, d]` tensor.
+pub type RowsFn = Arc<dyn Fn(usize, usize) -> Result<Tensor> + Send + Sync>;
+
+/// The frozen `[vocab, d]` weight the loss multiplies by: a tensor (f32 or bf16), or rows
+/// widened to f32 on demand (a GGUF block type, which `quant::ggml_op` widens; never whole).
+#[derive(Clone)]
+pub enum HeadWeight {
+    Dense(Tensor),
+    Rows {
+        vocab: usize,
+        d: usize,
+        rows: RowsFn,
+    },
+}
+
+impl HeadWeight {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            HeadWeight::Dense(w) => w.dims2(),
+            HeadWeight::Rows { vocab, d, .. } => Ok((*vocab, *d)),
+        }
+    }
+}
+
 /// Rows `v0..v0+len` of `w` as f32: a view when `w` is f32, a tile-sized copy when it is bf16
-/// (so a bf16 weight is never widened whole).
-fn weight_tile(w: &Tensor, v0: usize, len: usize) -> Result<Tensor> {
-    let t = w.narrow(0, v0, len)?;
+/// or quantized (so such a weight is never widened whole).
+fn weight_tile(w: &HeadWeight, v0: usize, len: usize) -> Result<Tensor> {
+    let t = match w {
+        HeadWeight::Dense(w) => w.narrow(0, v0, len)?,
+        HeadWeight::Rows { rows, .. } => return rows(v0, len),
+    };
     if t.dtype() == DType::F32 {
         Ok(t)
     } else {
@@ -194,8 +221,8 @@ impl Running {
 }
 
 /// The mean loss and the logsumexp of every active row (indexed like `plan.active`).
-fn forward_pass(h: &Tensor, w: &Tensor, plan: &Plan) -> Result<(f64, Vec<f32>)> {
-    let vocab = w.dim(0)?;
+fn forward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan) -> Result<(f64, Vec<f32>)> {
+    let vocab = w.dims()?.0;
     let mut lse = vec![0f32; plan.active.len()];
     let mut sum = 0f64;
     for (start, rows) in plan.blocks() {
@@ -228,9 +255,9 @@ fn forward_pass(h: &Tensor, w: &Tensor, plan: &Plan) -> Result<(f64, Vec<f32>)> 
 }
 
 /// `dh = g · Σ-weighted (softmax(z) − onehot(t)) · W`, `[n, d]`; zero on inactive rows.
-fn backward_pass(h: &Tensor, w: &Tensor, plan: &Plan, lse: &[f32], g: f32) -> Result<Tensor> {
+fn backward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan, lse: &[f32], g: f32) -> Result<Tensor> {
     let (n, d) = h.dims2()?;
-    let vocab = w.dim(0)?;
+    let vocab = w.dims()?.0;
     let mut dh = vec![0f32; n * d];
     let scale = g as f64 / plan.total;
     for (start, rows) in plan.blocks() {
@@ -270,8 +297,8 @@ fn backward_pass(h: &Tensor, w: &Tensor, plan: &Plan, lse: &[f32], g: f32) -> Re
 }
 
 struct LinearCrossEntropy {
-    /// `[vocab, d]`, f32 or bf16, frozen.
-    w: Tensor,
+    /// `[vocab, d]`, frozen.
+    w: HeadWeight,
     plan: Plan,
     /// Per-active-row logsumexp from the forward. Kept (4 bytes a trained token) rather than
     /// recomputed: with it the backward needs a single `exp` pass per row instead of a max
@@ -335,6 +362,23 @@ pub fn linear_cross_entropy(
     with_chunks(h, w, targets, weights, None)
 }
 
+/// [`linear_cross_entropy`] over a weight given as rows on demand (a quantized head): the
+/// fused CPU op only.
+///
+/// # Errors
+/// As [`linear_cross_entropy`]; `h` on another device than the CPU.
+pub fn linear_cross_entropy_rows(
+    h: &Tensor,
+    head: HeadWeight,
+    targets: &[u32],
+    weights: &[f32],
+) -> Result<Tensor> {
+    if !h.device().is_cpu() {
+        candle_core::bail!("a quantized output head has only the CPU loss kernel")
+    }
+    with_head(h, &head, targets, weights, None)
+}
+
 /// [`linear_cross_entropy`] with the tile size forced to `(rows, vocab)` (tests use tiny ones).
 fn with_chunks(
     h: &Tensor,
@@ -343,7 +387,18 @@ fn with_chunks(
     weights: &[f32],
     chunks: Option<(usize, usize)>,
 ) -> Result<Tensor> {
-    let plan = Plan::new(h, w, targets, weights, chunks)?;
+    with_head(h, &HeadWeight::Dense(w.clone()), targets, weights, chunks)
+}
+
+/// [`with_chunks`] over any [`HeadWeight`].
+fn with_head(
+    h: &Tensor,
+    w: &HeadWeight,
+    targets: &[u32],
+    weights: &[f32],
+    chunks: Option<(usize, usize)>,
+) -> Result<Tensor> {
+    let plan = Plan::new(h, w.dims()?, targets, weights, chunks)?;
     if h.track_op() && !h.device().is_cpu() {
         candle_core::bail!(
             "the fused cross-entropy has only a CPU kernel; `ops::linear_cross_entropy` picks the generic op on {:?}",
@@ -557,6 +612,28 @@ mod tests {
         let (l_f32, dh_f32) = fused_with_grad(&c, &w_wide, CHUNK);
         assert!((l_bf - l_f32).abs() < 1e-6);
         assert!(max_diff_slices(&dh_bf, &dh_f32) < 1e-6);
+    }
+
+    /// A weight given as rows on demand (how a quantized head is passed) computes exactly what
+    /// the same weight as a tensor does, loss and gradient, across partial tiles.
+    #[test]
+    fn linear_cross_entropy_over_rows_on_demand_equals_the_tensor() {
+        let c = case(true);
+        let (h, w) = tensors(&c);
+        let src = w.clone();
+        let rows: RowsFn = Arc::new(move |v0, len| src.narrow(0, v0, len)?.contiguous());
+        let head = HeadWeight::Rows {
+            vocab: VOCAB,
+            d: DIM,
+            rows,
+        };
+        let (want, want_dh) = fused_with_grad(&c, &w, CHUNK);
+        let hv = Var::from_tensor(&h).unwrap();
+        let loss = with_head(hv.as_tensor(), &head, &c.targets, &c.weights, CHUNK).unwrap();
+        let grads = loss.backward().unwrap();
+        let got_dh = vec2(grads.get(hv.as_tensor()).unwrap());
+        assert_eq!(scalar(&loss), want);
+        assert_eq!(max_diff_slices(&got_dh, &want_dh), 0.0);
     }
 
     #[test]

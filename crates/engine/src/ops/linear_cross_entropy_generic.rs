@@ -193,7 +193,7 @@ pub fn linear_cross_entropy_generic(
     weights: &[f32],
     tile: Option<usize>,
 ) -> Result<Tensor> {
-    let plan = Plan::new(h, w, targets, weights, None)?;
+    let plan = Plan::new(h, w.dims2()?, targets, weights, None)?;
     with_plan(h, w, plan, tile)
 }
 

@@ -37,6 +37,7 @@ pub use causal_softmax::{
 pub use dropout::DropoutMask;
 pub use frozen_linear::{frozen_linear, frozen_linear_with};
 pub use generic::OpPath;
+pub use linear_cross_entropy::{linear_cross_entropy_rows, HeadWeight, RowsFn};
 pub use linear_cross_entropy_generic::{
     linear_cross_entropy, linear_cross_entropy_generic, linear_cross_entropy_with,
     GENERIC_TILE_BYTES,

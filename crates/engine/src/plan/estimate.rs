@@ -416,10 +416,7 @@ impl TransientLines {
         let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
         let trainable = trainable_parameters(c, &req.method) as u64;
         let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
-        // A tied head in a GGUF block type goes through the unfused logits (`train::step`).
-        let quantized_head = gguf_qlora(req).is_some_and(|g| g.embed_bytes.is_some());
-        let fused_loss =
-            loss_is_fused(c, &req.method) && !(quantized_head && c.tie_word_embeddings);
+        let fused_loss = loss_is_fused(c, &req.method);
         let loss_tile = (F * tokens * v).min(LOSS_TILE_BYTES);
         let per = block_activations(c, &req.method, req.seq_len, true);
         let one_block = F * tokens * per.total();

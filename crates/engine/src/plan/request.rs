@@ -91,8 +91,8 @@ pub struct GgufBase {
     /// The block linears (every one is in a block type, or this is not set).
     #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub linear_bytes: u64,
-    /// The embedding, when it is in a block type too (then a tied head is as well, and the
-    /// loss builds full logits instead of the fused tiles).
+    /// The embedding, when it is in a block type too (a tied head then is as well; the fused
+    /// loss widens it tile by tile).
     #[cfg_attr(feature = "ts", ts(type = "number | null"))]
     pub embed_bytes: Option<u64>,
 }

@@ -119,6 +119,16 @@ impl GgmlWeight {
         x.to_dtype(DType::F32)?.apply_op1(op)
     }
 
+    /// Rows `r0..r1` as an f32 `[r1 - r0, in]` tensor (a tile of a quantized output head).
+    pub fn widen_rows(&self, r0: usize, r1: usize) -> Result<Tensor> {
+        let k = self.shape().1;
+        Tensor::from_vec(
+            ggml_op::widen_rows(&self.q, r0, r1)?,
+            (r1 - r0, k),
+            &Device::Cpu,
+        )
+    }
+
     /// Rows `ids` of the weight as f32, `[n, in]` (an embedding lookup).
     pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         self.q.embedding(ids)

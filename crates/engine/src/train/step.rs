@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::{masked_cross_entropy, Decoder};
 use crate::model::linear::Base;
-use crate::ops::{linear_cross_entropy_with, Segments};
+use crate::ops::{linear_cross_entropy_rows, linear_cross_entropy_with, HeadWeight, Segments};
 use crate::train::grad_ckpt::{checkpointed_block, GradSink};
 use candle_core::{DType, Tensor};
 use std::sync::Arc;
@@ -56,6 +56,23 @@ pub(crate) fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
     }
 }
 
+/// A tied output head kept in a GGUF block type (QLoRA over the file's own types), as rows
+/// widened on demand for the fused loss; `None` off the CPU path or where logits are capped.
+fn quantized_output_head(model: &Decoder, ctx: &ForwardCtx) -> Option<HeadWeight> {
+    let q = model.embed_q.as_ref()?;
+    let plain = model.lm_head.is_none() && model.config.final_logit_softcapping.is_none();
+    if !plain || !ctx.ops.fused_on(model.device()) {
+        return None;
+    }
+    let (vocab, d) = q.shape();
+    let q = q.clone();
+    Some(HeadWeight::Rows {
+        vocab,
+        d,
+        rows: std::sync::Arc::new(move |v0, len| q.widen_rows(v0, v0 + len)),
+    })
+}
+
 /// Mean cross-entropy of the batch's trained positions.
 ///
 /// # Errors
@@ -94,6 +111,16 @@ pub fn batch_loss(
             ctx.ops,
             &h,
             w,
+            &b.targets,
+            &b.loss_mask,
+        )?);
+    }
+    if let Some(head) = quantized_output_head(model, ctx) {
+        // The same fused loss over a head kept in a GGUF block type, widened tile by tile.
+        let h = h.reshape((n, h.dim(2)?))?;
+        return Ok(linear_cross_entropy_rows(
+            &h,
+            head,
             &b.targets,
             &b.loss_mask,
         )?);
