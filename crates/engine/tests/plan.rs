@@ -468,3 +468,35 @@ fn a_run_too_big_here_names_the_smallest_gpu_class_it_fits() {
     assert!(big.best().is_some() && big.elsewhere.is_none());
     assert!(!big.summary.contains("GPU"), "{}", big.summary);
 }
+
+/// Loading has a moment of its own: the stored weights and the largest tensor widened to f32
+/// before it is stored smaller. Qwen2-0.5B's 136M-entry embedding kept as bf16 needs a 544 MB
+/// f32 copy in flight, more than a short QLoRA step with checkpointing holds, so loading is
+/// the peak; stored as f32 the widened tensor is the result (one 4 MiB run in flight).
+#[test]
+fn loading_is_a_moment_of_its_own() {
+    use peft_engine::model::decoder::WeightDtype;
+    let c = qwen2_05b();
+    let req = |dtype| PlanRequest {
+        method: Method::Qlora(LoraSettings::default()),
+        seq_len: 64,
+        grad_checkpointing: true,
+        weight_dtype: dtype,
+        evaluation: false,
+        ..PlanRequest::default()
+    };
+    let bf16 = estimate(&c, &req(WeightDtype::Bf16));
+    assert_eq!(bf16.peak_phase, "loading");
+    assert_eq!(line(&bf16, "loading"), 4 * 151_936 * 896);
+    let f32 = estimate(&c, &req(WeightDtype::F32));
+    assert_ne!(f32.peak_phase, "loading");
+    let loading = |e: &peft_engine::plan::Estimate| {
+        e.phases.iter().find(|p| p.name == "loading").unwrap().bytes
+    };
+    assert!(loading(&f32) < f32.peak_bytes);
+    // f32 stores the embedding at twice bf16's size, and widens only the largest NF4-bound
+    // projection (4864 × 896) in flight instead of the embedding.
+    let embed = 151_936 * 896u64;
+    // bf16: 2 B/entry stored + 4 B/entry in flight; f32: 4 B/entry stored + the projection.
+    assert_eq!(loading(&bf16) - loading(&f32), 2 * embed - 4 * 4864 * 896);
+}

@@ -405,6 +405,7 @@ struct TransientLines {
     block_backward: Line,
     attention_backward: Line,
     nf4_tiles: Line,
+    loading: Line,
     optimizer_temporaries: Line,
     embedding_gradient_sum: Line,
     evaluation: Line,
@@ -513,6 +514,7 @@ impl TransientLines {
                 "one block's attention-score gradients in flight: 2 × [b, heads, s, s] f32"
                     .into(),
             ),
+            loading: loading_line(c, req),
             nf4_tiles: line(
                 "nf4_dequant_tiles",
                 Band::Activations,
@@ -555,6 +557,33 @@ impl TransientLines {
     }
 }
 
+/// While the weights load: one tensor is in flight beyond what is already stored. A tensor is
+/// widened to f32 from the file's mapping a few MiB at a time (`model::tensors`); kept as f32
+/// that is the result itself, but converted to bf16 or quantized to NF4 the f32 copy is
+/// transient, so the largest such tensor sets the line. A GGUF's own block types are copied
+/// as they are (small).
+fn loading_line(c: &Config, req: &PlanRequest) -> Line {
+    const CHUNK: u64 = 4 << 20;
+    let qlora = matches!(req.method, crate::peft::method::Method::Qlora(_));
+    let gguf = gguf_qlora(req).is_some();
+    let widened = tensors(c)
+        .iter()
+        .filter(|t| {
+            let converted_dense = req.weight_dtype == WeightDtype::Bf16 && t.dims.is_some();
+            let to_nf4 = qlora && !gguf && t.block_linear;
+            !trains_tensor(&req.method, &t.name, c.num_hidden_layers) && (converted_dense || to_nf4)
+        })
+        .map(|t| 4 * t.numel as u64)
+        .max()
+        .unwrap_or(0);
+    line(
+        "loading",
+        Band::Activations,
+        widened.max(CHUNK),
+        "loading: the largest tensor widened to f32 before it is stored smaller (or one 4 MiB run of the file)".into(),
+    )
+}
+
 /// The moments of a step with the non-resident lines alive in each.
 fn step_moments(kept: &[Line], t: &TransientLines, evaluation: bool) -> Vec<(String, Vec<Line>)> {
     let with_kept = |extra: &[&Line]| -> Vec<Line> {
@@ -582,6 +611,8 @@ fn step_moments(kept: &[Line], t: &TransientLines, evaluation: bool) -> Vec<(Str
             "optimizer step".to_string(),
             vec![t.gradients.clone(), t.optimizer_temporaries.clone()],
         ),
+        // Before the first step: the stored weights and one tensor in flight.
+        ("loading".to_string(), vec![t.loading.clone()]),
     ];
     if t.embedding_gradient_sum.bytes > 0 {
         // Not the retained logits gradients: by the end of the backward glibc has split their
