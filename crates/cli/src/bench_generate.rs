@@ -1,7 +1,8 @@
 //! `peft bench generate`: prefill and decode tokens/s, weights in memory and peak RSS, one
 //! (model, storage) pair per child process so each peak is its own. A GGUF model is measured
-//! twice: in its own block types (what chat uses) and dequantized to f32 (the old path), so
-//! the table compares like with like on the same file, prompt and thread count.
+//! in its own block types (what chat uses) as well as dequantized to f32, bf16 and Q8_0 (the
+//! dense storages a folder model has), so the table compares like with like on the same file,
+//! prompt and thread count.
 //! `scripts/bench_llamacpp_generate.py` prints the same figures for llama.cpp.
 
 use clap::Args;
@@ -28,8 +29,12 @@ pub struct BenchGenerateArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Run a single measurement in this process, in this storage (`gguf` or `f32`), and print
-    /// one JSON line (used internally).
+    /// Only these storages (comma list of gguf, f32, bf16, q8_0; default: all that apply —
+    /// gguf only for a GGUF file).
+    #[arg(long)]
+    storages: Option<String>,
+    /// Run a single measurement in this process, in this storage, and print one JSON line
+    /// (used internally).
     #[arg(long, hide = true)]
     child: Option<String>,
 }
@@ -50,11 +55,15 @@ pub fn run(a: BenchGenerateArgs) -> peft_engine::Result<()> {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in models {
-        let storages: &[&str] = match ModelSource::parse(&m)? {
-            ModelSource::Gguf(_) => &["gguf", "f32"],
-            _ => &["f32"],
+        let all: &[&str] = match ModelSource::parse(&m)? {
+            ModelSource::Gguf(_) => &["gguf", "f32", "bf16", "q8_0"],
+            _ => &["f32", "bf16", "q8_0"],
         };
-        for storage in storages {
+        let storages: Vec<&str> = match &a.storages {
+            Some(list) => list.split(',').map(str::trim).collect(),
+            None => all.to_vec(),
+        };
+        for storage in &storages {
             let exe = std::env::current_exe().map_err(|e| peft_engine::Error::io("peft", e))?;
             let mut cmd = std::process::Command::new(exe);
             cmd.args(["bench", "generate", "--child", storage, "--model", &m])
@@ -108,7 +117,15 @@ fn child(
     let opts = match storage {
         // What chat and `peft generate` use for this model.
         "gguf" => m.generation_storage(LoadOptions::dense(WeightDtype::F32)),
-        _ => LoadOptions::dense(WeightDtype::F32),
+        "f32" => LoadOptions::dense(WeightDtype::F32),
+        "bf16" => LoadOptions::dense(WeightDtype::Bf16),
+        "q8_0" => LoadOptions::q8_0(),
+        other => {
+            return Err(peft_engine::Error::invalid(
+                "storages",
+                format!("`{other}` is not one of gguf, f32, bf16, q8_0"),
+            ))
+        }
     };
     let d = m.weights(&opts)?;
     let load_s = t0.elapsed().as_secs_f64();

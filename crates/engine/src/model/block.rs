@@ -192,7 +192,7 @@ impl Block {
         &self,
         x: &Tensor,
         bc: &BlockCtx,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<crate::model::kv_cache::KvSlot>>,
     ) -> Result<Tensor> {
         let (c, ops) = (bc.config, bc.ctx.ops);
         let h = norm(c, ops, x, &self.input_layernorm)?;
@@ -236,7 +236,7 @@ impl Block {
         &self,
         x: &Tensor,
         bc: &BlockCtx,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<crate::model::kv_cache::KvSlot>>,
     ) -> Result<Tensor> {
         let (c, ctx, offset) = (bc.config, bc.ctx, bc.offset);
         let attn = &self.self_attn;
@@ -305,11 +305,7 @@ impl Block {
                     "packed rows cannot use a KV cache",
                 ));
             }
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
+            (k, v) = crate::model::kv_cache::KvSlot::append(slot, &k, &v)?;
         }
         // Grouped-query attention without repeating k and v: the query heads that share a key
         // head (adjacent, as in `repeat_kv`) are stacked as rows of one [groups·s, d] matrix per

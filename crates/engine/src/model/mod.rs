@@ -12,6 +12,7 @@ pub mod gguf_family;
 pub mod gguf_pretok;
 pub mod gguf_tokenizer;
 pub mod hub;
+pub mod kv_cache;
 pub mod linear;
 pub mod load;
 pub mod loaded;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{ggml_op, q4_1_matmul};
 
-/// Rows from which a Q4_1 product goes through the f32 GEMM (see `forward_q4_1`).
+/// Rows from which a product goes through the f32 GEMM over widened tiles (see `forward`).
 const PREFILL_ROWS: usize = 16;
 
 /// A `[rows, cols]` weight in a ggml block type.
@@ -65,9 +65,17 @@ impl GgmlWeight {
         self.q.storage_size_in_bytes()
     }
 
-    /// `x · Wᵀ` for `x: [..., in]` (f32 on the CPU), no gradient.
+    /// `x · Wᵀ` for `x: [..., in]` (f32 on the CPU), no gradient. A prompt of many rows is
+    /// compute-bound: there the weight is widened to f32 a tile of rows at a time for the f32
+    /// GEMM (measured on SmolLM2, prefill 2× (Q4_1) to 4× (Q8_0) the integer kernels' speed,
+    /// and exact in the activations); a few rows (decode) are memory-bound and take the
+    /// integer dot kernels on the packed bytes.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let rows = x.elem_count() / self.shape().1.max(1);
+        if rows >= PREFILL_ROWS && x.device().is_cpu() {
+            return self.forward_train(&x);
+        }
         if self.q.dtype() == GgmlDType::Q4_1 && x.device().is_cpu() && x.dtype() == DType::F32 {
             return self.forward_q4_1(&x);
         }
@@ -79,10 +87,7 @@ impl GgmlWeight {
         self.mm.forward(&x.unsqueeze(0)?)?.squeeze(0)
     }
 
-    /// Our kernels for Q4_1 (candle's is scalar for this type). A prompt of many rows is
-    /// compute-bound: there the weight is widened to f32 a tile of rows at a time and
-    /// multiplied by the f32 GEMM (2× the integer kernel's prefill speed, measured, and exact
-    /// in the activations); a single row (decode) is memory-bound and uses the integer dot.
+    /// Our integer kernel for Q4_1 (candle's is scalar for this type).
     fn forward_q4_1(&self, x: &Tensor) -> Result<Tensor> {
         let (n, k) = self.shape();
         let dims = x.dims().to_vec();
@@ -94,9 +99,6 @@ impl GgmlWeight {
         let w = self.q.data()?;
         let mut shape = dims;
         *shape.last_mut().expect("checked above") = n;
-        if m >= PREFILL_ROWS {
-            return self.forward_train(x);
-        }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
         q4_1_matmul::matmul(&xs, m, k, &w, n, &mut out);
