@@ -298,6 +298,7 @@ impl Block {
             ),
         };
         let mut v = v;
+        let decodes = cache.is_some();
         if let Some(slot) = cache {
             if ctx.packing.is_some() {
                 return Err(Error::invalid(
@@ -311,10 +312,17 @@ impl Block {
         // head (adjacent, as in `repeat_kv`) are stacked as rows of one [groups·s, d] matrix per
         // key head, which saves two [b, heads, kv_len, d] copies and their gradients per layer.
         let groups = nh / nkv;
-        let q = q.reshape((b, nkv, groups * s, d))?;
-        let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
         let window = c.layer_window(bc.layer);
         let scale = c.attention_scale();
+        if s == 1 && decodes && !ctx.train && q.device().is_cpu() && q.dtype() == DType::F32 {
+            // One new token over the cache: its own kernel, keys and values read in place.
+            let q = q.reshape((b, nkv, groups, d))?;
+            let out = crate::ops::decode_attention(&q, &k, &v, scale as f32, window)?;
+            let out = out.reshape((b, 1, nh * d))?;
+            return Ok(attn.o_proj.forward(&out, ctx)?);
+        }
+        let q = q.reshape((b, nkv, groups * s, d))?;
+        let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
         let seg = ctx.packing.as_ref();
         let probs = causal_softmax_packed_with(ctx.ops, &scores, scale, offset, s, window, seg)?;
         let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;

@@ -14,6 +14,7 @@
 mod bridge;
 pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
+mod decode_attention;
 mod dropout;
 mod frozen_linear;
 pub(crate) mod gemm;
@@ -34,6 +35,7 @@ pub use causal_softmax::{
     causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with,
     causal_softmax_packed_with, causal_softmax_windowed, causal_softmax_windowed_with,
 };
+pub use decode_attention::decode_attention;
 pub use dropout::DropoutMask;
 pub use frozen_linear::{frozen_linear, frozen_linear_with};
 pub use generic::OpPath;
