@@ -51,9 +51,9 @@ pub fn run(a: BenchGenerateArgs) -> peft_engine::Result<()> {
     let threads = a.threads.map_or("all".into(), |t| t.to_string());
     println!(
         "| model | weights as | threads | prompt | prefill tok/s | decode tok/s | weights in memory \
-         | file | KV cache | peak RSS | peak / (file + KV) |"
+         | file | KV cache | RSS before load | peak RSS | peak / (file + KV) | (peak − before) / (file + KV) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in models {
         let all: &[&str] = match ModelSource::parse(&m)? {
             ModelSource::Gguf(_) => &["gguf", "f32", "bf16", "q8_0"],
@@ -87,8 +87,10 @@ pub fn run(a: BenchGenerateArgs) -> peft_engine::Result<()> {
             let num = |k: &str| v[k].as_f64().unwrap_or(0.0);
             let bytes = |k: &str| v[k].as_u64().unwrap_or(0);
             let (file, kv, peak) = (bytes("file_bytes"), bytes("kv_bytes"), bytes("peak_rss"));
+            let before = bytes("start_rss");
+            let model = (file + kv).max(1) as f64;
             println!(
-                "| {m} | {} | {threads} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {:.2}× |",
+                "| {m} | {} | {threads} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.2}× | {:.2}× |",
                 v["storage"].as_str().unwrap_or(storage),
                 v["prompt_tokens"],
                 num("prompt_tokens_per_s"),
@@ -96,8 +98,10 @@ pub fn run(a: BenchGenerateArgs) -> peft_engine::Result<()> {
                 format_bytes(bytes("weight_bytes")),
                 format_bytes(file),
                 format_bytes(kv),
+                format_bytes(before),
                 format_bytes(peak),
-                peak as f64 / (file + kv).max(1) as f64,
+                peak as f64 / model,
+                peak.saturating_sub(before) as f64 / model,
             );
         }
     }
@@ -112,6 +116,9 @@ fn child(
     prompt_tokens: usize,
     new_tokens: usize,
 ) -> peft_engine::Result<()> {
+    // The process before the model: binary, allocator, threads (the llama.cpp script prints
+    // its interpreter's share the same way).
+    let start_rss = peft_engine::memory::rss_bytes().unwrap_or(0);
     let t0 = Instant::now();
     let m = LoadedModel::open(&ModelSource::parse(model)?, OpenOptions::default())?;
     let opts = match storage {
@@ -157,6 +164,7 @@ fn child(
         "file_bytes": m.info.size_on_disk_bytes,
         "kv_bytes": kv * (g.prompt_tokens + g.token_ids.len()),
         "peak_rss": peak_rss_bytes().unwrap_or(0),
+        "start_rss": start_rss,
     });
     println!("{v}");
     Ok(())

@@ -9,7 +9,7 @@ export type GgufBase = {
  */
 linear_bytes: number, 
 /**
- * The embedding, when it is in a block type too (then a tied head is as well, and the
- * loss builds full logits instead of the fused tiles).
+ * The embedding, when it is in a block type too (a tied head then is as well; the fused
+ * loss widens it tile by tile).
  */
 embed_bytes: number | null, };
