@@ -12,7 +12,8 @@ use ts_rs::TS;
 pub enum TrainUpdate {
     /// An engine event and the run's record as it stands after it.
     Event {
-        event: TrainEvent,
+        // Boxed like the record: the events carry the plan, and the enum stays small.
+        event: Box<TrainEvent>,
         record: Box<RunRecord>,
     },
     /// The run ended (completed, paused or failed); the record is what the history keeps.

@@ -38,14 +38,16 @@ fn throughput(state: &AppState) -> ApiResult<Throughput> {
 }
 
 /// The inputs every plan needs: model config, hardware, data lengths, throughput.
-fn inputs(
-    state: &AppState,
-) -> ApiResult<(
+/// What a plan is made from: the model's config, the machine, the dataset, and the measured
+/// throughput with the model's GGUF base (if QLoRA would train over one).
+type PlanInputs = (
     peft_engine::Config,
     peft_engine::hardware::Hardware,
     DataStats,
     (Throughput, Option<GgufBase>),
-)> {
+);
+
+fn inputs(state: &AppState) -> ApiResult<PlanInputs> {
     let (_, model) = state.current_model()?;
     // The engine's word on what QLoRA over this model stores (a GGUF's own block types).
     let gguf = PlanRequest::default().for_model(&model).gguf_base;

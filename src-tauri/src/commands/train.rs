@@ -113,7 +113,7 @@ pub fn train_start(
                     *s = r.clone();
                 }
                 send(TrainUpdate::Event {
-                    event: e.clone(),
+                    event: Box::new(e.clone()),
                     record: Box::new(r.clone()),
                 });
             };

@@ -242,7 +242,7 @@ impl Loader<'_> {
             }
         }
         // Q8_0 rows are whole 32-blocks; a matrix whose rows are not stays dense.
-        if !self.q8_0 || shape[1] % 32 != 0 {
+        if !self.q8_0 || !shape[1].is_multiple_of(32) {
             return Ok(None);
         }
         let f = self.get_f32(name, shape)?;

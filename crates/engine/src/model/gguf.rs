@@ -409,7 +409,7 @@ impl GgufSource {
 /// # Errors
 /// [`Error::Invalid`] when `out` is not a multiple of `2 * n_heads`.
 pub fn unpermute_order(out: usize, n_heads: usize) -> Result<Vec<usize>> {
-    if n_heads == 0 || out % (2 * n_heads) != 0 {
+    if n_heads == 0 || !out.is_multiple_of(2 * n_heads) {
         return Err(Error::invalid(
             "n_heads",
             format!("{out} rows do not split into {n_heads} heads of even size"),
