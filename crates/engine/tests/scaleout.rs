@@ -316,3 +316,40 @@ fn engine_configs_carry_every_setting() {
         }
     }
 }
+
+/// Sample packing carries over as each engine's packing that keeps examples apart (as ours
+/// does): Axolotl's `sample_packing` under flash attention, LLaMA-Factory's `neat_packing`,
+/// TRL's `packing` with flash attention 2; off, each engine's packing stays off.
+#[test]
+fn packing_maps_to_each_engines_packing_without_cross_attention() {
+    let m = common::bundled();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_file(tmp.path());
+    for packing in [true, false] {
+        let cfg = TrainConfig {
+            packing,
+            ..runs()[0].1.clone()
+        };
+        for e in Engine::ALL {
+            let out = tmp.path().join(format!("{packing}-{}", e.as_str()));
+            let r = do_export(&m, e, &data, &cfg, &out);
+            let y = yaml(&out.join(e.config_file()));
+            let (key, isolating) = match e {
+                Engine::Axolotl => ("sample_packing", &y["flash_attention"]),
+                Engine::LlamaFactory => ("packing", &y["neat_packing"]),
+                Engine::Trl => ("packing", &y["attn_implementation"]),
+            };
+            assert_eq!(b(&y, key), packing, "{e:?}");
+            assert_eq!(!isolating.is_null(), packing, "{e:?}: {isolating:?}");
+            if packing {
+                assert!(matches!(isolating.as_bool(), Some(true) | None), "{e:?}");
+            }
+            assert!(
+                r.mapped
+                    .iter()
+                    .any(|f| f.ours == "packing" && f.theirs == key),
+                "{e:?}: the report lists the packing field"
+            );
+        }
+    }
+}

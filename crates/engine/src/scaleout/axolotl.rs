@@ -46,7 +46,11 @@ pub(crate) fn build(ctx: &mut Ctx) -> Result<()> {
         "ours cuts long examples at the end; so does `truncate` (Axolotl's default drops them)",
     );
     d.set("excess_length_strategy", Y::str("truncate"));
-    d.set("sample_packing", Y::Bool(false));
+    ctx.map(&mut d, "packing", "sample_packing", Y::Bool(cfg.packing));
+    if cfg.packing {
+        d.comment("ours keeps packed examples apart (own positions, block-diagonal mask); Axolotl does under flash attention");
+        d.set("flash_attention", Y::Bool(true));
+    }
     d.set("pad_to_sequence_len", Y::Bool(false));
     ctx.map(
         &mut d,

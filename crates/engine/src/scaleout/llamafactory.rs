@@ -45,7 +45,12 @@ pub(crate) fn build(ctx: &mut Ctx) -> Result<()> {
     d.comment("### dataset");
     data(ctx, &mut d)?;
     ctx.map(&mut d, "seq_len", "cutoff_len", Y::Int(cfg.seq_len as i64));
-    d.set("packing", Y::Bool(false));
+    ctx.map(&mut d, "packing", "packing", Y::Bool(cfg.packing));
+    if cfg.packing {
+        d.comment("ours keeps packed examples apart; neat_packing is LLaMA-Factory's packing without cross-attention");
+        d.set("neat_packing", Y::Bool(true));
+        d.set("flash_attn", Y::str("fa2"));
+    }
     d.set("overwrite_cache", Y::Bool(true));
     d.blank();
     d.comment("### train");

@@ -36,7 +36,13 @@ pub(crate) fn build(ctx: &mut Ctx) -> Result<()> {
     ctx.map(&mut d, "seq_len", "max_length", Y::Int(cfg.seq_len as i64));
     d.comment("ours cuts long examples at the end, as keep_start does");
     d.set("truncation_mode", Y::str("keep_start"));
-    d.set("packing", Y::Bool(false));
+    ctx.map(&mut d, "packing", "packing", Y::Bool(cfg.packing));
+    if cfg.packing {
+        d.comment(
+            "ours keeps packed examples apart; TRL's packing does so only under flash attention",
+        );
+        d.set("attn_implementation", Y::str("flash_attention_2"));
+    }
     d.blank();
     ctx.map(
         &mut d,
