@@ -1,7 +1,9 @@
 //! A whole training step through the device-generic ops (what a GPU runs) equals the step
 //! through the fused CPU kernels, on the CPU: LoRA (with dropout, with and without gradient
 //! checkpointing), QLoRA over NF4 and full fine-tuning (the unfused loss and trained
-//! embedding). Loss and every trainable tensor's gradient agree to 1e-5 relative, and every
+//! embedding). Loss and every trainable tensor's gradient agree to 1e-5 relative (full
+//! fine-tuning 5e-5: there the fused path's online-softmax loss and its own weight-gradient
+//! GEMMs sum in another order than candle's, which every layer's weight gradient inherits), and every
 //! trainable tensor receives a non-zero gradient — the guard against a kernel that silently
 //! drops gradients. Then the same model moved with `Decoder::to_device` to bf16 compute (a
 //! GPU's default precision, here on the CPU) trains with f32 gradients close to f32's.
@@ -12,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use peft_engine::data::batch::Batch;
 use peft_engine::model::ctx::ForwardCtx;
 use peft_engine::model::decoder::Decoder;
-use peft_engine::ops::OpPath;
+use peft_engine::ops::{OpPath, WeightGrads};
 use peft_engine::peft::method::{apply_method, layer_index, LoraSettings, Method, Trainable};
 use peft_engine::test_support::rel_err;
 use peft_engine::train::grad_ckpt::GradSink;
@@ -51,19 +53,41 @@ fn prepared(mut d: Decoder, method: &Method) -> (Arc<Decoder>, Trainable) {
     (Arc::new(d), trainable)
 }
 
-/// Loss and every trainable tensor's gradient (f32, CPU) for one micro-step on `ops`.
+/// Loss and every trainable tensor's gradient (f32, CPU) for one micro-step on `ops`. On the
+/// fused path trained dense weights write their gradients into the trainer's buffers, as in
+/// a real run (`ForwardCtx::weight_grads`).
 fn step(
     model: &Arc<Decoder>,
     trainable: &Trainable,
     ops: OpPath,
     checkpointing: bool,
 ) -> (f32, Vec<Tensor>) {
+    let (grads, from_buffers) = step_counting(model, trainable, ops, checkpointing);
+    if ops == OpPath::Generic {
+        assert_eq!(
+            from_buffers, 0,
+            "the generic path keeps candle's gradient store"
+        );
+    }
+    grads
+}
+
+/// [`step`], and how many gradients came from the weight-gradient buffers.
+fn step_counting(
+    model: &Arc<Decoder>,
+    trainable: &Trainable,
+    ops: OpPath,
+    checkpointing: bool,
+) -> ((f32, Vec<Tensor>), usize) {
+    let weight_grads = WeightGrads::default();
     let ctx = ForwardCtx {
         train: true,
         step_seed: 11,
         ops,
         packing: None,
+        weight_grads: Some(weight_grads.clone()),
     };
+    let mut from_buffers = 0;
     let per_layer: Vec<Vec<Tensor>> = (0..model.layers.len())
         .map(|n| {
             trainable
@@ -83,11 +107,22 @@ fn step(
         .params
         .iter()
         .map(|(name, v)| {
-            let g = store
-                .get(v.as_tensor())
-                .cloned()
-                .or_else(|| extra.remove(&v.as_tensor().id()))
-                .unwrap_or_else(|| panic!("{name}: no gradient on {ops:?}"));
+            let id = v.as_tensor().id();
+            let buffered = weight_grads.take(id).map(|w| {
+                from_buffers += 1;
+                Tensor::from_vec(w, v.dims(), &Device::Cpu).unwrap()
+            });
+            // Summed as the trainer sums them: a tied embedding gets its lookup's gradient
+            // from the store and the output head's from the buffer.
+            let g = [
+                store.get(v.as_tensor()).cloned(),
+                extra.remove(&id),
+                buffered,
+            ]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap_or_else(|| panic!("{name}: no gradient on {ops:?}"));
             let g = g
                 .to_dtype(DType::F32)
                 .unwrap()
@@ -104,7 +139,7 @@ fn step(
             g
         })
         .collect();
-    (loss.to_scalar::<f32>().unwrap(), grads)
+    ((loss.to_scalar::<f32>().unwrap(), grads), from_buffers)
 }
 
 /// `max |a − b| / max |b|`.
@@ -121,6 +156,11 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn generic_equals_fused(what: &str, d: Decoder, method: &Method, checkpointing: bool) {
+    let tolerance = if matches!(method, Method::Full) {
+        5e-5
+    } else {
+        1e-5
+    };
     let (model, trainable) = prepared(d, method);
     let (l1, g1) = step(&model, &trainable, OpPath::Auto, checkpointing);
     let (l2, g2) = step(&model, &trainable, OpPath::Generic, checkpointing);
@@ -132,7 +172,7 @@ fn generic_equals_fused(what: &str, d: Decoder, method: &Method, checkpointing: 
     for ((a, b), (name, _)) in g2.iter().zip(&g1).zip(&trainable.params) {
         let e = rel(a, b);
         assert!(
-            e <= 1e-5,
+            e <= tolerance,
             "{what}: {name} gradient differs by {e:e} relative"
         );
     }
@@ -177,7 +217,19 @@ fn qlora_step_generic_equals_fused() {
 
 #[test]
 fn full_fine_tuning_step_generic_equals_fused() {
-    generic_equals_fused("full", common::decoder(), &Method::Full, false);
+    for ckpt in [false, true] {
+        let what = format!("full (checkpointing {ckpt})");
+        generic_equals_fused(&what, common::decoder(), &Method::Full, ckpt);
+    }
+    // The fused step wrote every block projection's gradient (7 per layer) and the output
+    // head's (from the fused loss) into the buffers, not into candle's store: the equality
+    // above covers both backwards.
+    let (model, trainable) = prepared(common::decoder(), &Method::Full);
+    let layers = model.layers.len();
+    for ckpt in [false, true] {
+        let (_, n) = step_counting(&model, &trainable, OpPath::Auto, ckpt);
+        assert_eq!(n, 7 * layers + 1, "checkpointing {ckpt}");
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The per-call context of a forward pass: whether it trains (dropout on), the seed its
 //! dropout masks come from, which implementation of the custom ops runs, and, for packed
-//! rows, where each example starts.
+//! rows, where each example starts; and where trained weights' gradients are written.
 
-use crate::ops::{OpPath, Segments};
+use crate::ops::{OpPath, Segments, WeightGrads};
 
 /// Per-call settings that change the forward pass during training.
 #[derive(Clone, Debug, Default)]
@@ -18,4 +18,7 @@ pub struct ForwardCtx {
     /// Sample packing: several examples per row, each with its own positions (from 0) and
     /// attention confined to itself. `None`: one example per row.
     pub packing: Option<Segments>,
+    /// Where trained dense weights' gradients go (full and selective fine-tuning on the CPU,
+    /// [`crate::ops::trained_linear`]); `None`: through candle's gradient store.
+    pub weight_grads: Option<WeightGrads>,
 }

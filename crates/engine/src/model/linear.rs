@@ -7,13 +7,15 @@
 //! input gradient; an NF4 weight goes through the NF4 op; a GGUF-typed weight through the
 //! quantized kernels when generating and through the tiled op of `quant::ggml_op` (input
 //! gradient, like NF4's) when training. The LoRA delta is added by
-//! [`crate::model::lora::Lora::forward`], or, over a frozen dense base on the CPU, computed
-//! together with the base product by [`crate::model::lora::Lora::forward_with_base`] (one op
-//! instead of two plus an add: fewer full-size buffers and gradient accumulations).
+//! [`crate::model::lora::Lora::forward`], or, over a frozen base on the CPU, computed together
+//! with the base product by [`crate::model::lora::Lora::forward_with_base`] (dense) or
+//! [`crate::model::lora::Lora::forward_with_rows`] (NF4, and GGUF types while training; each
+//! tile widened inside the op): one op instead of two plus an add, so fewer full-size buffers
+//! and gradient accumulations.
 
 use crate::model::ctx::ForwardCtx;
 use crate::model::lora::Lora;
-use crate::ops::{frozen_linear_with, OpPath};
+use crate::ops::{frozen_linear_with, trained_linear, OpPath};
 use crate::quant::ggml::GgmlWeight;
 use crate::quant::nf4::Nf4Tensor;
 use crate::quant::nf4_op::Nf4Linear;
@@ -72,6 +74,18 @@ fn fusable(w: &Tensor) -> bool {
     !w.track_op() && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
+/// Whether an adapter over a quantized base runs in the fused LoRA linear: the fused CPU
+/// path with f32 activations (elsewhere the format's own generic op plus the delta).
+fn rows_fusable(ctx: &ForwardCtx, x: &Tensor) -> bool {
+    ctx.ops.fused_on(x.device()) && x.dtype() == DType::F32
+}
+
+/// Whether a trained dense weight's product runs in [`trained_linear`] (its gradient written
+/// straight into the trainer's buffer): the fused CPU path, everything f32.
+fn trained_fusable(ctx: &ForwardCtx, x: &Tensor, w: &Tensor) -> bool {
+    rows_fusable(ctx, x) && w.dtype() == DType::F32 && w.rank() == 2
+}
+
 impl Linear {
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
@@ -98,7 +112,18 @@ impl Linear {
             (Base::Dense(w), Some(lora)) if fusable(w) => {
                 (lora.forward_with_base(x, w, ctx)?, true)
             }
-            (Base::Dense(w), _) => (matmul_t_with(ctx.ops, x, w)?, false),
+            (Base::Dense(w), _) => match &ctx.weight_grads {
+                Some(grads) if w.is_variable() && trained_fusable(ctx, x, w) => {
+                    (trained_linear(x, w, grads)?, false)
+                }
+                _ => (matmul_t_with(ctx.ops, x, w)?, false),
+            },
+            (Base::Nf4(q), Some(lora)) if rows_fusable(ctx, x) && q.device_codes().is_none() => {
+                (lora.forward_with_rows(x, q.clone(), ctx)?, true)
+            }
+            (Base::Ggml(q), Some(lora)) if ctx.train && rows_fusable(ctx, x) => {
+                (lora.forward_with_rows(x, q.clone(), ctx)?, true)
+            }
             (Base::Nf4(q), _) => (Nf4Linear::new(q.clone()).forward_with(ctx.ops, x)?, false),
             // Training needs the input gradient: the tiled op with a backward.
             (Base::Ggml(q), _) if ctx.train => (q.forward_train(x)?, false),

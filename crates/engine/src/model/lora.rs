@@ -7,9 +7,10 @@
 //! targets and reading/writing adapter files is `crate::peft`.
 
 use crate::model::ctx::ForwardCtx;
-use crate::ops::{lora_delta_with, lora_linear_with, DropoutMask};
+use crate::ops::{lora_delta_with, lora_linear_rows, lora_linear_with, DropoutMask, FrozenRows};
 use crate::seed::mix;
 use candle_core::{DType, Result, Tensor};
+use std::sync::Arc;
 
 /// A LoRA adapter on one linear layer.
 #[derive(Clone)]
@@ -43,6 +44,20 @@ impl Lora {
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
         lora_linear_with(ctx.ops, x, w, &a, &b, self.scale, self.dropout_mask(ctx))
+    }
+
+    /// `x·Wᵀ + scale · B·(A·dropout(x))` over a quantized frozen base (NF4, a GGUF block type),
+    /// widened tile by tile inside the same fused op as [`Lora::forward_with_base`] (QLoRA at
+    /// LoRA's op count). The CPU with f32 `x` only; see [`crate::ops::lora_linear_rows`].
+    pub fn forward_with_rows(
+        &self,
+        x: &Tensor,
+        w: Arc<dyn FrozenRows>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let a = self.a.to_dtype(DType::F32)?;
+        let b = self.b.to_dtype(DType::F32)?;
+        lora_linear_rows(x, w, &a, &b, self.scale, self.dropout_mask(ctx))
     }
 
     /// Seeded by (step, adapter) so a resumed run and a checkpointed recomputation draw the

@@ -63,8 +63,31 @@ pub(crate) fn gemm_into(
     beta: f32,
     accumulate: bool,
 ) -> Result<()> {
+    if dst.len() != a.rows * b.cols {
+        bail!(
+            "gemm: [{}, {}] · [{}, {}] does not match its buffers",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols
+        );
+    }
+    gemm_into_ld(dst, b.cols, a, b, beta, accumulate)
+}
+
+/// [`gemm_into`] into a column block of a wider row-major buffer: row `i` of the product
+/// is written at `dst[i·ld..i·ld + b.cols]` (a tile of output columns written in place).
+pub(crate) fn gemm_into_ld(
+    dst: &mut [f32],
+    ld: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    accumulate: bool,
+) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if a.cols != b.rows || !a.fits() || !b.fits() || dst.len() != m * n {
+    let dst_fits = m == 0 || n == 0 || (ld >= n && (m - 1) * ld + n <= dst.len());
+    if a.cols != b.rows || !a.fits() || !b.fits() || !dst_fits {
         bail!(
             "gemm: [{m}, {k}] · [{}, {n}] does not match its buffers",
             b.rows
@@ -75,7 +98,10 @@ pub(crate) fn gemm_into(
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for row in dst.chunks_mut(ld).take(m) {
+                let len = n.min(row.len());
+                row[..len].fill(0.0);
+            }
         }
         return Ok(());
     }
@@ -86,8 +112,8 @@ pub(crate) fn gemm_into(
         gemm::Parallelism::None
     };
     // SAFETY: every index the GEMM reads, i·rs + j·cs for i < rows and j < cols, is in bounds
-    // (checked by `fits` above), and `dst` is an exclusively borrowed m × n row-major buffer
-    // (its length checked above); `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst`
+    // (checked by `fits` above), and `dst` is an exclusively borrowed buffer holding m rows of
+    // n at stride ld (checked above); `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst`
     // only when `accumulate`.
     unsafe {
         gemm::gemm(
@@ -96,7 +122,7 @@ pub(crate) fn gemm_into(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            ld as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -138,6 +164,27 @@ mod tests {
         for (g, w) in got.iter().chain(&got_t).zip(want.iter().chain(&want)) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
         }
+        // Into columns 2..2+n of a 7-wide buffer: the rest of each row is left as it was.
+        let ld = 7;
+        let mut wide = vec![-1f32; m * ld];
+        gemm_into_ld(
+            &mut wide[2..],
+            ld,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            1.0,
+            false,
+        )
+        .unwrap();
+        for (i, row) in wide.chunks(ld).enumerate() {
+            assert!(row[..2].iter().chain(&row[2 + n..]).all(|&v| v == -1.0));
+            for (g, w) in row[2..2 + n].iter().zip(&want[i * n..(i + 1) * n]) {
+                assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+        let mut short = vec![0f32; (m - 1) * ld + n - 1];
+        let (ar, br) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        assert!(gemm_into_ld(&mut short, ld, ar, br, 1.0, false).is_err());
         assert!(matmul(MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k)).is_err());
         assert!(matmul(
             MatRef::row_major(&a[1..], m, k),

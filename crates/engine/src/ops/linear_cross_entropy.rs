@@ -22,10 +22,14 @@
 //! filling and reading several `tokens × vocab` buffers. Rows whose weight is zero (padding,
 //! untrained prompt tokens) are skipped entirely: no GEMM, no softmax, a zero gradient.
 //!
-//! Like [`super::frozen_linear`], `W` is owned by the op, so it gets no gradient.
+//! Like [`super::frozen_linear`], `W` is owned by the op, so it gets no gradient from candle;
+//! a trained head ([`linear_cross_entropy_trained`]) has its gradient written tile by tile into
+//! the trainer's buffer, from the same `softmax − onehot` tiles the input gradient uses.
 
 use super::bridge::cpu_to_tensor;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use super::gemm::{gemm_into, MatRef};
+use super::trained_linear::WeightGrads;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -254,14 +258,27 @@ fn forward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan) -> Result<(f64, Vec<f32
     Ok((sum / plan.total, lse))
 }
 
-/// `dh = g · Σ-weighted (softmax(z) − onehot(t)) · W`, `[n, d]`; zero on inactive rows.
-fn backward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan, lse: &[f32], g: f32) -> Result<Tensor> {
+/// `dh = g · Σ-weighted (softmax(z) − onehot(t)) · W`, `[n, d]`; zero on inactive rows. With
+/// `dw` (a trained head, `[vocab, d]` row-major), also `dW += dzᵀ · h` tile by tile, each
+/// tile's rows written once per row block by one GEMM.
+fn backward_pass(
+    h: &Tensor,
+    w: &HeadWeight,
+    plan: &Plan,
+    lse: &[f32],
+    g: f32,
+    mut dw: Option<&mut [f32]>,
+) -> Result<Tensor> {
     let (n, d) = h.dims2()?;
     let vocab = w.dims()?.0;
     let mut dh = vec![0f32; n * d];
     let scale = g as f64 / plan.total;
     for (start, rows) in plan.blocks() {
         let hb = gather_rows(h, rows)?;
+        let hb_rows = match dw {
+            Some(_) => hb.flatten_all()?.to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
         let lse = &lse[start..start + rows.len()];
         let mut acc: Option<Tensor> = None;
         for (v0, len) in plan.tiles(vocab) {
@@ -280,6 +297,15 @@ fn backward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan, lse: &[f32], g: f32) -
                         zr[t - v0] -= s;
                     }
                 });
+            if let Some(dw) = dw.as_deref_mut() {
+                gemm_into(
+                    &mut dw[v0 * d..(v0 + len) * d],
+                    MatRef::row_major(&z, rows.len(), len).t(),
+                    MatRef::row_major(&hb_rows, rows.len(), d),
+                    1.0,
+                    true,
+                )?;
+            }
             let dz = Tensor::from_vec(z, (rows.len(), len), h.device())?;
             let part = dz.matmul(&wt)?;
             acc = Some(match acc {
@@ -299,6 +325,8 @@ fn backward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan, lse: &[f32], g: f32) -
 struct LinearCrossEntropy {
     /// `[vocab, d]`, frozen.
     w: HeadWeight,
+    /// A trained head (full fine-tuning's tied embedding): where its gradient goes.
+    trained: Option<(WeightGrads, TensorId)>,
     plan: Plan,
     /// Per-active-row logsumexp from the forward. Kept (4 bytes a trained token) rather than
     /// recomputed: with it the backward needs a single `exp` pass per row instead of a max
@@ -339,7 +367,14 @@ impl CustomOp1 for LinearCrossEntropy {
                 &recomputed
             }
         };
-        Ok(Some(backward_pass(&h, &self.w, &self.plan, lse, g)?))
+        let Some((grads, id)) = &self.trained else {
+            return Ok(Some(backward_pass(&h, &self.w, &self.plan, lse, g, None)?));
+        };
+        let (vocab, d) = self.w.dims()?;
+        let dh = grads.with_buffer(*id, vocab * d, |dw| {
+            backward_pass(&h, &self.w, &self.plan, lse, g, Some(dw))
+        })?;
+        Ok(Some(dh))
     }
 }
 
@@ -379,6 +414,44 @@ pub fn linear_cross_entropy_rows(
     with_head(h, &head, targets, weights, None)
 }
 
+/// [`linear_cross_entropy`] over a *trained* f32 head `w` (full fine-tuning's tied embedding, a
+/// trained `lm_head`): the same fused loss, whose backward also writes `dW` into `grads` tile
+/// by tile instead of candle materialising the logits and their gradient. The fused CPU op
+/// only, and `h` must be tracked (else candle records no op and `W` would get no gradient).
+///
+/// # Errors
+/// As [`linear_cross_entropy`]; an untracked `h` or a weight that is not an f32 CPU tensor.
+pub fn linear_cross_entropy_trained(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    grads: &WeightGrads,
+) -> Result<Tensor> {
+    trained_with_chunks(h, w, targets, weights, grads, None)
+}
+
+fn trained_with_chunks(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    grads: &WeightGrads,
+    chunks: Option<(usize, usize)>,
+) -> Result<Tensor> {
+    if !h.track_op() || !h.device().is_cpu() || w.dtype() != DType::F32 {
+        candle_core::bail!("a trained output head in the fused loss needs a tracked f32 CPU input")
+    }
+    let head = HeadWeight::Dense(w.clone());
+    let plan = Plan::new(h, head.dims()?, targets, weights, chunks)?;
+    h.to_dtype(DType::F32)?.apply_op1(LinearCrossEntropy {
+        w: head,
+        trained: Some((grads.clone(), w.id())),
+        plan,
+        lse: OnceLock::new(),
+    })
+}
+
 /// [`linear_cross_entropy`] with the tile size forced to `(rows, vocab)` (tests use tiny ones).
 fn with_chunks(
     h: &Tensor,
@@ -409,6 +482,7 @@ fn with_head(
     if h.track_op() {
         return h.apply_op1(LinearCrossEntropy {
             w: w.clone(),
+            trained: None,
             plan,
             lse: OnceLock::new(),
         });
@@ -523,6 +597,33 @@ mod tests {
             // The public entry point (default chunking) too.
             let got = scalar(&linear_cross_entropy(&h, &w, &c.targets, &c.weights).unwrap());
             assert!((got - want).abs() < 1e-5);
+        }
+    }
+
+    /// A trained head: `dh` from the graph and `dW` from the buffer equal candle's autograd
+    /// through the unfused logits, across partial tiles and row blocks.
+    #[test]
+    fn a_trained_head_gets_autograds_weight_gradient() {
+        for general in [false, true] {
+            let c = case(general);
+            let (h, w) = tensors(&c);
+            let (hv, wv) = (Var::from_tensor(&h).unwrap(), Var::from_tensor(&w).unwrap());
+            let want = (reference_loss(hv.as_tensor(), wv.as_tensor(), &c) / 4.0)
+                .unwrap()
+                .backward()
+                .unwrap();
+            for chunk in [CHUNK, Some((N, 1)), None] {
+                let grads = WeightGrads::default();
+                let (x, wt) = (hv.as_tensor(), wv.as_tensor());
+                let loss = trained_with_chunks(x, wt, &c.targets, &c.weights, &grads, chunk);
+                let got = (loss.unwrap() / 4.0).unwrap().backward().unwrap();
+                assert!(got.get(wt).is_none(), "dW goes to the buffer");
+                let dw = grads.take(wt.id()).expect("a head gradient");
+                let e = max_diff_slices(&dw, &vec2(want.get(wt).unwrap()));
+                assert!(e < 1e-5, "dW differs by {e} ({chunk:?})");
+                let dh = vec2(got.get(x).unwrap());
+                assert!(max_diff_slices(&dh, &vec2(want.get(x).unwrap())) < 1e-5);
+            }
         }
     }
 

@@ -1,5 +1,8 @@
-//! A LoRA-adapted linear layer over a frozen dense base, `y = x·Wᵀ + scale·B·(A·dropout(x))`,
-//! as one autograd op over `(x, A, B)` that holds `W` itself.
+//! A LoRA-adapted linear layer over a frozen base, `y = x·Wᵀ + scale·B·(A·dropout(x))`, as one
+//! autograd op over `(x, A, B)` that holds `W` itself. The base is dense (f32/bf16) or a
+//! quantized weight widened tile by tile ([`FrozenRows`]: NF4 for QLoRA, a GGUF block type):
+//! forward writes each tile's product straight into its columns of `y`, backward accumulates
+//! `g[:, tile]·W_tile` onto `dx`, so QLoRA runs the same op as LoRA with one transient tile.
 //!
 //! Written as [`crate::ops::frozen_linear`] + [`super::lora_delta::lora_delta`] + an add, every
 //! adapted projection (210 per SmolLM2 step) costs a second `[n, out]` buffer and an add pass in
@@ -13,17 +16,37 @@
 //! masks are identical and results match the composite path up to float summation order.
 
 use super::dropout::DropoutMask;
-use super::gemm::{gemm_into, MatRef};
+use super::frozen_rows::FrozenRows;
+use super::gemm::{gemm_into, gemm_into_ld, MatRef};
 use super::generic::OpPath;
 use super::logical_f32;
+use super::profile::{span, Kind};
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
 use std::borrow::Cow;
+use std::sync::Arc;
+
+/// The frozen base of a LoRA linear, `[out, in]`.
+#[derive(Clone)]
+pub enum FrozenBase {
+    /// f32 or bf16 (widened per call, like `frozen_linear`).
+    Dense(Tensor),
+    /// Widened to f32 tile by tile, never whole (NF4, GGUF block types).
+    Rows(Arc<dyn FrozenRows>),
+}
+
+impl FrozenBase {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            FrozenBase::Dense(w) => w.dims2(),
+            FrozenBase::Rows(r) => Ok(r.dims()),
+        }
+    }
+}
 
 struct LoraLinear {
-    /// Frozen `[out, in]`, f32 or bf16 (widened per call, like `frozen_linear`).
-    w: Tensor,
+    w: FrozenBase,
     scale: f64,
     dropout: Option<DropoutMask>,
 }
@@ -46,10 +69,89 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<Cow<'a, [f32]>> 
     }
 }
 
+/// `y[:, tile] (+)= x·W_tileᵀ` for every tile of rows of `w`, `y` row-major `[m, out]`.
+fn base_forward(w: &FrozenBase, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    let (out, k) = w.dims()?;
+    match w {
+        FrozenBase::Dense(w) => with_weight(w, |w| {
+            let _gemm = span(Kind::Gemm);
+            gemm_into(
+                y,
+                MatRef::row_major(x, m, k),
+                MatRef::row_major(w, out, k).t(),
+                1.0,
+                false,
+            )
+        }),
+        FrozenBase::Rows(rows) => {
+            let step = rows.tile_rows();
+            let mut tile = vec![0f32; step.min(out) * k];
+            for r0 in (0..out).step_by(step) {
+                let r1 = (r0 + step).min(out);
+                let t = &mut tile[..(r1 - r0) * k];
+                {
+                    let _dequant = span(Kind::Dequant);
+                    rows.widen_rows_into(r0, r1, t)?;
+                }
+                let _gemm = span(Kind::Gemm);
+                gemm_into_ld(
+                    &mut y[r0..],
+                    out,
+                    MatRef::row_major(x, m, k),
+                    MatRef::row_major(t, r1 - r0, k).t(),
+                    1.0,
+                    false,
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `dx += g·W`, `g` row-major `[m, out]`, `dx` `[m, in]`: a tile of rows of `W` meets the
+/// matching columns of `g`, accumulated in place.
+fn base_backward(w: &FrozenBase, g: &[f32], m: usize, dx: &mut [f32]) -> Result<()> {
+    let (out, k) = w.dims()?;
+    match w {
+        FrozenBase::Dense(w) => with_weight(w, |w| {
+            let _gemm = span(Kind::Gemm);
+            gemm_into(
+                dx,
+                MatRef::row_major(g, m, out),
+                MatRef::row_major(w, out, k),
+                1.0,
+                true,
+            )
+        }),
+        FrozenBase::Rows(rows) => {
+            let step = rows.tile_rows();
+            let mut tile = vec![0f32; step.min(out) * k];
+            for r0 in (0..out).step_by(step) {
+                let r1 = (r0 + step).min(out);
+                let t = &mut tile[..(r1 - r0) * k];
+                {
+                    let _dequant = span(Kind::Dequant);
+                    rows.widen_rows_into(r0, r1, t)?;
+                }
+                let _gemm = span(Kind::Gemm);
+                let g_tile = MatRef {
+                    data: &g[r0..],
+                    rows: m,
+                    cols: r1 - r0,
+                    rs: out,
+                    cs: 1,
+                };
+                gemm_into(dx, g_tile, MatRef::row_major(t, r1 - r0, k), 1.0, true)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 impl LoraLinear {
     /// `(out, in, r)`, checking that A `[r, in]`, B `[out, r]` and x `[..., in]` agree with W.
     fn dims(&self, x: &[usize], a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
-        let (out, k) = self.w.dims2()?;
+        let (out, k) = self.w.dims()?;
         let ok = matches!((a, b), ([r, ka], [ob, rb]) if *ka == k && *ob == out && rb == r)
             && x.last() == Some(&k);
         if !ok {
@@ -105,22 +207,14 @@ impl CustomOp3 for LoraLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let _profile = super::profile::span(super::profile::Kind::Gemm);
         let (out, k, r) = self.dims(xl.dims(), al.dims(), bl.dims())?;
         let x = logical_f32(xs, xl)?;
         let (a, b) = (logical_f32(as_, al)?, logical_f32(bs, bl)?);
         let m = x.len() / k.max(1);
         super::profile::add_gemm_flops(2.0 * (m * (k * out + r * (k + out))) as f64);
         let mut y = vec![0f32; m * out];
-        with_weight(&self.w, |w| {
-            gemm_into(
-                &mut y,
-                MatRef::row_major(&x, m, k),
-                MatRef::row_major(w, out, k).t(),
-                1.0,
-                false,
-            )
-        })?;
+        base_forward(&self.w, &x, m, &mut y)?;
+        let _profile = span(Kind::Gemm);
         let h = self.h(&self.dropped(x), &a, m, k, r, 1.0)?;
         gemm_into(
             &mut y,
@@ -144,7 +238,7 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let _profile = super::profile::span(super::profile::Kind::Gemm);
+        let profile = span(Kind::Gemm);
         let (want_x, want_a, want_b) = (x.track_op(), a.track_op(), b.track_op());
         let (out, k, r) = self.dims(x.dims(), a.dims(), b.dims())?;
         let scale = self.scale as f32;
@@ -217,15 +311,8 @@ impl CustomOp3 for LoraLinear {
             if let Some(mask) = &self.dropout {
                 mask.apply(&mut v);
             }
-            with_weight(&self.w, |w| {
-                gemm_into(
-                    &mut v,
-                    MatRef::row_major(&g, m, out),
-                    MatRef::row_major(w, out, k),
-                    1.0,
-                    true,
-                )
-            })?;
+            drop(profile); // spans are leaves: the base product times itself
+            base_backward(&self.w, &g, m, &mut v)?;
             Some(Tensor::from_vec(v, x.shape(), &Device::Cpu)?)
         } else {
             None
@@ -266,11 +353,42 @@ pub fn lora_linear_with(
     if !path.fused_on(x.device()) || x.dtype() != DType::F32 {
         return super::generic_linear::lora_linear(x, w, a, b, scale, dropout);
     }
-    let op = LoraLinear {
-        w: w.clone(),
-        scale,
-        dropout,
-    };
+    apply(x, a, b, FrozenBase::Dense(w.clone()), scale, dropout)
+}
+
+/// `x·Wᵀ + scale·B·(A·dropout(x))` over a quantized frozen base widened tile by tile (QLoRA):
+/// the fused CPU op only, for f32 `x` on the CPU; the caller routes other devices and dtypes
+/// to the quantized format's own generic op.
+///
+/// # Errors
+/// `x` not f32 on the CPU, or shapes that do not fit `w`.
+pub fn lora_linear_rows(
+    x: &Tensor,
+    w: Arc<dyn FrozenRows>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "lora linear over a quantized base: f32 input on the CPU only, got {:?} on {:?}",
+            x.dtype(),
+            x.device().location()
+        );
+    }
+    apply(x, a, b, FrozenBase::Rows(w), scale, dropout)
+}
+
+fn apply(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    w: FrozenBase,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
+    let op = LoraLinear { w, scale, dropout };
     if x.track_op() || a.track_op() || b.track_op() {
         x.apply_op3(a, b, op)
     } else {

@@ -17,6 +17,7 @@ mod causal_softmax;
 mod decode_attention;
 mod dropout;
 mod frozen_linear;
+mod frozen_rows;
 pub(crate) mod gemm;
 pub mod generic;
 pub mod generic_linear;
@@ -30,6 +31,7 @@ mod rms_norm;
 mod rope;
 mod segments;
 mod swiglu;
+mod trained_linear;
 
 pub use causal_softmax::{
     causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with,
@@ -38,15 +40,19 @@ pub use causal_softmax::{
 pub use decode_attention::decode_attention;
 pub use dropout::DropoutMask;
 pub use frozen_linear::{frozen_linear, frozen_linear_with};
+pub use frozen_rows::{FrozenRows, TILE_BYTES};
 pub use generic::OpPath;
-pub use linear_cross_entropy::{linear_cross_entropy_rows, HeadWeight, RowsFn};
+pub use linear_cross_entropy::{
+    linear_cross_entropy_rows, linear_cross_entropy_trained, HeadWeight, RowsFn,
+};
 pub use linear_cross_entropy_generic::{
     linear_cross_entropy, linear_cross_entropy_generic, linear_cross_entropy_with,
     GENERIC_TILE_BYTES,
 };
 pub use lora_delta::{lora_delta, lora_delta_with};
-pub use lora_linear::{lora_linear, lora_linear_with};
+pub use lora_linear::{lora_linear, lora_linear_rows, lora_linear_with};
 pub use rms_norm::{rms_norm, rms_norm_with};
 pub use rope::{rope, rope_packed_with, rope_with, RopeTables};
 pub use segments::Segments;
 pub use swiglu::{geglu, geglu_with, swiglu, swiglu_with};
+pub use trained_linear::{trained_linear, WeightGrads};

@@ -17,6 +17,8 @@ use std::time::Instant;
 pub enum Kind {
     /// Frozen-weight and LoRA linears (forward and backward GEMMs).
     Gemm,
+    /// Widening a quantized base (NF4, GGUF block types) to f32 tiles for those GEMMs.
+    Dequant,
     /// RMSNorm, RoPE, SwiGLU/GeGLU, dropout.
     Elementwise,
     /// The causal softmax (the attention's own matmuls are candle's, under framework).
@@ -28,8 +30,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Gemm,
+        Kind::Dequant,
         Kind::Elementwise,
         Kind::Attention,
         Kind::Loss,
@@ -39,6 +42,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Gemm => "GEMM (linears)",
+            Kind::Dequant => "widening quantized weights",
             Kind::Elementwise => "elementwise (norm, rope, act)",
             Kind::Attention => "attention softmax",
             Kind::Loss => "loss (head + cross-entropy)",
@@ -48,7 +52,7 @@ impl Kind {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static NANOS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 /// FLOPs of the GEMM kind's matmuls.
 static GEMM_FLOPS: AtomicU64 = AtomicU64::new(0);
 
@@ -70,8 +74,8 @@ pub fn reset() {
 }
 
 /// Seconds per kind since the last reset, in [`Kind::ALL`]'s order, and the GEMM kind's FLOPs.
-pub fn totals() -> ([f64; 5], f64) {
-    let mut out = [0.0; 5];
+pub fn totals() -> ([f64; 6], f64) {
+    let mut out = [0.0; 6];
     for (o, n) in out.iter_mut().zip(&NANOS) {
         *o = n.load(Ordering::Relaxed) as f64 * 1e-9;
     }

@@ -142,6 +142,17 @@ impl GgmlWeight {
     }
 }
 
+/// The fused LoRA linear's view of a block-typed base (QLoRA over the file's own types).
+impl crate::ops::FrozenRows for GgmlWeight {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn widen_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        ggml_op::widen_rows_into(&self.q, r0, r1, out)
+    }
+}
+
 /// Reorders whole rows of a quantized `[out, in]` tensor: row `i` of the result is row
 /// `order[i]` of `q`. A row is a run of complete blocks, so this is a byte copy, exact.
 ///

@@ -47,14 +47,35 @@ fn widen<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> candle_core::Result<()> 
 /// A block type without a dequantizer here (float GGUF tensors load dense, never as this).
 pub fn widen_rows(q: &QTensor, r0: usize, r1: usize) -> candle_core::Result<Vec<f32>> {
     let (_, k) = q.shape().dims2()?;
+    let mut out = vec![0f32; r1.saturating_sub(r0) * k];
+    widen_rows_into(q, r0, r1, &mut out)?;
+    Ok(out)
+}
+
+/// [`widen_rows`] into `out` (`(r1 - r0) · k` values).
+///
+/// # Errors
+/// As [`widen_rows`]; a range outside the weight or an `out` of the wrong length.
+pub fn widen_rows_into(
+    q: &QTensor,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    let (n, k) = q.shape().dims2()?;
+    if r0 > r1 || r1 > n || out.len() != (r1 - r0) * k {
+        bail!(
+            "GGUF weight: rows {r0}..{r1} of {n} into {} values",
+            out.len()
+        );
+    }
     let dtype = q.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
     let bytes = &data[r0 * row_bytes..r1 * row_bytes];
-    let mut out = vec![0f32; (r1 - r0) * k];
     if dtype == GgmlDType::Q4_1 {
-        q4_1_matmul::dequantize(bytes, k, &mut out);
-        return Ok(out);
+        q4_1_matmul::dequantize(bytes, k, out);
+        return Ok(());
     }
     let f: fn(&[u8], &mut [f32]) -> candle_core::Result<()> = match dtype {
         GgmlDType::Q4_0 => widen::<BlockQ4_0>,
@@ -85,7 +106,7 @@ pub fn widen_rows(q: &QTensor, r0: usize, r1: usize) -> candle_core::Result<Vec<
     if failed.into_inner() {
         bail!("{dtype:?} rows are not whole aligned blocks")
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Forward op `x · Wᵀ`; its backward applies [`GgmlMatMulT`] to the output gradient.

@@ -11,4 +11,5 @@ pub mod nf4;
 pub mod nf4_device;
 pub mod nf4_format;
 pub mod nf4_op;
+mod nf4_simd;
 pub mod q4_1_matmul;

@@ -271,13 +271,11 @@ impl Nf4Tensor {
                 i += 1;
             }
             let pairs = (stop - i) / 2;
-            for (&byte, dst) in self.packed[i / 2..i / 2 + pairs]
-                .iter()
-                .zip(out[o..o + 2 * pairs].chunks_exact_mut(2))
-            {
-                dst[0] = NF4_CODE[(byte >> 4) as usize] * scale;
-                dst[1] = NF4_CODE[(byte & 0x0f) as usize] * scale;
-            }
+            super::nf4_simd::widen_pairs(
+                &self.packed[i / 2..i / 2 + pairs],
+                scale,
+                &mut out[o..o + 2 * pairs],
+            );
             i += 2 * pairs;
             o += 2 * pairs;
             if i < stop {

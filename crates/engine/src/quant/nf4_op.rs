@@ -24,7 +24,7 @@
 //! gradients.
 
 use super::nf4::Nf4Tensor;
-use crate::ops::{logical_f32, OpPath};
+use crate::ops::{logical_f32, FrozenRows, OpPath};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -162,12 +162,40 @@ struct Nf4MatMulT {
 fn dequantize_rows(w: &Nf4Tensor, r0: usize, t: usize) -> Vec<f32> {
     let k = w.shape().1;
     let mut tile = vec![0.0f32; t * k];
+    dequantize_rows_into(w, r0, t, &mut tile);
+    tile
+}
+
+fn dequantize_rows_into(w: &Nf4Tensor, r0: usize, t: usize, tile: &mut [f32]) {
+    let k = w.shape().1;
     // Chunks of whole rows, a few per thread, so each call covers many NF4 blocks.
     let rows_per = t.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
     tile.par_chunks_mut(rows_per * k)
         .enumerate()
         .for_each(|(i, dst)| w.dequantize_range_into((r0 + i * rows_per) * k, dst));
-    tile
+}
+
+/// The fused LoRA linear's view of an NF4 base (QLoRA on the same op as LoRA).
+impl FrozenRows for Nf4Tensor {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn widen_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let (n, k) = self.shape();
+        if r0 > r1 || r1 > n || out.len() != (r1 - r0) * k {
+            bail!(
+                "NF4 `{}`: rows {r0}..{r1} of {n} into {} values",
+                self.name(),
+                out.len()
+            );
+        }
+        if self.device_codes().is_some() {
+            bail!("NF4 `{}`: codes live on a device", self.name());
+        }
+        dequantize_rows_into(self, r0, r1 - r0, out);
+        Ok(())
+    }
 }
 
 /// Splits `[..., k]` into `(m, k)` and checks `k`.

@@ -17,6 +17,7 @@ use crate::memory::{peak_rss_bytes, rss_bytes};
 use crate::model::ctx::ForwardCtx;
 use crate::model::loaded::LoadedModel;
 use crate::ops::profile::{span, Kind};
+use crate::ops::WeightGrads;
 use crate::peft::adapter_io::{save_delta, save_lora_adapter, ADAPTER_CONFIG, DELTA_WEIGHTS};
 use crate::peft::method::{layer_index, Method, Trainable};
 use crate::plan::{estimate, ComputeDevice, Throughput};
@@ -28,7 +29,7 @@ use crate::train::grad_ckpt::GradSink;
 use crate::train::history::{
     now, BestCheckpoint, RunMemory, RunRecord, RunStatus, BEST_DIR, RECORD_FILE,
 };
-use crate::train::optim::{clip_grad_norm, AdamW};
+use crate::train::optim::{clip_scale, grad_norm, AdamW};
 use crate::train::prepare::{prepare_data, prepare_model, validate, PreparedData, RunModel};
 use crate::train::run_lock::RunLock;
 use crate::train::schedule::lr_at;
@@ -401,9 +402,8 @@ impl Run<'_> {
                 return Ok((TrainStatus::Cancelled, tokens_per_s(tokens_done)));
             };
             tokens_done += tokens;
-            let mut grads = grads;
             let optimizer_span = span(Kind::Optimizer);
-            let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+            let grad_norm = grad_norm(&grads)?;
             if !loss.is_finite() || !grad_norm.is_finite() {
                 return Err(Error::invalid(
                     "training",
@@ -417,7 +417,7 @@ impl Run<'_> {
                 self.total_steps,
                 step,
             );
-            opt.step(&grads, lr)?;
+            opt.step_scaled(&grads, lr, clip_scale(grad_norm, cfg.max_grad_norm))?;
             drop(optimizer_span);
             state.step += 1;
             state.optimizer_t = opt.t;
@@ -479,6 +479,8 @@ impl Run<'_> {
         let params = &self.rm.trainable.params;
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let (mut step_loss, mut tokens) = (0.0, 0);
+        // Trained dense weights' gradients, accumulated in place over the micro-batches.
+        let weight_grads = WeightGrads::default();
         for j in 0..cfg.grad_accum {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Ok(None);
@@ -490,6 +492,7 @@ impl Run<'_> {
             let ctx = ForwardCtx {
                 train: true,
                 step_seed: mix(cfg.seed, k as u64),
+                weight_grads: Some(weight_grads.clone()),
                 ..Default::default()
             };
             let loss = batch_loss(&self.rm.decoder, &b, &ctx, ckpt)?;
@@ -510,6 +513,15 @@ impl Run<'_> {
                         None => g,
                     });
                 }
+            }
+        }
+        for (slot, (_, var)) in grads.iter_mut().zip(params) {
+            if let Some(w) = weight_grads.take(var.as_tensor().id()) {
+                let w = Tensor::from_vec(w, var.shape(), var.device())?;
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + w)?,
+                    None => w,
+                });
             }
         }
         let grads = grads

@@ -8,7 +8,10 @@ use crate::error::{Error, Result};
 use crate::model::ctx::ForwardCtx;
 use crate::model::decoder::{masked_cross_entropy, Decoder};
 use crate::model::linear::Base;
-use crate::ops::{linear_cross_entropy_rows, linear_cross_entropy_with, HeadWeight, Segments};
+use crate::ops::{
+    linear_cross_entropy_rows, linear_cross_entropy_trained, linear_cross_entropy_with, HeadWeight,
+    Segments,
+};
 use crate::train::grad_ckpt::{checkpointed_block, GradSink};
 use candle_core::{DType, Tensor};
 use std::sync::Arc;
@@ -54,6 +57,24 @@ pub(crate) fn frozen_output_weight(model: &Decoder) -> Option<&Tensor> {
             _ => None,
         },
     }
+}
+
+/// The output weight when it is trained and plain (full fine-tuning's tied embedding, or a
+/// trained bias-free `lm_head` without LoRA), f32, with no logit soft-capping: the fused loss
+/// can then write its gradient tile by tile ([`linear_cross_entropy_trained`]).
+fn trained_output_weight(model: &Decoder) -> Option<&Tensor> {
+    if model.config.final_logit_softcapping.is_some() {
+        return None;
+    }
+    let w = match &model.lm_head {
+        None if model.embed_q.is_none() => &model.embed_tokens,
+        None => return None,
+        Some(head) => match &head.base {
+            Base::Dense(w) if head.bias.is_none() && head.lora.is_none() => w,
+            _ => return None,
+        },
+    };
+    (w.is_variable() && w.dtype() == DType::F32).then_some(w)
 }
 
 /// A tied output head kept in a GGUF block type (QLoRA over the file's own types), as rows
@@ -114,6 +135,19 @@ pub fn batch_loss(
             &b.targets,
             &b.loss_mask,
         )?);
+    }
+    if let (Some(w), Some(grads)) = (trained_output_weight(model), &ctx.weight_grads) {
+        if h.track_op() && ctx.ops.fused_on(dev) && h.dtype() == DType::F32 {
+            // Full fine-tuning: the head's gradient is written into the trainer's buffer.
+            let h = h.reshape((n, h.dim(2)?))?;
+            return Ok(linear_cross_entropy_trained(
+                &h,
+                w,
+                &b.targets,
+                &b.loss_mask,
+                grads,
+            )?);
+        }
     }
     if let Some(head) = quantized_output_head(model, ctx) {
         // The same fused loss over a head kept in a GGUF block type, widened tile by tile.

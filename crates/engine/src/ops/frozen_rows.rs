@@ -1,0 +1,33 @@
+//! A frozen weight that is not stored as f32 but can widen any run of its rows to f32 on
+//! demand: NF4 (QLoRA) and the GGUF block types (QLoRA over a file's own quantization). The
+//! fused LoRA linear ([`super::lora_linear`]) multiplies by such a weight tile by tile, so the
+//! f32 copy of the whole weight never exists and the adapter shares the op with the base.
+//!
+//! The trait lives here, below `quant`, so the ops layer does not import the storage formats;
+//! `quant` implements it for its types.
+
+use candle_core::Result;
+
+/// Bound on one widened tile: 4 MiB of f32. The projections of small models fit whole (one
+/// GEMM per call); a 7B model's 4096-wide rows come in tiles of 256 rows.
+pub const TILE_BYTES: usize = 4 << 20;
+
+/// A frozen `[out, in]` weight readable as f32 rows.
+pub trait FrozenRows: Send + Sync {
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize);
+
+    /// Rows `r0..r1` as row-major f32 into `out` (`(r1 - r0) · in` elements), on all of
+    /// candle's threads (the GEMM that follows uses every core; a serial widening leaves all
+    /// but one idle).
+    ///
+    /// # Errors
+    /// A range outside the weight, or `out` of the wrong length.
+    fn widen_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Output rows per tile: as many as fit [`TILE_BYTES`] of f32, at least 1.
+    fn tile_rows(&self) -> usize {
+        let (out, inp) = self.dims();
+        (TILE_BYTES / (4 * inp.max(1))).clamp(1, out.max(1))
+    }
+}
