@@ -173,6 +173,50 @@ fn plan_recommends_and_estimates_edits_live() {
         .any(|l| l["name"] == "base_weights.nf4"));
 }
 
+/// Packing is the engine's call when recommending: a dataset of short chats packs (and the
+/// candidate's settings carry it), the bundled stories do not; an estimate keeps the user's
+/// own choice.
+#[test]
+fn the_plan_packs_short_examples_and_estimates_keep_the_users_packing() {
+    let a = app();
+    a.demo_data();
+    let base = a.settings(json!({}));
+    let plan: Value = a.ok("plan_recommend", json!({"base": base}));
+    let packing = |v: &Value| v["packing"].as_bool().unwrap_or(false);
+    assert!(!packing(
+        &plan["recommendation"]["candidates"][0]["request"]
+    ));
+    assert!(!packing(&plan["configs"][0]));
+
+    let short = a.dir.path().join("short.jsonl");
+    let mut rows = String::new();
+    for i in 0..200 {
+        rows.push_str(&format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi {i}\"}}, {{\"role\": \"assistant\", \"content\": \"Bolt ran.\"}}]}}\n"));
+    }
+    let long = "Bolt ran to the hill and back again. ".repeat(12);
+    // A tenth of the rows long, so the sequence (95 % coverage) fits several short ones.
+    for _ in 0..24 {
+        rows.push_str(&format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"tell\"}}, {{\"role\": \"assistant\", \"content\": \"{long}\"}}]}}\n"));
+    }
+    std::fs::write(&short, rows).unwrap();
+    let _: Value = a.ok(
+        "data_inspect",
+        json!({"path": short, "maxLen": 512, "skipBadRows": false}),
+    );
+    let plan: Value = a.ok("plan_recommend", json!({"base": base}));
+    let best = &plan["recommendation"]["candidates"][0];
+    assert!(packing(&best["request"]), "{}", best["reason"]);
+    assert!(packing(&plan["configs"][0]));
+    // The user's settings are estimated as they are, packing off included.
+    let mut s = plan["configs"][0].clone();
+    s["packing"] = json!(false);
+    let e: Value = a.ok("plan_estimate", json!({"config": s}));
+    assert!(!packing(&e["request"]));
+    s["packing"] = json!(true);
+    let e: Value = a.ok("plan_estimate", json!({"config": s}));
+    assert!(packing(&e["request"]));
+}
+
 #[test]
 fn plan_budgets_the_device_the_user_picks() {
     let a = app();

@@ -80,7 +80,8 @@ pub struct SizeArgs {
     #[arg(long)]
     pub grad_checkpointing: bool,
     /// Sample packing (true/false): short examples end to end in rows of --seq-len, each with
-    /// its own positions and attending only to itself. Unset: the engine's default.
+    /// its own positions and attending only to itself. Unset: the planner packs where its
+    /// epoch estimate is shorter with it (`peft plan`, `--plan auto`); off otherwise.
     #[arg(long)]
     pub packing: Option<bool>,
 }

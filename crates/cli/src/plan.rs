@@ -64,11 +64,12 @@ fn options(a: &PlanArgs, model: &LoadedModel) -> peft_engine::Result<RecommendOp
         base: PlanRequest {
             weight_dtype: a.model.weight_dtype(),
             throughput: measure_throughput(Duration::from_millis(150))?,
-            packing: a.size.packing.unwrap_or(TrainConfig::default().packing),
             ..PlanRequest::default()
         }
         .for_model(model),
         device: a.device.device,
+        // Without --packing the planner packs where it shortens the epoch.
+        packing: a.size.packing,
         ..d
     })
 }
@@ -174,10 +175,12 @@ fn print_recommendation(r: &Recommendation) {
 ///
 /// # Errors
 /// [`peft_engine::Error::Invalid`] when nothing fits (with the recommender's reason).
+/// `packing` is `--packing` as given: unset, the recommendation decides.
 pub fn auto_train_config(
     model: &LoadedModel,
     data: &Path,
     cfg: TrainConfig,
+    packing: Option<bool>,
 ) -> peft_engine::Result<TrainConfig> {
     let stats = data_stats(model, data)?;
     let o = RecommendOptions {
@@ -188,6 +191,7 @@ pub fn auto_train_config(
             )
             .for_model(model),
         device: cfg.device.unwrap_or_default(),
+        packing,
         ..RecommendOptions::default()
     };
     let r = recommend(&model.config, &Hardware::scan(), &stats, &o);

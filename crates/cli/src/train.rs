@@ -211,7 +211,7 @@ pub fn run(a: TrainArgs) -> peft_engine::Result<()> {
     let mut cfg = a.config()?;
     let model = open_model(&a.model)?;
     if a.plan.is_some() {
-        cfg = crate::plan::auto_train_config(&model, &a.data, cfg)?;
+        cfg = crate::plan::auto_train_config(&model, &a.data, cfg, a.size.packing)?;
     }
     let cancel = Arc::new(AtomicBool::new(false));
     {

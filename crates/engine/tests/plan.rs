@@ -121,26 +121,32 @@ fn line(e: &peft_engine::plan::Estimate, name: &str) -> u64 {
 
 #[test]
 fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
+    use peft_engine::plan::ComputeDevice;
     let c = smollm2();
-    // QLoRA: its adapters keep tensors of their own (on a dense base the fused LoRA linear
-    // keeps nothing beyond its inputs, checked below).
+    // QLoRA off the CPU: its adapters keep tensors of their own (the fused LoRA linear keeps
+    // nothing beyond its inputs, over a dense base and, on the CPU, over a quantized one).
     let base = PlanRequest {
         method: Method::Qlora(Default::default()),
         evaluation: false,
         seq_len: 256,
+        device: ComputeDevice::Cuda,
         ..Default::default()
     };
-    let dense_lora = estimate(
-        &c,
-        &PlanRequest {
-            method: Method::Lora(Default::default()),
-            ..base.clone()
-        },
-    );
-    assert!(dense_lora
-        .lines
-        .iter()
-        .all(|l| l.name != "activations.lora"));
+    for (method, device) in [
+        (Method::Lora(Default::default()), ComputeDevice::Cuda),
+        (Method::Lora(Default::default()), ComputeDevice::Cpu),
+        (Method::Qlora(Default::default()), ComputeDevice::Cpu),
+    ] {
+        let fused = estimate(
+            &c,
+            &PlanRequest {
+                method,
+                device,
+                ..base.clone()
+            },
+        );
+        assert!(fused.lines.iter().all(|l| l.name != "activations.lora"));
+    }
     let e1 = estimate(&c, &base);
     let e2 = estimate(
         &c,
@@ -174,20 +180,27 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
         .lines
         .iter()
         .all(|l| l.name != "logits" && l.name != "logits_grad"));
-    // Full fine-tuning trains the (tied) embedding: the logits path, linear in the batch.
-    let full = |batch_size| {
+    // Full fine-tuning trains the (tied) embedding: off the CPU the logits path, linear in
+    // the batch; on the CPU the fused loss writes the head's gradient tile by tile.
+    let full = |batch_size, device| {
         estimate(
             &c,
             &PlanRequest {
                 method: peft_engine::peft::method::Method::Full,
                 batch_size,
+                device,
                 ..base.clone()
             },
         )
     };
-    let (f1, f2) = (full(1), full(2));
+    let (f1, f2) = (full(1, ComputeDevice::Cuda), full(2, ComputeDevice::Cuda));
     assert_eq!(line(&f1, "logits"), 4 * 256 * 49_152 * 4);
     assert_eq!(line(&f2, "logits"), 2 * line(&f1, "logits"));
+    let on_cpu = full(1, ComputeDevice::Cpu);
+    assert!(on_cpu
+        .lines
+        .iter()
+        .all(|l| l.name != "logits" && l.name != "logits_grad"));
     // Doubling the sequence: linear terms ×2, attention scores ×4 (they are s × s).
     let e3 = estimate(
         &c,
@@ -499,4 +512,63 @@ fn loading_is_a_moment_of_its_own() {
     let embed = 151_936 * 896u64;
     // bf16: 2 B/entry stored + 4 B/entry in flight; f32: 4 B/entry stored + the projection.
     assert_eq!(loading(&bf16) - loading(&f32), 2 * embed - 4 * 4864 * 896);
+}
+
+/// Packing is on by default exactly where the planner's epoch is shorter with it: a dataset of
+/// short examples under a long sequence packs, full-length examples do not; a fixed choice is
+/// kept either way, and adopting a candidate carries its packing into the run's settings.
+#[test]
+fn the_recommender_packs_short_examples_only() {
+    use peft_engine::plan::epoch::epoch_seconds;
+    use peft_engine::plan::Calibration;
+    use peft_engine::train::TrainConfig;
+    let c = smollm2();
+    let hw = Hardware::assumed_with_cpu(cpu(), 64 * GIB, None);
+    // Chat turns of 20–60 tokens with a few long ones fixing the sequence at 512.
+    let mut short: Vec<usize> = (0..400).map(|i| 20 + i % 41).collect();
+    short.extend([500; 30]);
+    let short = DataStats::from_lengths(short);
+    let o = RecommendOptions {
+        method: Some(Method::Lora(Default::default())),
+        ..Default::default()
+    };
+    let r = recommend(&c, &hw, &short, &o);
+    let best = r.best().unwrap();
+    assert!(best.request.packing, "{}", best.reason);
+    assert!(best.reason.contains("sample packing on"), "{}", best.reason);
+    // The choice agrees with the planner's own epoch times for both settings.
+    let k = Calibration::default();
+    let unpacked = PlanRequest {
+        packing: false,
+        ..best.request.clone()
+    };
+    let (with, without) = (
+        epoch_seconds(&c, &best.request, &k, &short.lengths),
+        epoch_seconds(&c, &unpacked, &k, &short.lengths),
+    );
+    assert!(with < 0.95 * without, "{with} vs {without}");
+    assert!(TrainConfig::default().with_plan(&best.request).packing);
+
+    // Every example as long as the sequence: nothing to pack.
+    let long = DataStats::from_lengths(vec![512; 100]);
+    assert!(
+        !recommend(&c, &hw, &long, &o)
+            .best()
+            .unwrap()
+            .request
+            .packing
+    );
+    // The user's fixed choice is kept.
+    let off = RecommendOptions {
+        packing: Some(false),
+        ..o.clone()
+    };
+    let r = recommend(&c, &hw, &short, &off);
+    assert!(r.candidates.iter().all(|x| !x.request.packing));
+    let on = RecommendOptions {
+        packing: Some(true),
+        ..o
+    };
+    let r = recommend(&c, &hw, &long, &on);
+    assert!(r.candidates.iter().all(|x| x.request.packing));
 }

@@ -63,8 +63,8 @@ fn inputs(state: &AppState) -> ApiResult<PlanInputs> {
     ))
 }
 
-/// Planner options for `cfg`: its method and sequence length fixed (`fixed`) or the planner's
-/// to choose; its batch, accumulation and LoRA settings kept either way.
+/// Planner options for `cfg`: its method, sequence length and packing fixed (`fixed`) or the
+/// planner's to choose; its batch, accumulation and LoRA settings kept either way.
 fn options(
     cfg: &TrainConfig,
     (t, gguf_base): (Throughput, Option<GgufBase>),
@@ -82,6 +82,9 @@ fn options(
             ..cfg.plan_request(Default::default(), t)
         },
         device: cfg.device.unwrap_or_default(),
+        // Recommending, the engine packs where it shortens the epoch; an estimate of the
+        // user's settings keeps theirs.
+        packing: fixed.then_some(cfg.packing),
         ..d
     }
 }

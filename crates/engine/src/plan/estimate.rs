@@ -347,7 +347,12 @@ fn kept_activation_lines(c: &Config, req: &PlanRequest, k: &Calibration) -> Vec<
     );
     let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
     let kept_layers = layers - first_kept_block(c, &req.method) as u64;
-    let per = block_activations(c, &req.method, req.seq_len, true);
+    let per = block_activations(
+        c,
+        &req.method,
+        req.seq_len,
+        req.device == ComputeDevice::Cpu,
+    );
     let mut out = Vec::new();
     if req.grad_checkpointing {
         out.push(line("activations.block_inputs", Band::Activations, slack(F * tokens * h * (layers + 1)), format!("checkpointing keeps each block's input: ({layers} + 1) × {tokens} tokens × {h} × 4 B")));
@@ -383,7 +388,7 @@ fn kept_activation_lines(c: &Config, req: &PlanRequest, k: &Calibration) -> Vec<
     // With a frozen dense output projection the loss is the fused, tiled lm_head +
     // cross-entropy (`ops::linear_cross_entropy`): no vocabulary-sized buffer is kept. A trained
     // or quantized head takes the ordinary logits path.
-    if !loss_is_fused(c, &req.method) {
+    if !loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu) {
         out.push(line(
             "logits",
             Band::Logits,
@@ -417,9 +422,14 @@ impl TransientLines {
         let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
         let trainable = trainable_parameters(c, &req.method) as u64;
         let slack = |x: u64| (x as f64 * (1.0 + k.activation_slack)) as u64;
-        let fused_loss = loss_is_fused(c, &req.method);
+        let fused_loss = loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu);
         let loss_tile = (F * tokens * v).min(LOSS_TILE_BYTES);
-        let per = block_activations(c, &req.method, req.seq_len, true);
+        let per = block_activations(
+            c,
+            &req.method,
+            req.seq_len,
+            req.device == ComputeDevice::Cpu,
+        );
         let one_block = F * tokens * per.total();
         let logits_grad = if fused_loss {
             0
@@ -440,7 +450,12 @@ impl TransientLines {
             "model.embed_tokens.weight",
             c.num_hidden_layers,
         );
-        let eval = block_activations(c, &req.method, req.seq_len, false);
+        let eval = block_activations(
+            c,
+            &req.method,
+            req.seq_len,
+            req.device == ComputeDevice::Cpu,
+        );
         let eval_logits = if fused_loss { 0 } else { 3 * v };
         let eval_acts = F * tokens * (eval.total() + 3 * h + eval_logits) + 2 * loss_tile;
         Self {

@@ -98,7 +98,16 @@ pub struct RecommendOptions {
     /// budgets that device's memory.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Sample packing as the user fixed it; `None`: each candidate packs exactly when the
+    /// planner's epoch time for the dataset's lengths is shorter with it (short examples),
+    /// which is how packing is on by default where it raises tokens/s.
+    #[serde(default)]
+    pub packing: Option<bool>,
 }
+
+/// Packing must save at least this share of the epoch to be chosen: below it the estimate's
+/// own error decides, and an unpacked run keeps one example per step.
+const PACKING_GAIN: f64 = 0.05;
 
 impl Default for RecommendOptions {
     /// Batch 1 with 8 accumulation steps (effective batch 8: on CPU a larger batch barely
@@ -115,6 +124,7 @@ impl Default for RecommendOptions {
             coverage: 0.95,
             base: PlanRequest::default(),
             device: DeviceChoice::Auto,
+            packing: None,
         }
     }
 }
@@ -197,6 +207,19 @@ fn seq_lengths(c: &Config, data: &DataStats, o: &RecommendOptions) -> Vec<usize>
     out
 }
 
+/// Whether packing `req`'s rows shortens the planner's epoch for these example lengths by at
+/// least [`PACKING_GAIN`].
+fn packing_pays(c: &Config, req: &PlanRequest, k: &Calibration, lengths: &[usize]) -> bool {
+    let with = |packing| {
+        let r = PlanRequest {
+            packing,
+            ..req.clone()
+        };
+        super::epoch::epoch_seconds(c, &r, k, lengths)
+    };
+    with(true) < (1.0 - PACKING_GAIN) * with(false)
+}
+
 /// Ranks configurations for `hw`; see the module docs.
 pub fn recommend(
     c: &Config,
@@ -233,15 +256,19 @@ pub fn recommend_with(
     for seq in seq_lengths(c, data, o) {
         for m in &methods {
             for ckpt in [false, true] {
-                let req = PlanRequest {
+                let mut req = PlanRequest {
                     method: m.clone(),
                     seq_len: seq,
                     batch_size: o.batch_size.max(1),
                     grad_accum: o.grad_accum.max(1),
                     grad_checkpointing: ckpt,
                     device,
+                    packing: o.packing.unwrap_or(o.base.packing),
                     ..o.base.clone()
                 };
+                if o.packing.is_none() && !data.lengths.is_empty() {
+                    req.packing = packing_pays(c, &req, k, &data.lengths);
+                }
                 let est = estimate_with(c, &req, k);
                 // Device memory on a GPU (host needs are small and separate), RAM on CPU.
                 let need = if device == ComputeDevice::Cpu {
@@ -272,6 +299,10 @@ pub fn recommend_with(
                         format_bytes(need),
                         format_bytes(available)
                     )
+                };
+                let reason = match req.packing && o.packing.is_none() {
+                    true => format!("{reason}; sample packing on (short examples share rows)"),
+                    false => reason,
                 };
                 all.push(Candidate {
                     label: name,

@@ -23,7 +23,7 @@
 
 use super::calibrate::Calibration;
 use super::params::{adapted_linears, tensors, trainable_parameters};
-use super::request::{PlanRequest, Throughput};
+use super::request::{ComputeDevice, PlanRequest, Throughput};
 use super::work::{block_activations, loss_is_fused, train_flops_per_token};
 use crate::model::config::Config;
 use crate::peft::method::Method;
@@ -101,14 +101,19 @@ pub fn step_work(c: &Config, req: &PlanRequest) -> StepWork {
     let micro = req.grad_accum.max(1) as f64;
     let tokens = (req.batch_size.max(1) * req.seq_len.max(1)) as f64;
     let layers = c.num_hidden_layers as f64;
-    let per_block = block_activations(c, &req.method, req.seq_len, true);
+    let per_block = block_activations(
+        c,
+        &req.method,
+        req.seq_len,
+        req.device == super::request::ComputeDevice::Cpu,
+    );
     let block_bytes = |n: u64| 4.0 * tokens * layers * n as f64 * micro;
     let recomputed = if req.grad_checkpointing {
         block_bytes(per_block.dense + per_block.lora + per_block.attention)
     } else {
         0.0
     };
-    let logit_passes = if loss_is_fused(c, &req.method) {
+    let logit_passes = if loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu) {
         2.0
     } else {
         1.0

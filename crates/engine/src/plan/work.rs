@@ -6,7 +6,7 @@
 //! read these counts.
 
 use super::params::{adapted_linears, block_trains, tensors, trains_tensor};
-use super::request::PlanRequest;
+use super::request::{ComputeDevice, PlanRequest};
 use crate::model::config::Config;
 use crate::peft::method::Method;
 
@@ -34,17 +34,18 @@ impl BlockActivations {
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
 /// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
-/// - LoRA on a dense base: nothing (base and delta are one op that keeps only its inputs);
-///   QLoRA per adapted projection: the NF4 base output and the fused delta `scale·B·(A·x)`,
-///   both inputs of the sum (`2·out`). Neither op keeps more: `A·x` is recomputed and the
-///   dropout mask regenerated from its seed in backward (`ops::lora_delta`).
+/// - LoRA: nothing (base and delta are one op that keeps only its inputs), and QLoRA the same
+///   on the CPU (`on_cpu`: the quantized base is widened tile by tile inside that op); QLoRA
+///   off the CPU, per adapted projection: the quantized base's output and the fused delta
+///   `scale·B·(A·x)`, both inputs of the sum (`2·out`). Neither op keeps more: `A·x` is
+///   recomputed and the dropout mask regenerated from its seed in backward (`ops::lora_delta`).
 ///
-/// `train == false` is the evaluation forward; the counts are the same (dropout keeps nothing).
+/// Evaluation's forward keeps the same counts (dropout keeps nothing).
 pub fn block_activations(
     c: &Config,
     method: &Method,
     seq: usize,
-    _train: bool,
+    on_cpu: bool,
 ) -> BlockActivations {
     let (h, q, kv, i) = (
         c.hidden_size as u64,
@@ -70,9 +71,10 @@ pub fn block_activations(
     if c.rotary_dim() < c.head_dim {
         a.dense += q + kv;
     }
-    // A dense frozen base and its adapter run as one op (`ops::lora_linear`) that keeps
-    // only its inputs; an NF4 base keeps its output and the delta's, both inputs of their sum.
-    if matches!(method, Method::Qlora(_)) {
+    // A frozen base and its adapter run as one op (`ops::lora_linear`) that keeps only its
+    // inputs; on the CPU that includes a quantized base (widened tile by tile inside the op).
+    // Off the CPU a quantized base keeps its output and the delta's, both inputs of their sum.
+    if matches!(method, Method::Qlora(_)) && !on_cpu {
         let per_layer = adapted_linears(c, method).len() / c.num_hidden_layers.max(1);
         let linears: Vec<(usize, usize)> = adapted_linears(c, method)
             .into_iter()
@@ -133,7 +135,7 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let logits = 2.0
         * h
         * v
-        * if loss_is_fused(c, &req.method) {
+        * if loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu) {
             3.0
         } else {
             2.0
@@ -147,9 +149,10 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
 pub(crate) const LOSS_TILE_BYTES: u64 = 8 << 20;
 
 /// Whether the loss runs fused with the output projection (tiles, no logits kept): whenever
-/// that projection is frozen.
-pub fn loss_is_fused(c: &Config, method: &Method) -> bool {
-    !output_head_trains(c, method)
+/// that projection is frozen, and on the CPU also when it trains (its gradient is written tile
+/// by tile, `ops::linear_cross_entropy_trained`).
+pub fn loss_is_fused(c: &Config, method: &Method, on_cpu: bool) -> bool {
+    on_cpu || !output_head_trains(c, method)
 }
 
 /// Whether the output projection (the embedding when tied) trains, so the loss must build the

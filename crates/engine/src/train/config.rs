@@ -153,8 +153,8 @@ impl TrainConfig {
     }
 
     /// These settings with the knobs a planner candidate chooses (method, sequence length,
-    /// batch, accumulation, checkpointing, weight storage) taken from `r`; the rest (learning
-    /// rate, epochs, seed, packing…) kept.
+    /// batch, accumulation, checkpointing, weight storage, sample packing) taken from `r`; the
+    /// rest (learning rate, epochs, seed…) kept.
     pub fn with_plan(&self, r: &PlanRequest) -> Self {
         Self {
             method: r.method.clone(),
@@ -163,6 +163,7 @@ impl TrainConfig {
             grad_accum: r.grad_accum,
             grad_checkpointing: r.grad_checkpointing,
             weight_dtype: r.weight_dtype,
+            packing: r.packing,
             ..self.clone()
         }
     }
