@@ -216,7 +216,7 @@ impl Running {
         }
         let base = self.max;
         // Non-finite logits make the sum NaN, as the unfused log-softmax does.
-        self.sum += z.iter().map(|&v| (v - base).exp()).sum::<f32>();
+        self.sum += super::fast_exp::exp_sum(z, base);
     }
 
     fn lse(&self) -> f32 {
@@ -289,9 +289,7 @@ fn backward_pass(
                 .for_each(|(zr, (&r, &l))| {
                     let r = r as usize;
                     let s = (scale * plan.weights[r] as f64) as f32;
-                    for v in zr.iter_mut() {
-                        *v = (*v - l).exp() * s;
-                    }
+                    super::fast_exp::exp_scale(zr, l, s);
                     let t = plan.targets[r] as usize;
                     if (v0..v0 + len).contains(&t) {
                         zr[t - v0] -= s;

@@ -16,6 +16,7 @@ pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
 mod decode_attention;
 mod dropout;
+mod fast_exp;
 mod frozen_linear;
 mod frozen_rows;
 pub(crate) mod gemm;
