@@ -32,13 +32,6 @@ impl WeightGrads {
         self.inner.lock().ok()?.remove(&id)
     }
 
-    /// Drops every gradient (a step abandoned part-way).
-    pub fn clear(&self) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.clear();
-        }
-    }
-
     /// Runs `f` on the buffer of weight `id` (`len` values), zero-filled when it is new.
     pub(crate) fn with_buffer<R>(
         &self,
