@@ -4,6 +4,10 @@ Qwen3-0.6B's or Gemma-3-270M's.
 Not part of the test suite. Run by hand in a virtualenv with torch, transformers and peft:
     python scripts/bench_torch_lora.py [--steps 12] [--ckpt] [--full] [--device cuda] [--batch N]
         [--shape smollm2|qwen3-0.6b|gemma3-270m] [--save DIR] [--save-dir DIR]
+        [--bf16 | --bf16-base] [--losses]
+--bf16 runs the forward under CPU bf16 autocast (f32 weights); --bf16-base also stores the
+frozen base in bf16 (adapters f32): the references for `peft train --bf16-compute`. --losses prints
+every step's loss, for comparing a bf16 loss curve with f32's.
 --save writes the same random model as a Hugging Face folder (bf16 safetensors + config.json;
 copy a tokenizer.json beside it) for `peft bench train --model DIR` and exits.
 Weights are random (speed and memory do not depend on them); the shape, LoRA r8 on all seven
@@ -30,6 +34,12 @@ p.add_argument("--batch", type=int, default=1)
 p.add_argument("--save-dir", default=None)
 p.add_argument("--shape", default="smollm2", choices=["smollm2", "qwen3-0.6b", "gemma3-270m"])
 p.add_argument("--save", default=None)
+# CPU bf16 as PyTorch offers it: autocast (f32 weights, bf16 matmuls); --bf16-base also stores
+# the frozen base in bf16 (the adapters stay f32), which is what `peft train --bf16-compute` does.
+p.add_argument("--bf16", action="store_true")
+p.add_argument("--bf16-base", action="store_true")
+# Print every step's loss (for the loss-curve comparison of f32 against bf16).
+p.add_argument("--losses", action="store_true")
 a = p.parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -68,6 +78,8 @@ model = model.to(a.device)
 if a.device.startswith("cuda"):
     # bf16 base and activations, f32 adapters: what `peft --device cuda` computes in.
     model = model.to(torch.bfloat16)
+if a.bf16_base:
+    model = model.to(torch.bfloat16)
 if not a.full:
     from peft import LoraConfig, get_peft_model
     targets = "all-linear"
@@ -83,9 +95,13 @@ model.train()
 opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
 ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq_len), device=a.device)
 times = []
+autocast = a.bf16 or a.bf16_base
 for step in range(a.steps):
     t = time.perf_counter()
-    loss = model(input_ids=ids, labels=ids).loss
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    if a.losses:
+        print(f"step {step} loss {loss.item():.6f}")
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -102,6 +102,50 @@ fn qlora_trains_over_an_nf4_base() {
     assert!(losses[5][1].as_f64() < losses[0][1].as_f64(), "{losses:?}");
 }
 
+/// The app's "bf16 compute": the run keeps LoRA's base in bf16 (about half the bytes) and its
+/// losses follow the f32 run's closely without being them; the plan estimates the bf16 base;
+/// the record keeps the setting, so a resume computes the same way.
+#[test]
+fn bf16_compute_keeps_the_base_in_bf16_and_follows_the_f32_losses() {
+    let a = app();
+    a.demo_data();
+    let s = a.settings(short(json!(null)));
+    let mut b = s.clone();
+    b["bf16_compute"] = json!(true);
+    let est = |cfg: &Value| -> u64 {
+        let e: Value = a.ok("plan_estimate", json!({"config": cfg}));
+        e["estimate"]["peak_bytes"].as_u64().unwrap()
+    };
+    assert!(est(&b) < est(&s), "the plan does not see the bf16 base");
+    let (f, h) = (a.train(&s), a.train(&b));
+    let bytes = |r: &Value| r["storage"]["base_bytes"].as_f64().unwrap();
+    let ratio = bytes(&h) / bytes(&f);
+    assert!(
+        (0.5..0.55).contains(&ratio),
+        "bf16 base is {ratio:.3} of f32's"
+    );
+    // The Train step says how the run computes.
+    let how = h["storage"]["compute_dtype"].as_str().unwrap();
+    assert!(how.starts_with("f32 with bf16 products"), "{how}");
+    assert_eq!(f["storage"]["compute_dtype"], "f32");
+    let (lf, lh) = (
+        f["losses"].as_array().unwrap(),
+        h["losses"].as_array().unwrap(),
+    );
+    assert_eq!(lf.len(), lh.len());
+    let mut differs = false;
+    for (x, y) in lf.iter().zip(lh) {
+        let (x, y) = (x[1].as_f64().unwrap(), y[1].as_f64().unwrap());
+        assert!((x - y).abs() <= 0.02 * x, "bf16 loss {y} against f32's {x}");
+        differs |= x != y;
+    }
+    assert!(differs, "bf16 compute changed nothing");
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(&h).join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["config"]["bf16_compute"], true, "{}", rec["config"]);
+}
+
 /// Names and values of a selective/full run's changed tensors, with the base's.
 fn delta_vs_base(
     a: &common::App,

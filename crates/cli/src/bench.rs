@@ -22,7 +22,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         steps: usize,
         /// Only these configurations (comma list of lora, lora-ckpt, qlora, qlora-ckpt, full;
-        /// `+packed` after one adds sample packing, e.g. `lora,lora+packed`).
+        /// `+packed` after one adds sample packing, `+bf16` the bf16 products, e.g.
+        /// `lora,lora+packed,lora+bf16`).
         #[arg(long, default_value = "lora,lora-ckpt,full")]
         configs: String,
         /// A real dataset (JSONL): each configuration trains one epoch of its first

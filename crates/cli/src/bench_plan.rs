@@ -12,7 +12,7 @@
 
 use clap::Args;
 use peft_engine::memory::format_bytes;
-use peft_engine::model::load::{open_model, ModelSource, OpenOptions};
+use peft_engine::model::load::{ModelSource, OpenOptions};
 use peft_engine::peft::method::{LoraSettings, Method, Selective};
 use peft_engine::plan::fit::{fit_time, TimeSample};
 use peft_engine::plan::time::step_work;
@@ -186,6 +186,7 @@ struct Cell {
     method: Method,
     seq_len: usize,
     ckpt: bool,
+    gguf_base: Option<peft_engine::plan::GgufBase>,
     runs: Vec<serde_json::Value>,
 }
 
@@ -236,7 +237,13 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     write_data(&data)?;
     let mut cells = Vec::new();
     for model in &models {
-        let config = open_model(&ModelSource::parse(model)?, OpenOptions::default())?.config;
+        let opened = peft_engine::model::loaded::LoadedModel::open(
+            &ModelSource::parse(model)?,
+            OpenOptions::default(),
+        )?;
+        let config = opened.config.clone();
+        // What `peft plan` asks for this model: QLoRA over a GGUF keeps the file's block types.
+        let gguf_base = PlanRequest::default().for_model(&opened).gguf_base;
         let short = if model == "demo" {
             "demo (260K)"
         } else {
@@ -254,6 +261,7 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
                         method: m.clone(),
                         seq_len: seq.min(config.max_position_embeddings),
                         ckpt,
+                        gguf_base,
                         runs: Vec::new(),
                     });
                 }
@@ -299,6 +307,7 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
             grad_checkpointing: c.ckpt,
             evaluation: false,
             throughput: tp,
+            gguf_base: c.gguf_base,
             ..PlanRequest::default()
         };
         let est = estimate(&c.config, &req);

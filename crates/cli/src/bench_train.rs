@@ -25,14 +25,21 @@ pub struct BenchData {
     pub profile: bool,
 }
 
-/// `(method, checkpointing, packing)` of a configuration name (`lora-ckpt+packed`).
-fn config_of(config: &str) -> peft_engine::Result<(Method, bool, bool)> {
-    let (base, packed) = match config.strip_suffix("+packed") {
-        Some(b) => (b, true),
-        None => (config, false),
-    };
+/// `(method, checkpointing, packing, bf16)` of a configuration name (`lora-ckpt+packed`,
+/// `lora+bf16`; the suffixes in any order).
+fn config_of(config: &str) -> peft_engine::Result<(Method, bool, bool, bool)> {
+    let (mut base, mut packed, mut bf16) = (config, false, false);
+    loop {
+        if let Some(b) = base.strip_suffix("+packed") {
+            (base, packed) = (b, true);
+        } else if let Some(b) = base.strip_suffix("+bf16") {
+            (base, bf16) = (b, true);
+        } else {
+            break;
+        }
+    }
     let (m, ckpt) = method_of(base)?;
-    Ok((m, ckpt, packed))
+    Ok((m, ckpt, packed, bf16))
 }
 
 fn method_of(config: &str) -> peft_engine::Result<(Method, bool)> {
@@ -150,7 +157,7 @@ pub fn child(
     config: &str,
     bench: &BenchData,
 ) -> peft_engine::Result<()> {
-    let (method, ckpt, packing) = config_of(config)?;
+    let (method, ckpt, packing, bf16) = config_of(config)?;
     let t0 = Instant::now();
     let m = LoadedModel::load(
         &ModelSource::parse(model)?,
@@ -197,6 +204,7 @@ pub fn child(
         val_fraction: 0.0,
         lr: 1e-4,
         packing,
+        bf16_compute: bf16,
         ..Default::default()
     };
     // Step durations after the first (which pays one-time allocation costs); the median is

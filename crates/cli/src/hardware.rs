@@ -23,6 +23,7 @@ pub fn run(a: HardwareArgs) -> peft_engine::Result<()> {
         ("AVX-512", f.avx512f),
         ("FMA", f.fma),
         ("NEON", f.neon),
+        ("AMX-BF16", f.amx_bf16),
     ]
     .iter()
     .filter(|(_, on)| *on)
@@ -48,6 +49,10 @@ pub fn run(a: HardwareArgs) -> peft_engine::Result<()> {
         } else {
             flags.join(", ")
         }
+    );
+    println!(
+        "bf16     {} (train --bf16-compute)",
+        peft_engine::ops::Bf16Backend::detect().describe()
     );
     println!(
         "RAM      {} total, {} available",

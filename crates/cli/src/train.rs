@@ -82,6 +82,12 @@ pub struct TrainArgs {
     /// Precision of the saved adapter: f32, or bf16 for a file half the size.
     #[arg(long, value_enum, default_value_t = AdapterDtype::F32)]
     pub adapter_dtype: AdapterDtype,
+    /// LoRA's or QLoRA's frozen base multiplied in bf16 with f32 sums (like PyTorch's CPU
+    /// autocast; LoRA's base is stored in bf16): fast on CPUs with AMX (`peft hardware` says),
+    /// the same numbers but slower than f32 elsewhere. Adapters, gradients and optimizer state
+    /// stay f32.
+    #[arg(long)]
+    pub bf16_compute: bool,
     /// Continue the run in --out exactly where it stopped (same flags required).
     #[arg(long)]
     pub resume: bool,
@@ -123,6 +129,7 @@ impl TrainArgs {
             // Unset for auto, so runs started before the flag existed resume with it.
             device: (self.device.device != DeviceChoice::Auto).then_some(self.device.device),
             packing: self.size.packing.unwrap_or(d.packing),
+            bf16_compute: self.bf16_compute,
             ..d
         };
         c.adamw.weight_decay = self.weight_decay;
@@ -167,8 +174,9 @@ fn progress() -> impl FnMut(&TrainEvent, &RunRecord) {
                     say(format!("device: {dev} ({dt} compute)"));
                 }
                 say(format!(
-                    "base: {} NF4 and {} dense frozen linears, {} trainable, {} adapted ({} of weights); planned peak {}",
+                    "base: {} NF4, {} GGUF-typed and {} dense frozen linears, {} trainable, {} adapted ({} of weights); planned peak {}",
                     storage.nf4_linears,
+                    storage.gguf_linears,
                     storage.dense_linears,
                     storage.trainable_linears,
                     storage.adapted_linears,

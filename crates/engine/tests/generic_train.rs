@@ -86,6 +86,7 @@ fn step_counting(
         ops,
         packing: None,
         weight_grads: Some(weight_grads.clone()),
+        bf16_products: false,
     };
     let mut from_buffers = 0;
     let per_layer: Vec<Vec<Tensor>> = (0..model.layers.len())
@@ -156,10 +157,13 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn generic_equals_fused(what: &str, d: Decoder, method: &Method, checkpointing: bool) {
-    let tolerance = if matches!(method, Method::Full) {
-        5e-5
-    } else {
-        1e-5
+    // Full fine-tuning sums every weight gradient in another order on each path; QLoRA's
+    // generic NF4 op and the fused tiles differ in summation order too (measured up to
+    // 1.1e-5 relative with the AVX-512 GEMM kernels, under 1e-5 with AVX2's).
+    let tolerance = match method {
+        Method::Full => 5e-5,
+        Method::Qlora(_) => 2e-5,
+        _ => 1e-5,
     };
     let (model, trainable) = prepared(d, method);
     let (l1, g1) = step(&model, &trainable, OpPath::Auto, checkpointing);

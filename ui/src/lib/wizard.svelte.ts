@@ -153,6 +153,8 @@ export class Wizard {
       this.selectiveDraft = m.what;
     }
     this.settings.method = withKind(kind, this.loraDraft, this.selectiveDraft);
+    // Only LoRA and QLoRA have a frozen base to multiply in bf16 (the engine refuses it otherwise).
+    if (kind !== "lora" && kind !== "qlora") this.settings.bf16_compute = false;
   }
 
   async scanHardware() {

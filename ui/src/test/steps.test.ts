@@ -60,6 +60,27 @@ describe("step components", () => {
     expect(options).toEqual(["lora", "qlora", "selective", "full"]);
   });
 
+  it("Plan offers bf16 compute for LoRA and QLoRA only, and estimates it", async () => {
+    const asked: (boolean | undefined)[] = [];
+    const w = new Wizard(fakeApi({ planEstimate: async (cfg) => { asked.push(cfg.bf16_compute); return candidate(true); } }));
+    w.dataset = dataset;
+    w.plan = plan;
+    w.useSettings(settings);
+    w.hardware = hardware;
+    withWizard(PlanStep, w);
+    const box = screen.getByTestId("bf16-compute") as HTMLInputElement;
+    // The fixture's CPU has no AMX: the option says it is emulated.
+    expect(box.closest("label")?.textContent).toContain("emulated");
+    box.click();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(w.settings?.bf16_compute).toBe(true);
+    expect(asked).toEqual([true]);
+    w.setMethod("full");
+    flushSync();
+    expect(screen.queryByTestId("bf16-compute")).toBeNull();
+    expect(w.settings?.bf16_compute).toBe(false);
+  });
+
   it("Plan offers the devices and plans again for the one chosen", async () => {
     const asked: (string | undefined)[] = [];
     const w = new Wizard(fakeApi({ planRecommend: async (base) => { asked.push(base.device); return plan; } }));

@@ -12,6 +12,10 @@ pub struct CpuFeatures {
     pub avx512f: bool,
     pub fma: bool,
     pub neon: bool,
+    /// Intel AMX bf16 tiles: `--bf16-compute` (the app's "bf16 compute") runs natively, and
+    /// faster than f32; without them it is emulated (the same numbers, slower).
+    #[serde(default)]
+    pub amx_bf16: bool,
 }
 
 /// The host processor.
@@ -52,6 +56,10 @@ pub fn detect_features() -> CpuFeatures {
         f.avx2 = std::arch::is_x86_feature_detected!("avx2");
         f.avx512f = std::arch::is_x86_feature_detected!("avx512f");
         f.fma = std::arch::is_x86_feature_detected!("fma");
+        // CPUID.(EAX=7, ECX=0):EDX bits 22 (AMX-BF16) and 24 (AMX-TILE); whether the OS
+        // grants the tile state is `ops::Bf16Backend`'s concern.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        f.amx_bf16 = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
     }
     #[cfg(target_arch = "aarch64")]
     {

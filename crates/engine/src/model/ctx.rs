@@ -21,4 +21,7 @@ pub struct ForwardCtx {
     /// Where trained dense weights' gradients go (full and selective fine-tuning on the CPU,
     /// [`crate::ops::trained_linear`]); `None`: through candle's gradient store.
     pub weight_grads: Option<WeightGrads>,
+    /// `--bf16-compute` on the CPU: a bf16-stored frozen base meets its activations in bf16 with f32
+    /// sums ([`crate::ops::lora_linear_bf16`]) instead of being widened to f32.
+    pub bf16_products: bool,
 }

@@ -7,7 +7,10 @@
 //! targets and reading/writing adapter files is `crate::peft`.
 
 use crate::model::ctx::ForwardCtx;
-use crate::ops::{lora_delta_with, lora_linear_rows, lora_linear_with, DropoutMask, FrozenRows};
+use crate::ops::{
+    lora_delta_with, lora_linear_bf16, lora_linear_rows, lora_linear_rows_bf16, lora_linear_with,
+    DropoutMask, FrozenRows,
+};
 use crate::seed::mix;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
@@ -43,7 +46,15 @@ impl Lora {
     pub fn forward_with_base(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
-        lora_linear_with(ctx.ops, x, w, &a, &b, self.scale, self.dropout_mask(ctx))
+        let dropout = self.dropout_mask(ctx);
+        if ctx.bf16_products
+            && w.dtype() == DType::BF16
+            && ctx.ops.fused_on(x.device())
+            && x.dtype() == DType::F32
+        {
+            return lora_linear_bf16(x, w, &a, &b, self.scale, dropout);
+        }
+        lora_linear_with(ctx.ops, x, w, &a, &b, self.scale, dropout)
     }
 
     /// `x·Wᵀ + scale · B·(A·dropout(x))` over a quantized frozen base (NF4, a GGUF block type),
@@ -57,6 +68,9 @@ impl Lora {
     ) -> Result<Tensor> {
         let a = self.a.to_dtype(DType::F32)?;
         let b = self.b.to_dtype(DType::F32)?;
+        if ctx.bf16_products {
+            return lora_linear_rows_bf16(x, w, &a, &b, self.scale, self.dropout_mask(ctx));
+        }
         lora_linear_rows(x, w, &a, &b, self.scale, self.dropout_mask(ctx))
     }
 

@@ -25,6 +25,31 @@ pub trait FrozenRows: Send + Sync {
     /// A range outside the weight, or `out` of the wrong length.
     fn widen_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()>;
 
+    /// Rows `r0..r1` rounded to bf16 (nearest even) into `out`: QLoRA's bf16 compute dtype
+    /// (`--bf16-compute`). By default widened to f32 first; exact for NF4 and the GGUF types
+    /// whose values have at most 8 significant bits, rounded like any f32 otherwise.
+    ///
+    /// # Errors
+    /// As [`FrozenRows::widen_rows_into`].
+    fn widen_rows_bf16_into(&self, r0: usize, r1: usize, out: &mut [half::bf16]) -> Result<()> {
+        let k = self.dims().1;
+        if r0 > r1 || out.len() != (r1 - r0) * k {
+            candle_core::bail!("widen rows {r0}..{r1} into {} bf16 values", out.len());
+        }
+        // Widened whole (one parallel pass, as for f32) into a per-thread scratch buffer that
+        // is kept between calls: a fresh multi-MiB allocation per call costs its page faults.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut wide = scratch.borrow_mut();
+            wide.resize(out.len(), 0.0);
+            self.widen_rows_into(r0, r1, &mut wide)?;
+            super::bf16_gemm::round_into(&wide, out);
+            Ok(())
+        })
+    }
+
     /// Output rows per tile: as many as fit [`TILE_BYTES`] of f32, at least 1.
     fn tile_rows(&self) -> usize {
         let (out, inp) = self.dims();

@@ -26,11 +26,13 @@
 //! a trained head ([`linear_cross_entropy_trained`]) has its gradient written tile by tile into
 //! the trainer's buffer, from the same `softmax − onehot` tiles the input gradient uses.
 
+use super::bf16_gemm::{gemm_bf16, BfRhs};
 use super::bridge::cpu_to_tensor;
 use super::gemm::{gemm_into, MatRef};
 use super::trained_linear::WeightGrads;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 /// Upper bound on one tile of logits, and on one tile of the weight once widened to f32.
@@ -146,6 +148,16 @@ pub type RowsFn = Arc<dyn Fn(usize, usize) -> Result<Tensor> + Send + Sync>;
 #[derive(Clone)]
 pub enum HeadWeight {
     Dense(Tensor),
+    /// A bf16 weight multiplied in bf16 with f32 sums (`--bf16-compute`, [`super::bf16_gemm`]); the
+    /// softmax and its statistics stay f32.
+    Bf16(Tensor),
+    /// Rows on demand (as [`HeadWeight::Rows`]) rounded to bf16 per tile and multiplied like
+    /// [`HeadWeight::Bf16`] (QLoRA's quantized head under `--bf16-compute`).
+    RowsBf16 {
+        vocab: usize,
+        d: usize,
+        rows: RowsFn,
+    },
     Rows {
         vocab: usize,
         d: usize,
@@ -156,18 +168,82 @@ pub enum HeadWeight {
 impl HeadWeight {
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
-            HeadWeight::Dense(w) => w.dims2(),
-            HeadWeight::Rows { vocab, d, .. } => Ok((*vocab, *d)),
+            HeadWeight::Dense(w) | HeadWeight::Bf16(w) => w.dims2(),
+            HeadWeight::Rows { vocab, d, .. } | HeadWeight::RowsBf16 { vocab, d, .. } => {
+                Ok((*vocab, *d))
+            }
         }
     }
+}
+
+/// Where the bf16 products' weight tiles come from: a bf16 tensor's rows (borrowed) or rows
+/// widened on demand and rounded.
+enum Bf16Tiles<'a> {
+    Slice(&'a [half::bf16]),
+    Rows(&'a RowsFn),
+}
+
+impl Bf16Tiles<'_> {
+    /// Rows `v0..v0+len` of the `[vocab, d]` weight in bf16.
+    fn tile(&self, v0: usize, len: usize, d: usize) -> Result<Cow<'_, [half::bf16]>> {
+        match self {
+            Bf16Tiles::Slice(w) => Ok(Cow::Borrowed(&w[v0 * d..(v0 + len) * d])),
+            Bf16Tiles::Rows(rows) => {
+                let t = rows(v0, len)?;
+                let (storage, layout) = t.storage_and_layout();
+                let wide = match &*storage {
+                    candle_core::Storage::Cpu(cpu) => super::logical_f32(cpu, layout)?,
+                    _ => return Err(err("linear_cross_entropy: head rows off the CPU")),
+                };
+                let mut tile = vec![half::bf16::ZERO; wide.len()];
+                super::bf16_gemm::round_into(&wide, &mut tile);
+                Ok(Cow::Owned(tile))
+            }
+        }
+    }
+}
+
+/// Runs `f` on a bf16 head as a row-major `[vocab, d]` slice borrowed from its storage.
+fn with_bf16_head<R>(w: &Tensor, f: impl FnOnce(&[half::bf16]) -> Result<R>) -> Result<R> {
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => f(&v[a..b]),
+        _ => Err(err(
+            "linear_cross_entropy: the bf16 products need a bf16 head on the CPU",
+        )),
+    }
+}
+
+/// One tile of logits `[rows, len]` for weight rows `v0..v0+len`, in bf16 products with f32
+/// sums (the activations rounded where they meet the weight).
+fn logits_tile_bf16(
+    hb: &[f32],
+    rows: usize,
+    tile: &[half::bf16],
+    d: usize,
+    len: usize,
+) -> Result<Vec<f32>> {
+    let mut z = vec![0f32; rows * len];
+    gemm_bf16(
+        &mut z,
+        len,
+        hb,
+        rows,
+        d,
+        BfRhs::Transposed(tile),
+        len,
+        false,
+    )?;
+    Ok(z)
 }
 
 /// Rows `v0..v0+len` of `w` as f32: a view when `w` is f32, a tile-sized copy when it is bf16
 /// or quantized (so such a weight is never widened whole).
 fn weight_tile(w: &HeadWeight, v0: usize, len: usize) -> Result<Tensor> {
     let t = match w {
-        HeadWeight::Dense(w) => w.narrow(0, v0, len)?,
-        HeadWeight::Rows { rows, .. } => return rows(v0, len),
+        HeadWeight::Dense(w) | HeadWeight::Bf16(w) => w.narrow(0, v0, len)?,
+        HeadWeight::Rows { rows, .. } | HeadWeight::RowsBf16 { rows, .. } => return rows(v0, len),
     };
     if t.dtype() == DType::F32 {
         Ok(t)
@@ -226,14 +302,42 @@ impl Running {
 
 /// The mean loss and the logsumexp of every active row (indexed like `plan.active`).
 fn forward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan) -> Result<(f64, Vec<f32>)> {
-    let vocab = w.dims()?.0;
+    match w {
+        HeadWeight::Bf16(t) => with_bf16_head(t, |wb| {
+            forward_tiles(h, w, Some(&Bf16Tiles::Slice(wb)), plan)
+        }),
+        HeadWeight::RowsBf16 { rows, .. } => {
+            forward_tiles(h, w, Some(&Bf16Tiles::Rows(rows)), plan)
+        }
+        _ => forward_tiles(h, w, None, plan),
+    }
+}
+
+/// [`forward_pass`]; `bf16`: the head's bf16 rows, multiplied in bf16.
+fn forward_tiles(
+    h: &Tensor,
+    w: &HeadWeight,
+    bf16: Option<&Bf16Tiles<'_>>,
+    plan: &Plan,
+) -> Result<(f64, Vec<f32>)> {
+    let (vocab, d) = w.dims()?;
     let mut lse = vec![0f32; plan.active.len()];
     let mut sum = 0f64;
     for (start, rows) in plan.blocks() {
         let hb = gather_rows(h, rows)?;
+        let hb_rows = match bf16 {
+            Some(_) => hb.flatten_all()?.to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
         let mut run = vec![Running::EMPTY; rows.len()];
         for (v0, len) in plan.tiles(vocab) {
-            let z = logits_tile(&hb, &weight_tile(w, v0, len)?)?;
+            let z = match bf16 {
+                Some(tiles) => {
+                    let tile = tiles.tile(v0, len, d)?;
+                    logits_tile_bf16(&hb_rows, rows.len(), &tile, d, len)?
+                }
+                None => logits_tile(&hb, &weight_tile(w, v0, len)?)?,
+            };
             run.par_iter_mut()
                 .zip(rows.par_iter())
                 .zip(z.par_chunks(len))
@@ -267,6 +371,90 @@ fn backward_pass(
     plan: &Plan,
     lse: &[f32],
     g: f32,
+    dw: Option<&mut [f32]>,
+) -> Result<Tensor> {
+    let vocab = w.dims()?.0;
+    match w {
+        HeadWeight::Bf16(t) => with_bf16_head(t, |wb| {
+            backward_bf16(h, &Bf16Tiles::Slice(wb), vocab, plan, lse, g)
+        }),
+        HeadWeight::RowsBf16 { rows, .. } => {
+            backward_bf16(h, &Bf16Tiles::Rows(rows), vocab, plan, lse, g)
+        }
+        _ => backward_tiles(h, w, plan, lse, g, dw),
+    }
+}
+
+/// `(softmax − onehot)` of one tile of logits `z` `[rows, len]` in place, each row scaled by
+/// its weight.
+fn softmax_minus_onehot(
+    z: &mut [f32],
+    len: usize,
+    v0: usize,
+    rows: &[u32],
+    lse: &[f32],
+    plan: &Plan,
+    scale: f64,
+) {
+    z.par_chunks_mut(len)
+        .zip(rows.par_iter().zip(lse.par_iter()))
+        .for_each(|(zr, (&r, &l))| {
+            let r = r as usize;
+            let s = (scale * plan.weights[r] as f64) as f32;
+            super::fast_exp::exp_scale(zr, l, s);
+            let t = plan.targets[r] as usize;
+            if (v0..v0 + len).contains(&t) {
+                zr[t - v0] -= s;
+            }
+        });
+}
+
+/// [`backward_pass`] over a bf16 head in bf16 products: `dz` is rounded to bf16 where it meets
+/// `W` (as autocast's backward of a bf16 linear does), and each row block's `dh` is summed in
+/// f32 straight into its buffer.
+fn backward_bf16(
+    h: &Tensor,
+    w: &Bf16Tiles<'_>,
+    vocab: usize,
+    plan: &Plan,
+    lse: &[f32],
+    g: f32,
+) -> Result<Tensor> {
+    let (n, d) = h.dims2()?;
+    let mut dh = vec![0f32; n * d];
+    let scale = g as f64 / plan.total;
+    for (start, rows) in plan.blocks() {
+        let hb = gather_rows(h, rows)?.flatten_all()?.to_vec1::<f32>()?;
+        let lse = &lse[start..start + rows.len()];
+        let mut acc = vec![0f32; rows.len() * d];
+        for (v0, len) in plan.tiles(vocab) {
+            let tile = w.tile(v0, len, d)?;
+            let mut z = logits_tile_bf16(&hb, rows.len(), &tile, d, len)?;
+            softmax_minus_onehot(&mut z, len, v0, rows, lse, plan, scale);
+            gemm_bf16(
+                &mut acc,
+                d,
+                &z,
+                rows.len(),
+                len,
+                BfRhs::Plain(&tile),
+                d,
+                true,
+            )?;
+        }
+        for (&r, src) in rows.iter().zip(acc.chunks(d)) {
+            dh[r as usize * d..(r as usize + 1) * d].copy_from_slice(src);
+        }
+    }
+    Tensor::from_vec(dh, (n, d), h.device())
+}
+
+fn backward_tiles(
+    h: &Tensor,
+    w: &HeadWeight,
+    plan: &Plan,
+    lse: &[f32],
+    g: f32,
     mut dw: Option<&mut [f32]>,
 ) -> Result<Tensor> {
     let (n, d) = h.dims2()?;
@@ -284,17 +472,7 @@ fn backward_pass(
         for (v0, len) in plan.tiles(vocab) {
             let wt = weight_tile(w, v0, len)?;
             let mut z = logits_tile(&hb, &wt)?;
-            z.par_chunks_mut(len)
-                .zip(rows.par_iter().zip(lse.par_iter()))
-                .for_each(|(zr, (&r, &l))| {
-                    let r = r as usize;
-                    let s = (scale * plan.weights[r] as f64) as f32;
-                    super::fast_exp::exp_scale(zr, l, s);
-                    let t = plan.targets[r] as usize;
-                    if (v0..v0 + len).contains(&t) {
-                        zr[t - v0] -= s;
-                    }
-                });
+            softmax_minus_onehot(&mut z, len, v0, rows, lse, plan, scale);
             if let Some(dw) = dw.as_deref_mut() {
                 gemm_into(
                     &mut dw[v0 * d..(v0 + len) * d],
@@ -733,6 +911,54 @@ mod tests {
         let got_dh = vec2(grads.get(hv.as_tensor()).unwrap());
         assert_eq!(scalar(&loss), want);
         assert_eq!(max_diff_slices(&got_dh, &want_dh), 0.0);
+    }
+
+    /// The bf16 products (`--bf16-compute`): the loss is the f32 loss of the bf16-rounded `h`
+    /// over the bf16 weight (only sum order differs); `dh` is the f32 gradient up to the
+    /// rounding of `softmax − onehot` to bf16 where it meets `W`; a quantized head's rows
+    /// rounded per tile give exactly the bf16 tensor's results; across partial tiles.
+    #[test]
+    fn bf16_products_in_the_loss_follow_the_rounded_operands() {
+        let c = case(true);
+        let (h, w) = tensors(&c);
+        let w_bf16 = w.to_dtype(DType::BF16).unwrap();
+        let w_wide = w_bf16.to_dtype(DType::F32).unwrap();
+        let h_rounded = h
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let want = scalar(&reference_loss(&h_rounded, &w_wide, &c));
+        let (_, want_dh) = fused_with_grad(&c, &w_wide, CHUNK);
+        let src = w_wide.clone();
+        let rows: RowsFn = Arc::new(move |v0, len| src.narrow(0, v0, len)?.contiguous());
+        let heads = [
+            HeadWeight::Bf16(w_bf16),
+            HeadWeight::RowsBf16 {
+                vocab: VOCAB,
+                d: DIM,
+                rows,
+            },
+        ];
+        let mut results = Vec::new();
+        for head in &heads {
+            for chunk in [CHUNK, None] {
+                let hv = Var::from_tensor(&h).unwrap();
+                let loss = with_head(hv.as_tensor(), head, &c.targets, &c.weights, chunk).unwrap();
+                let dh = vec2(loss.backward().unwrap().get(hv.as_tensor()).unwrap());
+                let got = scalar(&loss);
+                assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
+                let scale = want_dh.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let off = max_diff_slices(&dh, &want_dh);
+                assert!(off <= 1e-2 * scale, "dh off by {off} (max |dh| {scale})");
+                assert!(off > 0.0, "dz was not rounded");
+                results.push((got, dh));
+            }
+        }
+        assert_eq!(
+            results[0], results[2],
+            "rows on demand differ from the bf16 tensor"
+        );
     }
 
     #[test]

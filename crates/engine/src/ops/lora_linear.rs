@@ -15,6 +15,7 @@
 //! Dropout is [`DropoutMask`] over `x` in logical element order, exactly as in `lora_delta`, so
 //! masks are identical and results match the composite path up to float summation order.
 
+use super::bf16_gemm::{gemm_bf16, BfRhs};
 use super::dropout::DropoutMask;
 use super::frozen_rows::FrozenRows;
 use super::gemm::{gemm_into, gemm_into_ld, MatRef};
@@ -24,6 +25,7 @@ use super::profile::{span, Kind};
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
+use half::bf16;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -34,13 +36,18 @@ pub enum FrozenBase {
     Dense(Tensor),
     /// Widened to f32 tile by tile, never whole (NF4, GGUF block types).
     Rows(Arc<dyn FrozenRows>),
+    /// bf16, multiplied in bf16 with f32 sums ([`super::bf16_gemm`]): the `--bf16-compute` products.
+    Bf16(Tensor),
+    /// Rounded to bf16 tile by tile and multiplied like [`FrozenBase::Bf16`] (QLoRA with a bf16
+    /// compute dtype, as the paper trains).
+    RowsBf16(Arc<dyn FrozenRows>),
 }
 
 impl FrozenBase {
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
-            FrozenBase::Dense(w) => w.dims2(),
-            FrozenBase::Rows(r) => Ok(r.dims()),
+            FrozenBase::Dense(w) | FrozenBase::Bf16(w) => w.dims2(),
+            FrozenBase::Rows(r) | FrozenBase::RowsBf16(r) => Ok(r.dims()),
         }
     }
 }
@@ -60,6 +67,16 @@ fn with_weight<R>(w: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
     };
     let (storage, layout) = w.storage_and_layout();
     f(&cpu_f32(&storage, layout)?)
+}
+
+/// Runs `f` on a bf16 `W` as a row-major slice borrowed from its storage.
+fn with_bf16<R>(w: &Tensor, f: impl FnOnce(&[bf16]) -> Result<R>) -> Result<R> {
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => f(&v[a..b]),
+        _ => bail!("lora linear: the bf16 products need a bf16 weight on the CPU"),
+    }
 }
 
 fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<Cow<'a, [f32]>> {
@@ -83,6 +100,34 @@ fn base_forward(w: &FrozenBase, x: &[f32], m: usize, y: &mut [f32]) -> Result<()
                 false,
             )
         }),
+        FrozenBase::Bf16(w) => with_bf16(w, |w| {
+            let _gemm = span(Kind::Gemm);
+            gemm_bf16(y, out, x, m, k, BfRhs::Transposed(w), out, false)
+        }),
+        FrozenBase::RowsBf16(rows) => {
+            let step = rows.tile_rows();
+            let mut tile = vec![bf16::ZERO; step.min(out) * k];
+            for r0 in (0..out).step_by(step) {
+                let r1 = (r0 + step).min(out);
+                let t = &mut tile[..(r1 - r0) * k];
+                {
+                    let _dequant = span(Kind::Dequant);
+                    rows.widen_rows_bf16_into(r0, r1, t)?;
+                }
+                let _gemm = span(Kind::Gemm);
+                gemm_bf16(
+                    &mut y[r0..],
+                    out,
+                    x,
+                    m,
+                    k,
+                    BfRhs::Transposed(t),
+                    r1 - r0,
+                    false,
+                )?;
+            }
+            Ok(())
+        }
         FrozenBase::Rows(rows) => {
             let step = rows.tile_rows();
             let mut tile = vec![0f32; step.min(out) * k];
@@ -123,6 +168,34 @@ fn base_backward(w: &FrozenBase, g: &[f32], m: usize, dx: &mut [f32]) -> Result<
                 true,
             )
         }),
+        FrozenBase::Bf16(w) => with_bf16(w, |w| {
+            let _gemm = span(Kind::Gemm);
+            gemm_bf16(dx, k, g, m, out, BfRhs::Plain(w), k, true)
+        }),
+        FrozenBase::RowsBf16(rows) => {
+            let step = rows.tile_rows();
+            let mut tile = vec![bf16::ZERO; step.min(out) * k];
+            let mut g_cols = Vec::new();
+            for r0 in (0..out).step_by(step) {
+                let r1 = (r0 + step).min(out);
+                let t = &mut tile[..(r1 - r0) * k];
+                {
+                    let _dequant = span(Kind::Dequant);
+                    rows.widen_rows_bf16_into(r0, r1, t)?;
+                }
+                let _gemm = span(Kind::Gemm);
+                // The tile's columns of g, contiguous (all of g when one tile covers W).
+                let g_tile: &[f32] = if r0 == 0 && r1 == out {
+                    g
+                } else {
+                    g_cols.clear();
+                    g_cols.extend(g.chunks(out).flat_map(|row| &row[r0..r1]));
+                    &g_cols
+                };
+                gemm_bf16(dx, k, g_tile, m, r1 - r0, BfRhs::Plain(t), k, true)?;
+            }
+            Ok(())
+        }
         FrozenBase::Rows(rows) => {
             let step = rows.tile_rows();
             let mut tile = vec![0f32; step.min(out) * k];
@@ -354,6 +427,55 @@ pub fn lora_linear_with(
         return super::generic_linear::lora_linear(x, w, a, b, scale, dropout);
     }
     apply(x, a, b, FrozenBase::Dense(w.clone()), scale, dropout)
+}
+
+/// [`lora_linear`] with the base product in bf16 and f32 sums (`--bf16-compute`, [`super::bf16_gemm`]):
+/// `x` is rounded to bf16 where it meets `w`; the adapter path stays f32. The fused CPU op
+/// only: `x` f32 on the CPU, `w` a frozen bf16 `[out, in]`.
+///
+/// # Errors
+/// Other dtypes or devices, or shapes that do not fit `w`.
+pub fn lora_linear_bf16(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
+    if w.track_op() || w.dtype() != DType::BF16 || !w.device().is_cpu() {
+        bail!("lora linear in bf16: the base must be a frozen bf16 weight on the CPU");
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "lora linear in bf16: f32 input on the CPU only, got {:?}",
+            x.dtype()
+        );
+    }
+    apply(x, a, b, FrozenBase::Bf16(w.clone()), scale, dropout)
+}
+
+/// [`lora_linear_rows`] with the base rounded to bf16 tile by tile and multiplied in bf16 with
+/// f32 sums (`--bf16-compute` for QLoRA: the paper's bf16 compute dtype); the adapter stays f32.
+///
+/// # Errors
+/// As [`lora_linear_rows`].
+pub fn lora_linear_rows_bf16(
+    x: &Tensor,
+    w: Arc<dyn FrozenRows>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "lora linear over a quantized base: f32 input on the CPU only, got {:?} on {:?}",
+            x.dtype(),
+            x.device().location()
+        );
+    }
+    apply(x, a, b, FrozenBase::RowsBf16(w), scale, dropout)
 }
 
 /// `x·Wᵀ + scale·B·(A·dropout(x))` over a quantized frozen base widened tile by tile (QLoRA):

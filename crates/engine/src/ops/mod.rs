@@ -11,6 +11,8 @@
 //! `OpPath::Auto` (fused on the CPU, generic elsewhere). `tests/generic_ops.rs` checks every
 //! generic op against its fused one on the CPU.
 
+mod amx;
+pub(crate) mod bf16_gemm;
 mod bridge;
 pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
@@ -34,6 +36,7 @@ mod segments;
 mod swiglu;
 mod trained_linear;
 
+pub use bf16_gemm::Bf16Backend;
 pub use causal_softmax::{
     causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with,
     causal_softmax_packed_with, causal_softmax_windowed, causal_softmax_windowed_with,
@@ -51,7 +54,9 @@ pub use linear_cross_entropy_generic::{
     GENERIC_TILE_BYTES,
 };
 pub use lora_delta::{lora_delta, lora_delta_with};
-pub use lora_linear::{lora_linear, lora_linear_rows, lora_linear_with};
+pub use lora_linear::{
+    lora_linear, lora_linear_bf16, lora_linear_rows, lora_linear_rows_bf16, lora_linear_with,
+};
 pub use rms_norm::{rms_norm, rms_norm_with};
 pub use rope::{rope, rope_packed_with, rope_with, RopeTables};
 pub use segments::Segments;

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 pub struct Calibration {
     /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
     /// arenas, the dataset. Measured as the peak RSS of a checkpointed 128-token run of the
-    /// 260K-parameter demo model (24 MiB) minus its model terms.
+    /// 260K-parameter demo model (24.4 MiB, `peft bench plan --model demo`, 2026-12-01) minus
+    /// its model terms (6.5 MiB since the CPU's fused loss and QLoRA op keep less).
     pub runtime_bytes: u64,
     /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
     /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
@@ -87,7 +88,7 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Self {
-            runtime_bytes: 13 << 20,
+            runtime_bytes: 18 << 20,
             tokenizer_bytes_per_token: 400,
             logits_grad_copies: 6.5,
             activation_slack: 0.0,

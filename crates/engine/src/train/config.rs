@@ -68,6 +68,14 @@ pub struct TrainConfig {
     /// still resume with the same settings).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packing: bool,
+    /// The frozen base multiplied in bf16 with f32 sums (the CLI's `--bf16-compute`, like
+    /// PyTorch's CPU autocast): LoRA's dense base stored in bf16, QLoRA's NF4 or GGUF base
+    /// rounded to bf16 tile by tile (the QLoRA paper's compute dtype). Native on CPUs with AMX,
+    /// emulated (the same numbers, no faster than f32) elsewhere ([`crate::ops::Bf16Backend`]).
+    /// Adapters, gradients and optimizer state stay f32. A GPU computes in bf16 whatever this
+    /// says. Left out of records when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bf16_compute: bool,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +103,7 @@ impl Default for TrainConfig {
             weight_dtype: WeightDtype::F32,
             device: None,
             packing: false,
+            bf16_compute: false,
         }
     }
 }
@@ -134,6 +143,15 @@ impl TrainConfig {
         self.device.unwrap_or_default().open()
     }
 
+    /// How the dense frozen weights are stored: bf16 when the run multiplies in bf16.
+    pub fn base_weight_dtype(&self) -> WeightDtype {
+        if self.bf16_compute {
+            WeightDtype::Bf16
+        } else {
+            self.weight_dtype
+        }
+    }
+
     /// The planner's request for these settings on `device` at `throughput`.
     pub fn plan_request(&self, device: ComputeDevice, throughput: Throughput) -> PlanRequest {
         PlanRequest {
@@ -142,7 +160,7 @@ impl TrainConfig {
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             grad_checkpointing: self.grad_checkpointing,
-            weight_dtype: self.weight_dtype,
+            weight_dtype: self.base_weight_dtype(),
             device,
             evaluation: self.val_fraction > 0.0,
             throughput,

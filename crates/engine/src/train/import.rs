@@ -56,7 +56,7 @@ pub fn import_adapter(model: &LoadedModel, src: &Path, out: &Path) -> Result<Run
     let weights = weights_path(src)?;
     let (config, data) = settings(&summary);
     // Applies it once over the base it will be used with, so a mismatch is reported now.
-    let base = model.weights(&config.method.base_storage(config.weight_dtype))?;
+    let base = model.weights(&config.method.base_storage(config.base_weight_dtype()))?;
     apply_adapter(&mut (*base).clone(), src)?;
     drop(base);
 

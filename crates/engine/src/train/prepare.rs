@@ -40,6 +40,19 @@ pub fn validate(cfg: &TrainConfig) -> Result<()> {
             "must be positive (or give max_steps)",
         ));
     }
+    let frozen_base = matches!(
+        cfg.method,
+        crate::peft::method::Method::Lora(_) | crate::peft::method::Method::Qlora(_)
+    );
+    if cfg.bf16_compute && !frozen_base {
+        return Err(Error::invalid(
+            "bf16_compute",
+            format!(
+                "applies to the frozen base of LoRA and QLoRA; {} trains its weights in f32",
+                cfg.method.name()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -126,7 +139,7 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
     let device = cfg.open_device()?;
     let storage = cfg
         .method
-        .base_storage_for(model, cfg.weight_dtype, device.is_cpu());
+        .base_storage_for(model, cfg.base_weight_dtype(), device.is_cpu());
     let already_built = model.kept_storage() == Some(storage);
     let decoder = match cfg.method {
         Method::Full => model.take_weights(&storage)?,
@@ -139,7 +152,15 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
     // Placed before the method so trainable copies and adapters are made on the device.
     let mut decoder = decoder.on_device(&device)?;
     let trainable = apply_method(&mut decoder, &cfg.method, cfg.seed)?;
-    let storage = decoder.placement_report();
+    let mut storage = decoder.placement_report();
+    if cfg.bf16_compute && device.is_cpu() {
+        // The activations stay f32; the frozen base's products are bf16 (`ops::bf16_gemm`).
+        let how = match crate::ops::Bf16Backend::detect() {
+            crate::ops::Bf16Backend::Amx => "bf16 products on AMX",
+            crate::ops::Bf16Backend::Emulated => "bf16 products, emulated",
+        };
+        storage.compute_dtype = Some(format!("f32 with {how}"));
+    }
     Ok(RunModel {
         decoder: Arc::new(decoder),
         trainable,

@@ -493,6 +493,7 @@ impl Run<'_> {
                 train: true,
                 step_seed: mix(cfg.seed, k as u64),
                 weight_grads: Some(weight_grads.clone()),
+                bf16_products: cfg.bf16_compute,
                 ..Default::default()
             };
             let loss = batch_loss(&self.rm.decoder, &b, &ctx, ckpt)?;

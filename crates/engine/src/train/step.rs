@@ -87,10 +87,11 @@ fn quantized_output_head(model: &Decoder, ctx: &ForwardCtx) -> Option<HeadWeight
     }
     let (vocab, d) = q.shape();
     let q = q.clone();
-    Some(HeadWeight::Rows {
-        vocab,
-        d,
-        rows: std::sync::Arc::new(move |v0, len| q.widen_rows(v0, v0 + len)),
+    let rows: crate::ops::RowsFn = std::sync::Arc::new(move |v0, len| q.widen_rows(v0, v0 + len));
+    Some(if ctx.bf16_products {
+        HeadWeight::RowsBf16 { vocab, d, rows }
+    } else {
+        HeadWeight::Rows { vocab, d, rows }
     })
 }
 
@@ -126,6 +127,21 @@ pub fn batch_loss(
     };
     let h = forward_hidden(model, &ids, ctx, ckpt)?;
     if let Some(w) = frozen_output_weight(model) {
+        if ctx.bf16_products
+            && w.dtype() == DType::BF16
+            && ctx.ops.fused_on(dev)
+            && h.dtype() == DType::F32
+        {
+            // `--bf16-compute`: the head's products in bf16 too, as autocast runs the lm_head.
+            let h = h.reshape((n, h.dim(2)?))?;
+            let head = HeadWeight::Bf16(w.clone());
+            return Ok(linear_cross_entropy_rows(
+                &h,
+                head,
+                &b.targets,
+                &b.loss_mask,
+            )?);
+        }
         // Never materialises the [tokens, vocab] logits or their gradient.
         let h = h.reshape((n, h.dim(2)?))?;
         return Ok(linear_cross_entropy_with(

@@ -27,9 +27,9 @@ pub fn adapter_base_storage(dir: &Path) -> LoadOptions {
     match record {
         // A QLoRA run over a GGUF's own block types recorded them in its storage report.
         Some(r) if r.storage.as_ref().is_some_and(|s| s.gguf_linears > 0) => {
-            LoadOptions::gguf_types(r.config.weight_dtype)
+            LoadOptions::gguf_types(r.config.base_weight_dtype())
         }
-        Some(r) => r.config.method.base_storage(r.config.weight_dtype),
+        Some(r) => r.config.method.base_storage(r.config.base_weight_dtype()),
         None => LoadOptions::default(),
     }
 }

@@ -4,4 +4,9 @@
  * Instruction-set extensions that change CPU training speed (candle's GEMM and elementwise
  * kernels pick AVX2/AVX-512 on x86-64 and NEON on aarch64 at run time).
  */
-export type CpuFeatures = { avx2: boolean, avx512f: boolean, fma: boolean, neon: boolean, };
+export type CpuFeatures = { avx2: boolean, avx512f: boolean, fma: boolean, neon: boolean, 
+/**
+ * Intel AMX bf16 tiles: `--bf16-compute` (the app's "bf16 compute") runs natively, and
+ * faster than f32; without them it is emulated (the same numbers, slower).
+ */
+amx_bf16: boolean, };

@@ -77,4 +77,13 @@ device?: DeviceChoice,
  * Off in records from before it existed (and left out of records when off, so those runs
  * still resume with the same settings).
  */
-packing?: boolean, };
+packing?: boolean, 
+/**
+ * The frozen base multiplied in bf16 with f32 sums (the CLI's `--bf16-compute`, like
+ * PyTorch's CPU autocast): LoRA's dense base stored in bf16, QLoRA's NF4 or GGUF base
+ * rounded to bf16 tile by tile (the QLoRA paper's compute dtype). Native on CPUs with AMX,
+ * emulated (the same numbers, no faster than f32) elsewhere ([`crate::ops::Bf16Backend`]).
+ * Adapters, gradients and optimizer state stay f32. A GPU computes in bf16 whatever this
+ * says. Left out of records when off.
+ */
+bf16_compute?: boolean, };
