@@ -27,9 +27,13 @@ pub enum Bf16Backend {
 }
 
 impl Bf16Backend {
-    /// This machine's backend.
+    /// This machine's backend. `PEFT_BF16_EMULATE=1` forces the emulated one (to check on an
+    /// AMX machine what a CPU without it computes).
     pub fn detect() -> Self {
-        if amx::available() {
+        static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let forced =
+            *FORCED.get_or_init(|| std::env::var_os("PEFT_BF16_EMULATE").is_some_and(|v| v == "1"));
+        if amx::available() && !forced {
             Bf16Backend::Amx
         } else {
             Bf16Backend::Emulated
