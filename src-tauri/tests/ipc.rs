@@ -218,6 +218,44 @@ fn the_plan_packs_short_examples_and_estimates_keep_the_users_packing() {
 }
 
 #[test]
+fn the_plan_computes_in_bf16_where_the_cpu_has_amx_unless_the_user_unticks_it() {
+    use peft_engine::model::decoder::WeightDtype;
+    let a = app();
+    a.demo_data();
+    let f32_dtype = serde_json::to_value(WeightDtype::F32).unwrap();
+    for amx in [true, false] {
+        let mut hw = peft_engine::hardware::Hardware::assumed(8 << 30, None);
+        hw.cpu.features.amx_bf16 = amx;
+        *a.state().hardware.lock().unwrap() = Some(hw);
+        let base = a.settings(json!({"device": "cpu"}));
+        let p: Value = a.ok("plan_recommend", json!({"base": base}));
+        let cfg = &p["configs"][0];
+        let on = |v: &Value| v["bf16_compute"].as_bool().unwrap_or(false);
+        assert_eq!(on(cfg), amx, "{cfg}");
+        assert_eq!(on(&p["recommendation"]["candidates"][0]["request"]), amx);
+        // The settings keep their stored-weight choice; the bf16 base follows the compute one.
+        assert_eq!(cfg["weight_dtype"], f32_dtype, "{cfg}");
+        if amx {
+            // The plan editor's settings with the box unticked: estimated, and kept, in f32.
+            let mut off = cfg.clone();
+            off["bf16_compute"] = json!(false);
+            let est: Value = a.ok("plan_estimate", json!({"config": off}));
+            assert!(!on(&est["request"]), "{}", est["request"]);
+            assert_eq!(est["request"]["weight_dtype"], f32_dtype);
+            let mut on_again = off.clone();
+            on_again["bf16_compute"] = json!(true);
+            let est_on: Value = a.ok("plan_estimate", json!({"config": on_again}));
+            assert!(on(&est_on["request"]));
+            let peak = |e: &Value| e["estimate"]["peak_bytes"].as_u64().unwrap();
+            assert!(
+                peak(&est_on) < peak(&est),
+                "the bf16 base is the smaller plan"
+            );
+        }
+    }
+}
+
+#[test]
 fn plan_budgets_the_device_the_user_picks() {
     let a = app();
     a.demo_data();

@@ -292,6 +292,7 @@ pub fn run(a: BenchPlanArgs) -> peft_engine::Result<()> {
     let tp = Throughput {
         gemm_gflops: median(probes.iter().map(|t| t.gemm_gflops).collect()),
         mem_gbps: median(probes.iter().map(|t| t.mem_gbps).collect()),
+        bf16_gemm_gflops: None,
     };
     println!(
         "machine: {:.0} GFLOP/s f32 GEMM, {:.1} GB/s elementwise (median of {} probes); {rounds} round(s), each run ≥ {} steps and ≥ {} s\n",

@@ -159,10 +159,16 @@ pub fn child(
 ) -> peft_engine::Result<()> {
     let (method, ckpt, packing, bf16) = config_of(config)?;
     let t0 = Instant::now();
+    // Stored as `peft train` stores it: bf16 compute loads the base in bf16 tensor by tensor
+    // (loaded as f32 and narrowed by training, the load peak would be the f32 model's).
+    let dtype = match bf16 {
+        true => peft_engine::model::decoder::WeightDtype::Bf16,
+        false => Default::default(),
+    };
     let m = LoadedModel::load(
         &ModelSource::parse(model)?,
         OpenOptions::default(),
-        &method.base_storage(Default::default()),
+        &method.base_storage(dtype),
     )?;
     let load_s = t0.elapsed().as_secs_f64();
     // Peak RSS is monotonic, so read now it is the peak while loading (QLoRA quantizes tensor

@@ -125,8 +125,14 @@ fn print_recommendation(r: &Recommendation) {
         } else {
             format!("−{}", format_bytes(c.headroom_bytes.unsigned_abs()))
         };
+        let tags = match (c.request.bf16_compute, c.request.packing) {
+            (true, true) => " · bf16 · packed",
+            (true, false) => " · bf16",
+            (false, true) => " · packed",
+            (false, false) => "",
+        };
         println!(
-            "| {} | {}{} | {} | {:.1} % | {}×{} | {} | {} | {:.0} | {:.0} min |",
+            "| {} | {}{tags}{} | {} | {:.1} % | {}×{} | {} | {} | {:.0} | {:.0} min |",
             i + 1,
             c.label,
             if c.fits { "" } else { " (does not fit)" },
@@ -175,12 +181,14 @@ fn print_recommendation(r: &Recommendation) {
 ///
 /// # Errors
 /// [`peft_engine::Error::Invalid`] when nothing fits (with the recommender's reason).
-/// `packing` is `--packing` as given: unset, the recommendation decides.
+/// `packing` and `bf16` are `--packing` and `--bf16-compute` as given: unset, the
+/// recommendation decides.
 pub fn auto_train_config(
     model: &LoadedModel,
     data: &Path,
     cfg: TrainConfig,
     packing: Option<bool>,
+    bf16: Option<bool>,
 ) -> peft_engine::Result<TrainConfig> {
     let stats = data_stats(model, data)?;
     let o = RecommendOptions {
@@ -192,6 +200,8 @@ pub fn auto_train_config(
             .for_model(model),
         device: cfg.device.unwrap_or_default(),
         packing,
+        // Without --bf16-compute the plan decides (on with AMX).
+        bf16_compute: bf16,
         ..RecommendOptions::default()
     };
     let r = recommend(&model.config, &Hardware::scan(), &stats, &o);

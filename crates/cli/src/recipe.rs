@@ -98,7 +98,7 @@ fn run_export(a: ExportArgs) -> peft_engine::Result<()> {
     let mut cfg = t.config()?;
     let model = crate::load::open_model(&t.model)?;
     if t.plan.is_some() {
-        cfg = crate::plan::auto_train_config(&model, &t.data, cfg, t.size.packing)?;
+        cfg = crate::plan::auto_train_config(&model, &t.data, cfg, t.size.packing, t.bf16_compute)?;
     }
     let r = export(
         &ExportRequest::new(a.engine.into(), &model, &t.data, &cfg),

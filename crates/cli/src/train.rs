@@ -85,9 +85,10 @@ pub struct TrainArgs {
     /// LoRA's or QLoRA's frozen base multiplied in bf16 with f32 sums (like PyTorch's CPU
     /// autocast; LoRA's base is stored in bf16): fast on CPUs with AMX (`peft hardware` says),
     /// the same numbers but slower than f32 elsewhere. Adapters, gradients and optimizer state
-    /// stay f32.
-    #[arg(long)]
-    pub bf16_compute: bool,
+    /// stay f32. `--bf16-compute false` turns it off; unset, `--plan auto` turns it on where
+    /// the CPU has AMX (off otherwise).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub bf16_compute: Option<bool>,
     /// Continue the run in --out exactly where it stopped (same flags required).
     #[arg(long)]
     pub resume: bool,
@@ -129,7 +130,7 @@ impl TrainArgs {
             // Unset for auto, so runs started before the flag existed resume with it.
             device: (self.device.device != DeviceChoice::Auto).then_some(self.device.device),
             packing: self.size.packing.unwrap_or(d.packing),
-            bf16_compute: self.bf16_compute,
+            bf16_compute: self.bf16_compute.unwrap_or(false),
             ..d
         };
         c.adamw.weight_decay = self.weight_decay;
@@ -219,7 +220,7 @@ pub fn run(a: TrainArgs) -> peft_engine::Result<()> {
     let mut cfg = a.config()?;
     let model = open_model(&a.model)?;
     if a.plan.is_some() {
-        cfg = crate::plan::auto_train_config(&model, &a.data, cfg, a.size.packing)?;
+        cfg = crate::plan::auto_train_config(&model, &a.data, cfg, a.size.packing, a.bf16_compute)?;
     }
     let cancel = Arc::new(AtomicBool::new(false));
     {

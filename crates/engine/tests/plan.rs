@@ -221,10 +221,15 @@ fn activations_scale_linearly_in_batch_and_as_expected_in_sequence() {
             .abs()
             < 1e-6
     );
-    // Per block, by hand: 6h + 5q + 5kv + 3i = 3456 + 2880 + 960 + 4608, and 2·9·256 scores.
-    let a = block_activations(&c, &base.method, 256, true);
+    // Per block, by hand: 6h + 5q + 5kv + 3i = 3456 + 2880 + 960 + 4608, and 2·9·256 scores
+    // and probs; on the CPU the fused attention keeps neither v's head-major copy nor its
+    // output's second layout (4q + 4kv), nor the scores (9·256).
+    let a = block_activations(&c, &base.method, 256, false);
     assert_eq!(a.dense, 11_904);
     assert_eq!(a.attention, 4_608);
+    let a = block_activations(&c, &base.method, 256, true);
+    assert_eq!(a.dense, 11_136);
+    assert_eq!(a.attention, 2_304);
     // Checkpointing keeps only block inputs: far less than the full graph.
     let ck = estimate(
         &c,
@@ -320,8 +325,8 @@ fn recommender_over_assumed_machines() {
         ram: u64,
         best: Option<(&'static str, usize)>,
     }
-    // Peaks of this engine (f32 compute): LoRA at 1024 tokens ≈ 63 GiB, with checkpointing
-    // ≈ 29 GiB; QLoRA with checkpointing needs far less.
+    // Peaks of this engine (f32 compute, the CPU's fused attention): LoRA at 1024 tokens
+    // ≈ 41 GiB, with checkpointing ≈ 29 GiB; QLoRA with checkpointing needs far less.
     let cases = [
         // Plenty: plain LoRA at the length covering 95 % of examples.
         Case {
@@ -330,7 +335,7 @@ fn recommender_over_assumed_machines() {
         },
         // Plain LoRA does not fit; LoRA with checkpointing does, at full length.
         Case {
-            ram: 48 * GIB,
+            ram: 36 * GIB,
             best: Some(("LoRA with checkpointing", 1024)),
         },
         // LoRA does not fit even with checkpointing; QLoRA does at full length.
@@ -512,6 +517,33 @@ fn loading_is_a_moment_of_its_own() {
     let embed = 151_936 * 896u64;
     // bf16: 2 B/entry stored + 4 B/entry in flight; f32: 4 B/entry stored + the projection.
     assert_eq!(loading(&bf16) - loading(&f32), 2 * embed - 4 * 4864 * 896);
+
+    // A dense bf16 base loads its embedding first, while the blocks are not stored yet: the
+    // moment's excess is the widest tensor less what is stored after it — for SmolLM2's
+    // embedding nothing (the last projection's 4 MiB run dominates); for Llama-2's untied head,
+    // loaded last, the whole head in f32.
+    // Against f32 storage (nothing narrowed: one 4 MiB run in flight), the bf16 moment is the
+    // halved matrices plus that excess less the run.
+    let excess_over_f32 = |c: &Config| {
+        let r = |weight_dtype| PlanRequest {
+            method: Method::Lora(LoraSettings::default()),
+            weight_dtype,
+            evaluation: false,
+            ..PlanRequest::default()
+        };
+        let matrices: u64 = tensors(c)
+            .iter()
+            .filter(|t| t.dims.is_some())
+            .map(|t| t.numel as u64)
+            .sum();
+        let (b, f) = (
+            loading(&estimate(c, &r(WeightDtype::Bf16))),
+            loading(&estimate(c, &r(WeightDtype::F32))),
+        );
+        (b + 2 * matrices) as i64 - f as i64
+    };
+    assert_eq!(excess_over_f32(&smollm2()), 0);
+    assert_eq!(excess_over_f32(&llama2_7b()), 4 * 32_000 * 4096 - (4 << 20));
 }
 
 /// Packing is on by default exactly where the planner's epoch is shorter with it: a dataset of
@@ -571,4 +603,77 @@ fn the_recommender_packs_short_examples_only() {
     };
     let r = recommend(&c, &hw, &long, &on);
     assert!(r.candidates.iter().all(|x| x.request.packing));
+}
+
+#[test]
+fn the_recommender_computes_in_bf16_where_the_cpu_has_amx_tiles() {
+    use peft_engine::model::decoder::WeightDtype;
+    use peft_engine::train::TrainConfig;
+    let c = smollm2();
+    let d = data(256);
+    let mut amx = cpu();
+    amx.features.amx_bf16 = true;
+    let with_amx = Hardware::assumed_with_cpu(amx, 64 * GIB, None);
+    let without = Hardware::assumed_with_cpu(cpu(), 64 * GIB, None);
+    let o = RecommendOptions::default();
+
+    let r = recommend(&c, &with_amx, &d, &o);
+    assert!(!r.candidates.is_empty());
+    for cand in &r.candidates {
+        assert!(cand.request.bf16_compute, "{}", cand.label);
+        assert_eq!(cand.request.weight_dtype, WeightDtype::Bf16);
+        assert!(cand.reason.contains("bf16 compute on"), "{}", cand.reason);
+    }
+    // The settings the app and `peft train --plan auto` take from it compute in bf16; the
+    // stored-weight setting stays f32, the bf16 base following from the compute setting.
+    let best = r.best().unwrap();
+    let cfg = TrainConfig::default().with_plan(&best.request);
+    assert!(cfg.bf16_compute);
+    assert_eq!(cfg.weight_dtype, WeightDtype::F32);
+    assert_eq!(cfg.base_weight_dtype(), WeightDtype::Bf16);
+    assert_eq!(
+        cfg.plan_request(Default::default(), Default::default())
+            .weight_dtype,
+        WeightDtype::Bf16
+    );
+
+    // Without AMX (the emulation is no faster), or with the user's "off", nothing computes in
+    // bf16 and the base stays f32, also when the base request came from a bf16 setting.
+    let plain = recommend(&c, &without, &d, &o);
+    let bf16_base = RecommendOptions {
+        base: TrainConfig {
+            bf16_compute: true,
+            ..TrainConfig::default()
+        }
+        .plan_request(Default::default(), Default::default()),
+        bf16_compute: Some(false),
+        ..o.clone()
+    };
+    let off = recommend(&c, &with_amx, &d, &bf16_base);
+    for cand in plain.candidates.iter().chain(&off.candidates) {
+        assert!(!cand.request.bf16_compute, "{}", cand.label);
+        assert_eq!(cand.request.weight_dtype, WeightDtype::F32);
+        assert!(!cand.reason.contains("bf16"), "{}", cand.reason);
+    }
+    assert!(
+        !TrainConfig::default()
+            .with_plan(&off.best().unwrap().request)
+            .bf16_compute
+    );
+    // LoRA's bf16 base is the smaller plan.
+    let (b, f) = (&r.candidates[0], &plain.candidates[0]);
+    assert_eq!(
+        (b.label.as_str(), b.request.seq_len),
+        (f.label.as_str(), f.request.seq_len)
+    );
+    assert!(b.estimate.peak_bytes < f.estimate.peak_bytes);
+    // Full fine-tuning never computes in bf16, AMX or not.
+    let full = RecommendOptions {
+        method: Some(Method::Full),
+        ..o.clone()
+    };
+    assert!(recommend(&c, &with_amx, &d, &full)
+        .candidates
+        .iter()
+        .all(|cand| !cand.request.bf16_compute));
 }

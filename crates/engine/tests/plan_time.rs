@@ -140,6 +140,7 @@ fn time_is_elementwise_for_tiny_models_and_gemm_for_large_ones() {
     let tp = Throughput {
         gemm_gflops: 200.0,
         mem_gbps: 45.0,
+        bf16_gemm_gflops: None,
     };
     let req = PlanRequest {
         method: lora(),
@@ -161,6 +162,7 @@ fn time_is_elementwise_for_tiny_models_and_gemm_for_large_ones() {
         throughput: Throughput {
             gemm_gflops: 400.0,
             mem_gbps: 90.0,
+            bf16_gemm_gflops: None,
         },
         ..req.clone()
     };
@@ -168,4 +170,64 @@ fn time_is_elementwise_for_tiny_models_and_gemm_for_large_ones() {
     let t2 = step_time(&c, &fast, &k);
     let variable = |t: &peft_engine::plan::StepTime| t.total() - t.fixed_s;
     assert!((variable(&t1) / variable(&t2) - 2.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_bf16_run_times_its_frozen_base_products_at_the_bf16_rate() {
+    use peft_engine::plan::work::bf16_flops_per_token;
+    let c = llama(256, 688, 4, 4, 1000);
+    let k = Calibration::default();
+    let tp = |bf16: Option<f64>| Throughput {
+        gemm_gflops: 200.0,
+        mem_gbps: 45.0,
+        bf16_gemm_gflops: bf16,
+    };
+    let f32_run = PlanRequest {
+        method: lora(),
+        seq_len: 256,
+        throughput: tp(Some(400.0)),
+        ..PlanRequest::default()
+    };
+    let bf16_run = PlanRequest {
+        bf16_compute: true,
+        ..f32_run.clone()
+    };
+    let (w32, w16) = (step_work(&c, &f32_run), step_work(&c, &bf16_run));
+    assert_eq!(w32.bf16_flops, 0.0);
+    // The same products, split: every frozen-base FLOP of the forward and the input gradient
+    // (block projections twice, the tied head three times in the fused loss).
+    let blocks: f64 = (4 * 2 * (256 * 256 * 4 + 256 * 688 * 3)) as f64 * 2.0;
+    let head = 3.0 * 2.0 * 256.0 * 1000.0;
+    assert!((bf16_flops_per_token(&c, &bf16_run) - (blocks + head)).abs() < 1e-6);
+    assert!((w16.flops + w16.bf16_flops - w32.flops).abs() < 1e-6 * w32.flops);
+    assert!((w16.bf16_flops - 256.0 * (blocks + head)).abs() < 1e-6 * w16.bf16_flops);
+    // Twice the rate halves their share of the GEMM time exactly; bf16 weights halve the
+    // bytes the passes read.
+    let (t32, t16) = (step_time(&c, &f32_run, &k), step_time(&c, &bf16_run, &k));
+    let want = (w16.flops / 200.0 + w16.bf16_flops / 400.0) / (1e9 * k.gemm_efficiency);
+    assert!((t16.gemm_s - want).abs() < 1e-9 * want);
+    assert!(t16.gemm_s < t32.gemm_s && t16.memory_s < t32.memory_s);
+    assert!((w16.weight_bytes * 2.0 - w32.weight_bytes).abs() < 1e-6 * w32.weight_bytes);
+    // Unmeasured, the bf16 products are timed at the f32 rate.
+    let unmeasured = PlanRequest {
+        throughput: tp(None),
+        ..bf16_run.clone()
+    };
+    let t = step_time(&c, &unmeasured, &k);
+    assert!(
+        (t.gemm_s - (w16.flops + w16.bf16_flops) / 200.0 / (1e9 * k.gemm_efficiency)).abs() < 1e-9
+    );
+    // Full fine-tuning and GPU runs have no bf16 products of ours.
+    for r in [
+        PlanRequest {
+            method: Method::Full,
+            ..bf16_run.clone()
+        },
+        PlanRequest {
+            device: peft_engine::plan::ComputeDevice::Cuda,
+            ..bf16_run.clone()
+        },
+    ] {
+        assert_eq!(bf16_flops_per_token(&c, &r), 0.0);
+    }
 }

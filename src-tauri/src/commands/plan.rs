@@ -85,6 +85,8 @@ fn options(
         // Recommending, the engine packs where it shortens the epoch; an estimate of the
         // user's settings keeps theirs.
         packing: fixed.then_some(cfg.packing),
+        // Likewise bf16 compute: on where the CPU has AMX, unless the user set it.
+        bf16_compute: fixed.then_some(cfg.bf16_compute),
         ..d
     }
 }

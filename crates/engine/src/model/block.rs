@@ -22,8 +22,8 @@ use crate::model::ctx::ForwardCtx;
 use crate::model::family::Activation;
 use crate::model::linear::Linear;
 use crate::ops::{
-    causal_softmax_packed_with, geglu_with, rms_norm_with, rope_packed_with, rope_with,
-    swiglu_with, OpPath, RopeTables,
+    causal_attention_with, geglu_with, rms_norm_with, rope_packed_with, rope_with, swiglu_with,
+    OpPath, RopeTables,
 };
 use candle_core::{DType, Tensor};
 
@@ -282,7 +282,13 @@ impl Block {
                 )
             }
         };
-        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
+        // v is only read by the attention, which takes it through its strides; the KV cache
+        // stores it head-major.
+        let v = match cache.is_some() {
+            true => heads(v, nkv)?,
+            false => v.reshape((b, s, nkv, d))?.transpose(1, 2)?,
+        };
+        let (mut q, mut k) = (heads(q, nh)?, heads(k, nkv)?);
         if let (Some(qn), Some(kn)) = (&attn.q_norm, &attn.k_norm) {
             q = norm(c, ctx.ops, &q, qn)?;
             k = norm(c, ctx.ops, &k, kn)?;
@@ -309,8 +315,8 @@ impl Block {
             (k, v) = crate::model::kv_cache::KvSlot::append(slot, &k, &v)?;
         }
         // Grouped-query attention without repeating k and v: the query heads that share a key
-        // head (adjacent, as in `repeat_kv`) are stacked as rows of one [groups·s, d] matrix per
-        // key head, which saves two [b, heads, kv_len, d] copies and their gradients per layer.
+        // head (adjacent, as in `repeat_kv`) read it in place, which saves two
+        // [b, heads, kv_len, d] copies and their gradients per layer.
         let groups = nh / nkv;
         let window = c.layer_window(bc.layer);
         let scale = c.attention_scale();
@@ -321,12 +327,8 @@ impl Block {
             let out = out.reshape((b, 1, nh * d))?;
             return Ok(attn.o_proj.forward(&out, ctx)?);
         }
-        let q = q.reshape((b, nkv, groups * s, d))?;
-        let scores = q.matmul(&k.t()?)?; // [b, nkv, groups·s, kv_len]
         let seg = ctx.packing.as_ref();
-        let probs = causal_softmax_packed_with(ctx.ops, &scores, scale, offset, s, window, seg)?;
-        let out = probs.matmul(&v)?.reshape((b, nh, s, d))?;
-        let out = out.transpose(1, 2)?.reshape((b, s, nh * d))?;
+        let out = causal_attention_with(ctx.ops, &q, &k, &v, scale, offset, window, seg)?;
         Ok(attn.o_proj.forward(&out, ctx)?)
     }
 }

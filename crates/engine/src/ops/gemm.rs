@@ -40,7 +40,7 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    fn fits(&self) -> bool {
+    pub(crate) fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
             || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
@@ -106,39 +106,69 @@ pub(crate) fn gemm_into_ld(
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
+    // SAFETY: every index the GEMM reads is in bounds (checked by `fits` above), and `dst` is
+    // an exclusively borrowed buffer holding m rows of n at stride ld (checked above).
+    unsafe { gemm_raw(dst.as_mut_ptr(), ld, a, b, beta, accumulate, threads) };
+    Ok(())
+}
+
+/// `dst = [dst +] beta · a·b` on `threads` threads (1: on the caller's thread, for ops that
+/// run many small products in parallel themselves), row `i` at `dst + i·ld`.
+///
+/// # Safety
+/// `a` and `b` must satisfy `MatRef::fits` with `a.cols == b.rows`, and `dst` must be valid
+/// for writes (and reads when `accumulate`) of `a.rows` rows of `b.cols` at stride `ld`, with
+/// no other thread touching those elements during the call. Other elements between the rows
+/// may be written by other threads: only the product's own are touched.
+pub(crate) unsafe fn gemm_raw(
+    dst: *mut f32,
+    ld: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert!(a.cols == b.rows && a.fits() && b.fits());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * ld), 0, n);
+            }
+        }
+        return;
+    }
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every index the GEMM reads, i·rs + j·cs for i < rows and j < cols, is in bounds
-    // (checked by `fits` above), and `dst` is an exclusively borrowed buffer holding m rows of
-    // n at stride ld (checked above); `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst`
-    // only when `accumulate`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    Ok(())
+    // `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst` only when `accumulate`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! generic op against its fused one on the CPU.
 
 mod amx;
+mod attention;
 pub(crate) mod bf16_gemm;
 mod bridge;
 pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
@@ -36,6 +37,7 @@ mod segments;
 mod swiglu;
 mod trained_linear;
 
+pub use attention::{causal_attention_with, BLOCK as ATTENTION_BLOCK};
 pub use bf16_gemm::Bf16Backend;
 pub use causal_softmax::{
     causal_softmax, causal_softmax_grouped, causal_softmax_grouped_with,

@@ -3,9 +3,10 @@
 //! The fused ops time their CPU forward and backward into a few global counters while
 //! profiling is on; the trainer times its optimizer. Off (the default) a span costs one relaxed
 //! atomic load. Spans are leaves: an op's span never encloses another op's, so the kinds add
-//! up. What is not covered — candle's own ops (the attention matmuls, residual adds, copies,
-//! the embedding) and their backward, the autograd walk and gradient accumulation — is the
-//! step time minus the kinds: "framework and candle ops".
+//! up. What is not covered — candle's own ops (residual adds, copies, the embedding) and
+//! their backward, the autograd walk and gradient accumulation — is the step time minus the
+//! kinds: "framework and candle ops". (Off the fused CPU path the attention's two matmuls are
+//! candle's too, and only its softmax counts as attention.)
 //!
 //! This module only counts; the bench reads and prints.
 
@@ -21,7 +22,8 @@ pub enum Kind {
     Dequant,
     /// RMSNorm, RoPE, SwiGLU/GeGLU, dropout.
     Elementwise,
-    /// The causal softmax (the attention's own matmuls are candle's, under framework).
+    /// The attention: scores, causal softmax and the mix of values, forward and backward
+    /// (`ops::causal_attention_with`).
     Attention,
     /// The output projection fused with cross-entropy.
     Loss,
@@ -44,7 +46,7 @@ impl Kind {
             Kind::Gemm => "GEMM (linears)",
             Kind::Dequant => "widening quantized weights",
             Kind::Elementwise => "elementwise (norm, rope, act)",
-            Kind::Attention => "attention softmax",
+            Kind::Attention => "attention (scores, softmax, values)",
             Kind::Loss => "loss (head + cross-entropy)",
             Kind::Optimizer => "optimizer (clip + AdamW)",
         }

@@ -124,7 +124,7 @@ fn median_secs(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f6
     Ok(times[times.len() / 2].max(1e-9))
 }
 
-/// Runs the two probes for about `budget` each.
+/// Runs the three probes (f32 GEMM, elementwise, bf16 GEMM) for about `budget` each.
 ///
 /// # Errors
 /// [`crate::Error::Candle`] if candle cannot allocate the probe tensors.
@@ -145,9 +145,22 @@ pub fn measure_throughput(budget: Duration) -> Result<Throughput> {
         std::hint::black_box((&a * &b)?);
         Ok(())
     })?;
+    // The bf16 kernel on the same shape (a frozen projection's forward: the weight's own rows,
+    // activations rounded on the way in), whichever backend this CPU runs.
+    let xs = vec![1f32; m * k];
+    let ws = vec![half::bf16::ONE; n * k];
+    let mut ys = vec![0f32; m * n];
+    let bf16_s = median_secs(budget, || {
+        let w = crate::ops::bf16_gemm::BfRhs::Transposed(&ws);
+        crate::ops::bf16_gemm::gemm_bf16(&mut ys, n, &xs, m, k, w, n, false)?;
+        std::hint::black_box(&ys);
+        Ok(())
+    })?;
+    let flops = 2.0 * (m * k * n) as f64;
     Ok(Throughput {
-        gemm_gflops: 2.0 * (m * k * n) as f64 / gemm_s / 1e9,
+        gemm_gflops: flops / gemm_s / 1e9,
         // Two operands read, one result written.
         mem_gbps: 3.0 * 4.0 * (m * n) as f64 / elementwise_s / 1e9,
+        bf16_gemm_gflops: Some(flops / bf16_s / 1e9),
     })
 }

@@ -25,6 +25,7 @@
 pub use super::calibrate::Calibration;
 use super::params::{
     base_weight_bytes, largest_trainable, nf4_bytes, tensors, trainable_parameters, trains_tensor,
+    TensorSpec,
 };
 use super::request::{ComputeDevice, GgufBase, PlanRequest};
 use super::work::{
@@ -363,7 +364,11 @@ fn kept_activation_lines(c: &Config, req: &PlanRequest, k: &Calibration) -> Vec<
             Band::Activations,
             slack(F * tokens * per.attention * kept_layers),
             format!(
-                "scores and softmax probs [b, {}, s, s] f32 × {kept_layers} blocks",
+                "{} [b, {}, s, s] f32 × {kept_layers} blocks",
+                match req.device == ComputeDevice::Cpu {
+                    true => "softmax probs",
+                    false => "scores and softmax probs",
+                },
                 c.num_attention_heads
             ),
         ));
@@ -520,14 +525,16 @@ impl TransientLines {
                     "gradients of one block's activations in flight".into(),
                 )
             },
-            // The causal-softmax backward holds the gradients of the scores and of the
-            // probabilities of one block while it runs.
+            // The attention's backward holds the gradients of the scores and of the
+            // probabilities of one block while it runs; the CPU's fused op one of them.
             attention_backward: line(
                 "attention_backward",
                 Band::Activations,
                 F * tokens * per.attention,
-                "one block's attention-score gradients in flight: 2 × [b, heads, s, s] f32"
-                    .into(),
+                format!(
+                    "one block's attention-score gradients in flight: {} × [b, heads, s, s] f32",
+                    per.attention / (c.num_attention_heads * req.seq_len.max(1)).max(1) as u64
+                ),
             ),
             loading: loading_line(c, req),
             nf4_tiles: line(
@@ -581,16 +588,40 @@ fn loading_line(c: &Config, req: &PlanRequest) -> Line {
     const CHUNK: u64 = 4 << 20;
     let qlora = matches!(req.method, crate::peft::method::Method::Qlora(_));
     let gguf = gguf_qlora(req).is_some();
-    let widened = tensors(c)
+    let all = tensors(c);
+    let frozen = |t: &TensorSpec| !trains_tensor(&req.method, &t.name, c.num_hidden_layers);
+    let narrowed = |t: &TensorSpec| req.weight_dtype == WeightDtype::Bf16 && t.dims.is_some();
+    let widened = all
         .iter()
         .filter(|t| {
-            let converted_dense = req.weight_dtype == WeightDtype::Bf16 && t.dims.is_some();
             let to_nf4 = qlora && !gguf && t.block_linear;
-            !trains_tensor(&req.method, &t.name, c.num_hidden_layers) && (converted_dense || to_nf4)
+            frozen(t) && (narrowed(t) || to_nf4)
         })
         .map(|t| 4 * t.numel as u64)
         .max()
         .unwrap_or(0);
+    // A dense base loads in this order (`Decoder::load`: embedding, blocks, norm, head), so
+    // while one tensor is widened the ones after it are not stored yet: the moment exceeds the
+    // stored weights by the largest `widened − stored after it` (SmolLM2 in bf16: its
+    // embedding comes first, and the load peak measured 294 MiB, not base + embedding).
+    let widened = match qlora {
+        true => widened,
+        false => {
+            let stored = |t: &TensorSpec| match frozen(t) && narrowed(t) {
+                true => 2 * t.numel as u64,
+                false => 4 * t.numel as u64,
+            };
+            let mut after: u64 = all.iter().map(stored).sum();
+            let mut worst = 0u64;
+            for t in &all {
+                after -= stored(t);
+                if frozen(t) && narrowed(t) {
+                    worst = worst.max((4 * t.numel as u64).saturating_sub(after));
+                }
+            }
+            worst
+        }
+    };
     line(
         "loading",
         Band::Activations,

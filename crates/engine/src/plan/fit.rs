@@ -175,6 +175,7 @@ mod tests {
         let t = (i % 5 + 1) as f64;
         StepWork {
             flops: 1e9 * t * (1.0 + (i % 3) as f64),
+            bf16_flops: 0.0,
             activation_bytes: 1e6 * t * (1 + i % 4) as f64,
             attention_bytes: 2e6 * t * t,
             recomputed_bytes: if i % 4 == 1 { 1.5e6 * t * t } else { 0.0 },
@@ -206,6 +207,7 @@ mod tests {
                 let throughput = Throughput {
                     gemm_gflops: 150.0 + i as f64,
                     mem_gbps: 50.0 - (i % 4) as f64,
+                    bf16_gemm_gflops: None,
                 };
                 let w = work(i);
                 TimeSample {

@@ -46,6 +46,11 @@ pub struct Throughput {
     /// Bytes per second an elementwise op moves on activation-sized tensors (all threads),
     /// GB/s.
     pub mem_gbps: f64,
+    /// This CPU's bf16 GEMM speed (f32 sums; AMX tiles or their emulation,
+    /// `ops::Bf16Backend`), GFLOP/s: the rate of a `bf16_compute` run's frozen-base products.
+    /// `None`: not measured; such a run is then timed at the f32 rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_gemm_gflops: Option<f64>,
 }
 
 impl Default for Throughput {
@@ -54,6 +59,7 @@ impl Default for Throughput {
         Self {
             gemm_gflops: 165.0,
             mem_gbps: 48.0,
+            bf16_gemm_gflops: None,
         }
     }
 }
@@ -82,6 +88,11 @@ pub struct PlanRequest {
     /// (`Method::base_storage_for`), as the file stores them; set by [`PlanRequest::for_model`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf_base: Option<GgufBase>,
+    /// The frozen base meets the activations in bf16 (`TrainConfig::bf16_compute`; CPU LoRA
+    /// and QLoRA): its products run at [`Throughput::bf16_gemm_gflops`], and LoRA stores it
+    /// in bf16 (`weight_dtype`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bf16_compute: bool,
 }
 
 /// Bytes of a GGUF's tensors kept in their block types under QLoRA.
@@ -123,6 +134,7 @@ impl Default for PlanRequest {
             throughput: Throughput::default(),
             packing: false,
             gguf_base: None,
+            bf16_compute: false,
         }
     }
 }

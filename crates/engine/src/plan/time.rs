@@ -24,7 +24,7 @@
 use super::calibrate::Calibration;
 use super::params::{adapted_linears, tensors, trainable_parameters};
 use super::request::{ComputeDevice, PlanRequest, Throughput};
-use super::work::{block_activations, loss_is_fused, train_flops_per_token};
+use super::work::{bf16_flops_per_token, block_activations, loss_is_fused, train_flops_per_token};
 use crate::model::config::Config;
 use crate::peft::method::Method;
 use serde::{Deserialize, Serialize};
@@ -71,8 +71,11 @@ fn matmul_params(c: &Config) -> (f64, f64) {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct StepWork {
-    /// Matmul FLOPs.
+    /// Matmul FLOPs at the f32 rate.
     pub flops: f64,
+    /// Matmul FLOPs at the bf16 rate (a `bf16_compute` run's frozen-base products).
+    #[serde(default)]
+    pub bf16_flops: f64,
     /// Bytes of activations the blocks compute in forward, without the attention scores.
     pub activation_bytes: f64,
     /// Bytes of attention scores and probabilities the blocks compute in forward.
@@ -121,15 +124,21 @@ pub fn step_work(c: &Config, req: &PlanRequest) -> StepWork {
     let block_passes = if req.grad_checkpointing { 3.0 } else { 2.0 };
     let head_passes = if logit_passes > 1.0 { 3.0 } else { 2.0 };
     let (block_params, head_params) = matmul_params(c);
+    let bf16_flops = micro * tokens * bf16_flops_per_token(c, req);
+    // bf16 weights are half the bytes a pass reads.
+    let weight_width = if bf16_flops > 0.0 { 2.0 } else { 4.0 };
     StepWork {
-        flops: micro * tokens * train_flops_per_token(c, req),
+        flops: micro * tokens * train_flops_per_token(c, req) - bf16_flops,
+        bf16_flops,
         activation_bytes: block_bytes(per_block.dense + per_block.lora),
         attention_bytes: block_bytes(per_block.attention),
         recomputed_bytes: recomputed,
         adapter_passes: micro * adapted_linears(c, &req.method).len() as f64 * block_passes,
         logit_bytes: micro * 4.0 * tokens * c.vocab_size as f64 * logit_passes,
         dequant_bytes: micro * 4.0 * nf4_params(c, &req.method) * block_passes,
-        weight_bytes: micro * 4.0 * (block_params * block_passes + head_params * head_passes),
+        weight_bytes: micro
+            * weight_width
+            * (block_params * block_passes + head_params * head_passes),
         micro_steps: micro,
         trainable_bytes: 4.0 * trainable_parameters(c, &req.method) as f64,
     }
@@ -144,7 +153,9 @@ pub fn step_time(c: &Config, req: &PlanRequest, k: &Calibration) -> StepTime {
 pub fn step_time_of(w: &StepWork, tp: &Throughput, k: &Calibration) -> StepTime {
     let bw = tp.mem_gbps.max(0.1) * 1e9;
     StepTime {
-        gemm_s: w.flops / (tp.gemm_gflops.max(1.0) * 1e9 * k.gemm_efficiency),
+        gemm_s: (w.flops / tp.gemm_gflops.max(1.0)
+            + w.bf16_flops / tp.bf16_gemm_gflops.unwrap_or(tp.gemm_gflops).max(1.0))
+            / (1e9 * k.gemm_efficiency),
         memory_s: (k.memory_passes * w.activation_bytes
             + k.attention_passes * w.attention_bytes
             + k.recompute_passes * w.recomputed_bytes

@@ -15,7 +15,8 @@ use crate::peft::method::Method;
 pub struct BlockActivations {
     /// Everything but attention scores and LoRA: `6h + 5·q + 5·kv + 3·i`.
     pub dense: u64,
-    /// `scores` and `probs` `[b, heads, s, s]`: `2·heads·s` per token.
+    /// Attention matrices `[b, heads, s, s]`: `scores` and `probs`, `2·heads·s` per token;
+    /// on the CPU only `probs` (`ops::causal_attention_with` keeps no scores), `heads·s`.
     pub attention: u64,
     /// LoRA adapters: `2·out` per adapted projection on an NF4 base, 0 on a dense one.
     pub lora: u64,
@@ -33,6 +34,9 @@ impl BlockActivations {
 ///   copy `2kv` (grouped-query heads share their key head's k and v, never repeated);
 /// - scores `q·kᵀ` and causal-softmax probs: `2·heads·s`;
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
+/// - on the CPU the attention is one op (`ops::causal_attention_with`) that reads v in place
+///   (`kv` less), keeps only the probs (`heads·s`) and writes its output as `[b, s, q]`
+///   (`q` less);
 /// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
 /// - LoRA: nothing (base and delta are one op that keeps only its inputs), and QLoRA the same
 ///   on the CPU (`on_cpu`: the quantized base is widened tile by tile inside that op); QLoRA
@@ -53,10 +57,18 @@ pub fn block_activations(
         c.kv_dim() as u64,
         c.intermediate_size as u64,
     );
-    let mut a = BlockActivations {
-        dense: 6 * h + 5 * q + 5 * kv + 3 * i,
-        attention: 2 * (c.num_attention_heads * seq) as u64,
-        ..Default::default()
+    let heads_s = (c.num_attention_heads * seq) as u64;
+    let mut a = match on_cpu {
+        true => BlockActivations {
+            dense: 6 * h + 4 * q + 4 * kv + 3 * i,
+            attention: heads_s,
+            ..Default::default()
+        },
+        false => BlockActivations {
+            dense: 6 * h + 5 * q + 5 * kv + 3 * i,
+            attention: 2 * heads_s,
+            ..Default::default()
+        },
     };
     // Family extras (`model::block`): the q/k norm outputs (Qwen3, Gemma 3), the two extra
     // norm outputs of Gemma's sandwich norms, and partial rotary's concatenated q and k
@@ -103,7 +115,8 @@ pub fn kv_cache_bytes(c: &Config, tokens: usize) -> u64 {
 
 /// Matmul FLOPs per trained token: forward `2·in·out` per frozen projection, backward
 /// `2·in·out` for the input gradient and another `2·in·out` where the weight trains; LoRA
-/// `6·r·(in+out)`; attention `4·s·q` forward and `8·s·q` backward per layer; the logits
+/// `6·r·(in+out)`; attention `4·s·q` forward and `8·s·q` backward per layer (on the CPU
+/// only the causally visible part, about half); the logits
 /// `2·h·V` forward and again for their input gradient (and for the weight gradient when the
 /// head trains), plus a recomputation when the loss is fused; checkpointing repeats the block
 /// forwards.
@@ -131,7 +144,13 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
         .iter()
         .map(|&(i, o)| 2.0 * r * (i + o) as f64)
         .sum();
-    let attn = 4.0 * s * c.q_dim() as f64 * c.num_hidden_layers as f64;
+    // The CPU's fused attention multiplies only the keys each block of queries can see:
+    // the lower triangle and half of the diagonal blocks.
+    let visible = match req.device == ComputeDevice::Cpu {
+        true => ((s + crate::ops::ATTENTION_BLOCK as f64) / (2.0 * s)).min(1.0),
+        false => 1.0,
+    };
+    let attn = 4.0 * s * c.q_dim() as f64 * c.num_hidden_layers as f64 * visible;
     let logits = 2.0
         * h
         * v
@@ -143,6 +162,27 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let fwd = fwd_blocks + lora + attn;
     let recompute = if req.grad_checkpointing { fwd } else { 0.0 };
     fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + logits
+}
+
+/// The part of [`train_flops_per_token`] that runs at the bf16 rate in a `bf16_compute` run
+/// (0 otherwise): the frozen base's products — each block projection's forward (again under
+/// checkpointing) and its input gradient, and the tied or frozen head's three passes in the
+/// fused loss. LoRA's own products and the attention stay f32.
+pub fn bf16_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
+    let bf16 = req.bf16_compute
+        && req.device == ComputeDevice::Cpu
+        && matches!(req.method, Method::Lora(_) | Method::Qlora(_));
+    if !bf16 {
+        return 0.0;
+    }
+    let passes = if req.grad_checkpointing { 3.0 } else { 2.0 };
+    let blocks: f64 = tensors(c)
+        .iter()
+        .filter(|t| t.block_linear)
+        .filter_map(|t| t.dims)
+        .map(|(i, o)| passes * 2.0 * i as f64 * o as f64)
+        .sum();
+    blocks + 3.0 * 2.0 * c.hidden_size as f64 * c.vocab_size as f64
 }
 
 /// The fused loss's bound on one logits tile (`ops::linear_cross_entropy`).

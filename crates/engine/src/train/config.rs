@@ -167,12 +167,15 @@ impl TrainConfig {
             packing: self.packing,
             // The model's, not a setting: `PlanRequest::for_model`.
             gguf_base: None,
+            bf16_compute: self.bf16_compute,
         }
     }
 
     /// These settings with the knobs a planner candidate chooses (method, sequence length,
-    /// batch, accumulation, checkpointing, weight storage, sample packing) taken from `r`; the
-    /// rest (learning rate, epochs, seed…) kept.
+    /// batch, accumulation, checkpointing, weight storage, sample packing, bf16 compute) taken
+    /// from `r`; the rest (learning rate, epochs, seed…) kept. A bf16-compute candidate's bf16
+    /// base follows from `bf16_compute` ([`TrainConfig::base_weight_dtype`]), so the stored
+    /// setting stays this config's own: unticking bf16 compute then leaves no bf16 behind.
     pub fn with_plan(&self, r: &PlanRequest) -> Self {
         Self {
             method: r.method.clone(),
@@ -180,8 +183,12 @@ impl TrainConfig {
             batch_size: r.batch_size,
             grad_accum: r.grad_accum,
             grad_checkpointing: r.grad_checkpointing,
-            weight_dtype: r.weight_dtype,
+            weight_dtype: match r.bf16_compute {
+                true => self.weight_dtype,
+                false => r.weight_dtype,
+            },
             packing: r.packing,
+            bf16_compute: r.bf16_compute,
             ..self.clone()
         }
     }

@@ -27,4 +27,10 @@ packing?: boolean,
  * The GGUF block types a QLoRA run over this model trains over instead of NF4
  * (`Method::base_storage_for`), as the file stores them; set by [`PlanRequest::for_model`].
  */
-gguf_base?: GgufBase | null, };
+gguf_base?: GgufBase | null, 
+/**
+ * The frozen base meets the activations in bf16 (`TrainConfig::bf16_compute`; CPU LoRA
+ * and QLoRA): its products run at [`Throughput::bf16_gemm_gflops`], and LoRA stores it
+ * in bf16 (`weight_dtype`).
+ */
+bf16_compute?: boolean, };

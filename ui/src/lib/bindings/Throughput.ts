@@ -12,4 +12,10 @@ gemm_gflops: number,
  * Bytes per second an elementwise op moves on activation-sized tensors (all threads),
  * GB/s.
  */
-mem_gbps: number, };
+mem_gbps: number, 
+/**
+ * This CPU's bf16 GEMM speed (f32 sums; AMX tiles or their emulation,
+ * `ops::Bf16Backend`), GFLOP/s: the rate of a `bf16_compute` run's frozen-base products.
+ * `None`: not measured; such a run is then timed at the f32 rate.
+ */
+bf16_gemm_gflops?: number | null, };
