@@ -129,6 +129,15 @@ fn geglu_generic_equals_fused() {
 }
 
 #[test]
+fn rope_of_a_transposed_view_generic_equals_fused() {
+    // The decoder's q: a `[b, s, heads, d]` projection seen as `[b, heads, s, d]`, not copied.
+    let tables = RopeTables::new(8, 10_000.0, 32, &candle_core::Device::Cpu).unwrap();
+    let x = uniform(&[2, 5, 3, 8], 16);
+    let op = |p: OpPath, xs: &[Tensor]| rope_with(p, &xs[0].transpose(1, 2)?, &tables, 2);
+    compare("rope of a view", &op, &[(x, true)]);
+}
+
+#[test]
 fn partial_rope_generic_equals_fused() {
     // Tables for 4 of the head's 8 dimensions (Phi-3's partial rotary).
     let tables = RopeTables::new(4, 10_000.0, 32, &candle_core::Device::Cpu).unwrap();

@@ -259,8 +259,17 @@ impl Block {
                 ),
             ));
         }
+        // Head-major views of the projections. The fused CPU ops read q and k (RoPE, the q/k
+        // norms) and v (the attention) through their strides, so in training nothing is
+        // copied; the KV cache and other devices take contiguous heads.
+        let in_place = cache.is_none() && ctx.ops.fused_on(x.device()) && x.dtype() == DType::F32;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()
+            let t = t.reshape((b, s, n, d))?.transpose(1, 2)?;
+            if in_place {
+                Ok(t)
+            } else {
+                t.contiguous()
+            }
         };
         let (q, k, v) = match &attn.qkv {
             QkvProj::Split {
@@ -282,13 +291,7 @@ impl Block {
                 )
             }
         };
-        // v is only read by the attention, which takes it through its strides; the KV cache
-        // stores it head-major.
-        let v = match cache.is_some() {
-            true => heads(v, nkv)?,
-            false => v.reshape((b, s, nkv, d))?.transpose(1, 2)?,
-        };
-        let (mut q, mut k) = (heads(q, nh)?, heads(k, nkv)?);
+        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         if let (Some(qn), Some(kn)) = (&attn.q_norm, &attn.k_norm) {
             q = norm(c, ctx.ops, &q, qn)?;
             k = norm(c, ctx.ops, &k, kn)?;

@@ -3,16 +3,19 @@
 //! `y = x·cos + rotate_half(x)·sin`. The map is a rotation per (i, i+d/2) pair, so its
 //! transpose is the rotation by the opposite angle: `dx = rope(g, cos, −sin)` (also when cos
 //! and sin carry longrope's attention factor `a`: the map is then `a·R` and its transpose
-//! `a·Rᵀ`). candle's fused `rope` kernel is used both ways; it has no backward of its own.
+//! `a·Rᵀ`). Training runs both ways through one loop here (`Rope::rotate`) that reads its
+//! input through its strides, so q and k need no head-major copy first; untracked calls use
+//! candle's `rope` kernel.
 //!
 //! Partial rotary (Phi-3/4's `partial_rotary_factor`): when the tables cover fewer dimensions
 //! than the head, only the first `2·table_width` dimensions are rotated (rotate-half within
 //! them) and the rest pass through, as transformers' Phi-3 does.
 
-use super::bridge::{cpu_to_tensor, tensor_to_cpu};
 use super::generic::OpPath;
 use super::segments::Segments;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Precomputed `cos`/`sin` tables, `[max_positions, head_dim/2]`.
 #[derive(Clone, Debug)]
@@ -77,19 +80,72 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let _profile = super::profile::span(super::profile::Kind::Elementwise);
-        let x = cpu_to_tensor(storage, layout)?;
-        let y = candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?;
-        Ok((tensor_to_cpu(&y)?, y.shape().clone()))
+        let y = self.rotate(storage, layout, 1.0)?;
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let _profile = super::profile::span(super::profile::Kind::Elementwise);
-        let g = grad.detach().contiguous()?;
-        Ok(Some(candle_nn::rotary_emb::rope(
-            &g,
-            &self.cos,
-            &self.sin.neg()?,
-        )?))
+        let (gs, gl) = grad.storage_and_layout();
+        let dx = match &*gs {
+            candle_core::Storage::Cpu(cpu) => self.rotate(cpu, gl, -1.0)?,
+            _ => candle_core::bail!("rope: expected a CPU gradient"),
+        };
+        Ok(Some(Tensor::from_vec(dx, grad.shape(), grad.device())?))
+    }
+}
+
+impl Rope {
+    /// `x·cos + rotate_half(x)·sin` (`sign` 1), or the transposed map (`sign` −1, the
+    /// backward: the rotation by the opposite angle), as a contiguous `[b, h, s, d]`. `x` is
+    /// read through its strides in one pass: the decoder hands q and k over as views of their
+    /// projections' `[b, s, heads·d]` output, so no head-major copy precedes this.
+    fn rotate(&self, storage: &CpuStorage, layout: &Layout, sign: f32) -> Result<Vec<f32>> {
+        let (b, h, s, d) = layout.shape().dims4()?;
+        let half = d / 2;
+        let (x, st, start) = match layout.stride()[3] {
+            1 => {
+                let data = storage.as_slice::<f32>()?;
+                let st = layout.stride();
+                (
+                    Cow::Borrowed(data),
+                    [st[0], st[1], st[2]],
+                    layout.start_offset(),
+                )
+            }
+            _ => (
+                super::logical_f32(storage, layout)?,
+                [h * s * d, s * d, d],
+                0,
+            ),
+        };
+        let tables = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let (cos, sin) = (tables(&self.cos)?, tables(&self.sin)?);
+        // `[s, d/2]`, or per batch row `[b, s, d/2]` (packed rows' own positions).
+        let per_batch = self.cos.rank() == 3;
+        if 2 * half != d || cos.len() != if per_batch { b } else { 1 } * s * half {
+            candle_core::bail!(
+                "rope: tables {:?} for x {:?}",
+                self.cos.dims(),
+                layout.dims()
+            );
+        }
+        let mut y = vec![0f32; b * h * s * d];
+        y.par_chunks_mut(s * d).enumerate().for_each(|(bh, out)| {
+            let (bi, hi) = (bh / h, bh % h);
+            for (t, o) in out.chunks_mut(d).enumerate() {
+                let xr = &x[start + bi * st[0] + hi * st[1] + t * st[2]..][..d];
+                let row = if per_batch { bi * s + t } else { t } * half;
+                let (c, sn) = (&cos[row..row + half], &sin[row..row + half]);
+                let (x1, x2) = xr.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for i in 0..half {
+                    o1[i] = x1[i] * c[i] - sign * x2[i] * sn[i];
+                    o2[i] = x2[i] * c[i] + sign * x1[i] * sn[i];
+                }
+            }
+        });
+        Ok(y)
     }
 }
 

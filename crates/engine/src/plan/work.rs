@@ -36,7 +36,7 @@ impl BlockActivations {
 /// - `probs·v` and its `[b, s, q]` copy: `2q`; o_proj output and the residual sum: `2h`;
 /// - on the CPU the attention is one op (`ops::causal_attention_with`) that reads v in place
 ///   (`kv` less), keeps only the probs (`heads·s`) and writes its output as `[b, s, q]`
-///   (`q` less);
+///   (`q` less), and RoPE reads q and k in place too (no head-major copies: `q + kv` less);
 /// - MLP: gate, up and the fused `silu(gate)·up` `3i`; down output and residual sum `2h`;
 /// - LoRA: nothing (base and delta are one op that keeps only its inputs), and QLoRA the same
 ///   on the CPU (`on_cpu`: the quantized base is widened tile by tile inside that op); QLoRA
@@ -60,7 +60,7 @@ pub fn block_activations(
     let heads_s = (c.num_attention_heads * seq) as u64;
     let mut a = match on_cpu {
         true => BlockActivations {
-            dense: 6 * h + 4 * q + 4 * kv + 3 * i,
+            dense: 6 * h + 3 * q + 3 * kv + 3 * i,
             attention: heads_s,
             ..Default::default()
         },
