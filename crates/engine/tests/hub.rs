@@ -660,6 +660,41 @@ fn interrupted_transfer_errors_cleanly_then_resumes() {
 }
 
 #[test]
+fn a_whole_part_left_by_a_killed_process_is_fetched_again_not_refused_forever() {
+    // Killed between writing all of `blobs/<etag>.part` and renaming it: hf-hub resumes at
+    // its end, which the hub refuses (416) — on every later run, unless the `.part` goes.
+    let cache = tempfile::tempdir().unwrap();
+    let hub = hub_ref("org/tiny");
+    let blobs = cache.path().join("models--org--tiny").join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let body = original("config.json");
+    std::fs::write(blobs.join(format!("{}.part", etag(&body))), &body).unwrap();
+    let good = FakeHub::start(vec![stories("org/tiny")], None);
+    let (r, _) = run(&hub, &opts(&good.endpoint(), cache.path()), None);
+    let dir = r.unwrap();
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), body);
+    let ranges: Vec<_> = resolve_requests(&good, "config.json")
+        .into_iter()
+        .filter_map(|r| r.range)
+        .collect();
+    assert!(
+        ranges.contains(&format!("bytes={}-", body.len())),
+        "the refused resume was asked for: {ranges:?}"
+    );
+    let parts = std::fs::read_dir(&blobs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "part")
+        })
+        .count();
+    assert_eq!(parts, 0);
+}
+
+#[test]
 fn a_download_that_does_not_match_the_hubs_sha256_is_removed() {
     let mut repo = stories("org/tiny");
     repo.corrupt = Some("model.safetensors".into());

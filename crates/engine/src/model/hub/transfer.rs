@@ -71,50 +71,90 @@ impl Fetcher<'_> {
         if target.symlink_metadata().is_ok() {
             std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
         }
-        let state = Cell::new(Transfer::default());
-        let progress = EventProgress {
-            file,
-            on_event: &mut *on_event,
-            state: &state,
-            emitted: 0,
-        };
-        let result = self.repo.download_with_progress(file, progress);
-        let t = state.get();
-        let path =
-            result.map_err(|e| hub_err(self.hub, self.fetch_failure(file, t, classify(e))))?;
-        if path != target {
-            return Err(hub_err(
-                self.hub,
-                format!(
-                    "{} sent {file} of another commit than {} ({})",
-                    self.endpoint,
-                    self.sha,
-                    path.display()
-                ),
-            ));
-        }
-        // ureq rejects a body shorter than its Content-Length; this also catches a server that
-        // sent none, so that a short file never stays in the snapshot.
-        let len = std::fs::metadata(&target)
-            .map_err(|e| Error::io(&target, e))?
-            .len();
-        if len != t.total {
+        // A second attempt after a process was killed between writing a whole `.part` and
+        // renaming it: hf-hub resumes such a file with a range at its end, which the hub
+        // refuses (416: every later run would fail the same way), or which a server that
+        // ignores ranges answers with the whole file, doubling it. The `.part` (or the doubled
+        // blob) is deleted, and the second attempt starts from nothing.
+        for attempt in 0..2 {
+            let state = Cell::new(Transfer::default());
+            let progress = EventProgress {
+                file,
+                on_event: &mut *on_event,
+                state: &state,
+                emitted: 0,
+            };
+            let result = self.repo.download_with_progress(file, progress);
+            let t = state.get();
+            let path = match result.map_err(classify) {
+                Ok(path) => path,
+                Err(Failure::Status { code: 416, .. }) if attempt == 0 => {
+                    self.remove_parts()?;
+                    continue;
+                }
+                Err(f) => return Err(hub_err(self.hub, self.fetch_failure(file, t, f))),
+            };
+            if path != target {
+                return Err(hub_err(
+                    self.hub,
+                    format!(
+                        "{} sent {file} of another commit than {} ({})",
+                        self.endpoint,
+                        self.sha,
+                        path.display()
+                    ),
+                ));
+            }
+            // ureq rejects a body shorter than its Content-Length; this also catches a server
+            // that sent none, so that a short file never stays in the snapshot.
+            let len = std::fs::metadata(&target)
+                .map_err(|e| Error::io(&target, e))?
+                .len();
+            if len == t.total {
+                break;
+            }
             if let Ok(blob) = std::fs::canonicalize(&target) {
                 let _ = std::fs::remove_file(blob);
             }
             let _ = std::fs::remove_file(&target);
-            return Err(hub_err(
-                self.hub,
-                format!(
-                    "download of {file} interrupted after {len} of {} bytes; run again",
-                    t.total
-                ),
-            ));
+            if attempt == 1 {
+                return Err(hub_err(
+                    self.hub,
+                    format!(
+                        "download of {file} interrupted after {len} of {} bytes; run again",
+                        t.total
+                    ),
+                ));
+            }
+            check_cancel(cancel)?;
         }
         verify_sha256(self.hub, file, &target)?;
         on_event(DownloadEvent::Done {
             file: file.to_string(),
         });
+        Ok(())
+    }
+
+    /// Deletes the unfinished transfers (`blobs/*.part`) of this repo. hf-hub names them by
+    /// the etag of its own metadata request, which it does not expose, so all of them go: one
+    /// process fetches a repo's files one after another, and only a refused resume gets here.
+    fn remove_parts(&self) -> Result<()> {
+        let Some(blobs) = self
+            .snapshot
+            .parent()
+            .and_then(Path::parent)
+            .map(|r| r.join("blobs"))
+        else {
+            return Ok(());
+        };
+        let Ok(entries) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "part") {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
         Ok(())
     }
 
