@@ -159,10 +159,12 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 fn generic_equals_fused(what: &str, d: Decoder, method: &Method, checkpointing: bool) {
     // Full fine-tuning sums every weight gradient in another order on each path; QLoRA's
     // generic NF4 op and the fused tiles differ in summation order too (measured up to
-    // 1.1e-5 relative with the AVX-512 GEMM kernels, under 1e-5 with AVX2's).
+    // 1.1e-5 relative with the AVX-512 GEMM kernels, under 1e-5 with AVX2's), and the fused
+    // loss's one-pass gradient rescales its running sums (2.1e-5 measured on AVX-512; the
+    // loss's own tests hold it to 1e-5 absolute against autograd and finite differences).
     let tolerance = match method {
         Method::Full => 5e-5,
-        Method::Qlora(_) => 2e-5,
+        Method::Qlora(_) => 3e-5,
         _ => 1e-5,
     };
     let (model, trainable) = prepared(d, method);

@@ -5,7 +5,7 @@
 use peft_engine::peft::method::{LoraSettings, Method};
 use peft_engine::plan::params::adapted_linears;
 use peft_engine::plan::time::{step_time, step_work};
-use peft_engine::plan::work::train_flops_per_token;
+use peft_engine::plan::work::{head_gemm_passes, logit_passes, train_flops_per_token};
 use peft_engine::plan::{estimate, Calibration, PlanRequest, Throughput};
 use peft_engine::Config;
 
@@ -59,11 +59,12 @@ fn work_scales_with_tokens_accumulation_and_checkpointing() {
     assert_eq!(ck.logit_bytes, w1.logit_bytes, "the loss is not recomputed");
 
     // Every pass packs the whole weights, however few tokens: forward and backward, plus the
-    // recomputed forward with checkpointing, plus the fused loss's second head pass.
+    // recomputed forward with checkpointing; the frozen head twice (the CPU's one-pass loss:
+    // logits, then softmax times the head).
     let blocks = 4.0 * (4 * (4 * 256 * 256 + 3 * 256 * 688)) as f64;
     let head = 4.0 * (256 * 1000) as f64;
-    assert_eq!(w1.weight_bytes, 2.0 * blocks + 3.0 * head);
-    assert_eq!(ck.weight_bytes, 3.0 * blocks + 3.0 * head);
+    assert_eq!(w1.weight_bytes, 2.0 * blocks + 2.0 * head);
+    assert_eq!(ck.weight_bytes, 3.0 * blocks + 2.0 * head);
     assert_eq!(w2.weight_bytes, 2.0 * w1.weight_bytes);
     let short = step_work(
         &c,
@@ -106,6 +107,31 @@ fn work_scales_with_tokens_accumulation_and_checkpointing() {
     assert_eq!(q.dequant_bytes, (4 * 2 * proj) as f64);
 }
 
+/// The CPU's loss over a frozen head multiplies by it twice (logits, softmax times the head)
+/// and writes each row of logits once; a trained head's, and the GPU's tiled loss, recompute
+/// the logits in the backward; the GPU's unfused loss over a trained head does not.
+#[test]
+fn only_the_cpu_frozen_head_loss_is_one_pass() {
+    let c = llama(256, 688, 4, 4, 1000);
+    for (method, on_cpu, head, logits) in [
+        (lora(), true, 2.0, 1.0),
+        (Method::Full, true, 3.0, 2.0),
+        (lora(), false, 3.0, 2.0),
+        (Method::Full, false, 2.0, 1.0),
+    ] {
+        assert_eq!(
+            head_gemm_passes(&c, &method, on_cpu),
+            head,
+            "{method:?} cpu {on_cpu}"
+        );
+        assert_eq!(
+            logit_passes(&c, &method, on_cpu),
+            logits,
+            "{method:?} cpu {on_cpu}"
+        );
+    }
+}
+
 #[test]
 fn flops_count_the_fused_loss_recomputation() {
     let c = llama(256, 688, 4, 4, 1000);
@@ -127,7 +153,10 @@ fn flops_count_the_fused_loss_recomputation() {
         .sum();
     assert!(lora_mm > 0.0);
     let head_grad = 2.0 * 256.0 * 1000.0;
-    let expected = full - blocks - head_grad + lora_mm;
+    // Full's trained head recomputes its logits in the backward; LoRA's frozen head gets the
+    // loss and its input gradient in one pass (no recomputation).
+    let recompute = 2.0 * 256.0 * 1000.0;
+    let expected = full - blocks - head_grad - recompute + lora_mm;
     assert!(
         (with_lora - expected).abs() / expected < 1e-9,
         "lora {with_lora} vs {expected}"
@@ -195,9 +224,9 @@ fn a_bf16_run_times_its_frozen_base_products_at_the_bf16_rate() {
     let (w32, w16) = (step_work(&c, &f32_run), step_work(&c, &bf16_run));
     assert_eq!(w32.bf16_flops, 0.0);
     // The same products, split: every frozen-base FLOP of the forward and the input gradient
-    // (block projections twice, the tied head three times in the fused loss).
+    // (block projections twice, the tied head twice in the one-pass fused loss).
     let blocks: f64 = (4 * 2 * (256 * 256 * 4 + 256 * 688 * 3)) as f64 * 2.0;
-    let head = 3.0 * 2.0 * 256.0 * 1000.0;
+    let head = 2.0 * 2.0 * 256.0 * 1000.0;
     assert!((bf16_flops_per_token(&c, &bf16_run) - (blocks + head)).abs() < 1e-6);
     assert!((w16.flops + w16.bf16_flops - w32.flops).abs() < 1e-6 * w32.flops);
     assert!((w16.bf16_flops - 256.0 * (blocks + head)).abs() < 1e-6 * w16.bf16_flops);

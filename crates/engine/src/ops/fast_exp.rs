@@ -30,6 +30,39 @@ pub(crate) fn exp_scale(z: &mut [f32], base: f32, scale: f32) {
     }
 }
 
+/// `z[i] = exp(z[i] − base)` in place, returning `Σ z[i]` (one pass: the one-pass loss writes
+/// the unnormalised probabilities it multiplies by the head and needs their sum).
+pub(crate) fn exp_sum_in_place(z: &mut [f32], base: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { avx2::exp_sum_in_place(z, base) };
+    }
+    z.iter_mut()
+        .map(|v| {
+            *v = (*v - base).exp();
+            *v
+        })
+        .sum()
+}
+
+/// The largest value (−∞ for an empty row; NaN is skipped, as `f32::max` does), in 16 lanes
+/// so it vectorises (a single running `max` is one dependent instruction per value).
+pub(crate) fn max_lanes(z: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = z.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -100,6 +133,27 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sum_in_place(z: &mut [f32], base: f32) -> f32 {
+        let b = _mm256_set1_ps(base);
+        let mut acc = _mm256_setzero_ps();
+        let chunks = z.len() / 8;
+        for i in 0..chunks {
+            let p = z.as_mut_ptr().add(8 * i);
+            let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), b));
+            _mm256_storeu_ps(p, v);
+            acc = _mm256_add_ps(acc, v);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut sum: f32 = lanes.iter().sum();
+        for v in &mut z[8 * chunks..] {
+            *v = (*v - base).exp();
+            sum += *v;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_scale(z: &mut [f32], base: f32, scale: f32) {
         let (b, s) = (_mm256_set1_ps(base), _mm256_set1_ps(scale));
         let chunks = z.len() / 8;
@@ -155,5 +209,24 @@ mod tests {
         let want: f64 = row.iter().map(|&v| ((v - 3.0) as f64).exp()).sum();
         let got = exp_sum(&row, 3.0) as f64;
         assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        // In place: the same sum, and each value the scaled pass's.
+        let (mut inplace, mut scaled) = (row.clone(), row.clone());
+        let got = exp_sum_in_place(&mut inplace, 3.0) as f64;
+        exp_scale(&mut scaled, 3.0, 1.0);
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        assert_eq!(inplace, scaled);
+    }
+
+    #[test]
+    fn max_lanes_is_the_max_and_skips_nan() {
+        let row: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(max_lanes(&row), want);
+        let mut peak_in_tail = row.clone();
+        peak_in_tail[1000] = 9.0;
+        assert_eq!(max_lanes(&peak_in_tail), 9.0);
+        assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
+        assert_eq!(max_lanes(&[f32::NAN, -2.0]), -2.0);
+        assert_eq!(max_lanes(&[f32::NEG_INFINITY; 20]), f32::NEG_INFINITY);
     }
 }

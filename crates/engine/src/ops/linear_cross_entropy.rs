@@ -35,6 +35,9 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+mod one_pass;
+mod tiles;
+
 /// Upper bound on one tile of logits, and on one tile of the weight once widened to f32.
 const TILE_BYTES: usize = 8 << 20;
 /// Default rows per block: enough for the GEMM to run at full speed (a few dozen rows run it at
@@ -258,11 +261,6 @@ fn gather_rows(h: &Tensor, rows: &[u32]) -> Result<Tensor> {
     h.detach().index_select(&idx, 0)?.to_dtype(DType::F32)
 }
 
-/// One tile of logits, row-major `[rows, tile]`.
-fn logits_tile(hb: &Tensor, wt: &Tensor) -> Result<Vec<f32>> {
-    hb.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()
-}
-
 /// A row's running logsumexp over the tiles seen so far: `max + ln(sum)`, where `sum` is
 /// relative to `max` (the online softmax normaliser).
 #[derive(Clone, Copy)]
@@ -281,7 +279,7 @@ impl Running {
     };
 
     fn add(&mut self, z: &[f32]) {
-        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m = super::fast_exp::max_lanes(z);
         if m == f32::NEG_INFINITY {
             // exp(−∞) = 0: nothing to add (and −∞ − (−∞) would be NaN).
             return;
@@ -302,42 +300,24 @@ impl Running {
 
 /// The mean loss and the logsumexp of every active row (indexed like `plan.active`).
 fn forward_pass(h: &Tensor, w: &HeadWeight, plan: &Plan) -> Result<(f64, Vec<f32>)> {
-    match w {
-        HeadWeight::Bf16(t) => with_bf16_head(t, |wb| {
-            forward_tiles(h, w, Some(&Bf16Tiles::Slice(wb)), plan)
-        }),
-        HeadWeight::RowsBf16 { rows, .. } => {
-            forward_tiles(h, w, Some(&Bf16Tiles::Rows(rows)), plan)
-        }
-        _ => forward_tiles(h, w, None, plan),
-    }
+    tiles::with_head(w, |head| forward_tiles(h, w, head, plan))
 }
 
-/// [`forward_pass`]; `bf16`: the head's bf16 rows, multiplied in bf16.
+/// [`forward_pass`] over the head's tiles.
 fn forward_tiles(
     h: &Tensor,
     w: &HeadWeight,
-    bf16: Option<&Bf16Tiles<'_>>,
+    head: tiles::Head<'_>,
     plan: &Plan,
 ) -> Result<(f64, Vec<f32>)> {
     let (vocab, d) = w.dims()?;
     let mut lse = vec![0f32; plan.active.len()];
     let mut sum = 0f64;
     for (start, rows) in plan.blocks() {
-        let hb = gather_rows(h, rows)?;
-        let hb_rows = match bf16 {
-            Some(_) => hb.flatten_all()?.to_vec1::<f32>()?,
-            None => Vec::new(),
-        };
+        let hb = gather_rows(h, rows)?.flatten_all()?.to_vec1::<f32>()?;
         let mut run = vec![Running::EMPTY; rows.len()];
         for (v0, len) in plan.tiles(vocab) {
-            let z = match bf16 {
-                Some(tiles) => {
-                    let tile = tiles.tile(v0, len, d)?;
-                    logits_tile_bf16(&hb_rows, rows.len(), &tile, d, len)?
-                }
-                None => logits_tile(&hb, &weight_tile(w, v0, len)?)?,
-            };
+            let z = head.tile(v0, len, d)?.logits(&hb, rows.len(), d)?;
             run.par_iter_mut()
                 .zip(rows.par_iter())
                 .zip(z.par_chunks(len))
@@ -373,13 +353,12 @@ fn backward_pass(
     g: f32,
     dw: Option<&mut [f32]>,
 ) -> Result<Tensor> {
-    let vocab = w.dims()?.0;
     match w {
-        HeadWeight::Bf16(t) => with_bf16_head(t, |wb| {
-            backward_bf16(h, &Bf16Tiles::Slice(wb), vocab, plan, lse, g)
-        }),
-        HeadWeight::RowsBf16 { rows, .. } => {
-            backward_bf16(h, &Bf16Tiles::Rows(rows), vocab, plan, lse, g)
+        // Only a frozen head is bf16: its gradient comes from the one-pass forward (kept by
+        // the op; recomputed here only if it was not).
+        HeadWeight::Bf16(_) | HeadWeight::RowsBf16 { .. } => {
+            let one = one_pass::forward_with_grad(h, w, plan)?;
+            Tensor::from_vec(one.dh, h.shape(), h.device())? * g as f64
         }
         _ => backward_tiles(h, w, plan, lse, g, dw),
     }
@@ -409,49 +388,23 @@ fn softmax_minus_onehot(
         });
 }
 
-/// [`backward_pass`] over a bf16 head in bf16 products: `dz` is rounded to bf16 where it meets
-/// `W` (as autocast's backward of a bf16 linear does), and each row block's `dh` is summed in
-/// f32 straight into its buffer.
-fn backward_bf16(
-    h: &Tensor,
-    w: &Bf16Tiles<'_>,
-    vocab: usize,
-    plan: &Plan,
-    lse: &[f32],
-    g: f32,
-) -> Result<Tensor> {
-    let (n, d) = h.dims2()?;
-    let mut dh = vec![0f32; n * d];
-    let scale = g as f64 / plan.total;
-    for (start, rows) in plan.blocks() {
-        let hb = gather_rows(h, rows)?.flatten_all()?.to_vec1::<f32>()?;
-        let lse = &lse[start..start + rows.len()];
-        let mut acc = vec![0f32; rows.len() * d];
-        for (v0, len) in plan.tiles(vocab) {
-            let tile = w.tile(v0, len, d)?;
-            let mut z = logits_tile_bf16(&hb, rows.len(), &tile, d, len)?;
-            softmax_minus_onehot(&mut z, len, v0, rows, lse, plan, scale);
-            gemm_bf16(
-                &mut acc,
-                d,
-                &z,
-                rows.len(),
-                len,
-                BfRhs::Plain(&tile),
-                d,
-                true,
-            )?;
-        }
-        for (&r, src) in rows.iter().zip(acc.chunks(d)) {
-            dh[r as usize * d..(r as usize + 1) * d].copy_from_slice(src);
-        }
-    }
-    Tensor::from_vec(dh, (n, d), h.device())
-}
-
+/// The two-pass backward (a trained head's, whose `dW` needs each normalised tile): each tile
+/// of logits is recomputed, turned into `softmax − onehot`, and multiplied by the tile.
 fn backward_tiles(
     h: &Tensor,
     w: &HeadWeight,
+    plan: &Plan,
+    lse: &[f32],
+    g: f32,
+    dw: Option<&mut [f32]>,
+) -> Result<Tensor> {
+    tiles::with_head(w, |head| backward_over(h, w, head, plan, lse, g, dw))
+}
+
+fn backward_over(
+    h: &Tensor,
+    w: &HeadWeight,
+    head: tiles::Head<'_>,
     plan: &Plan,
     lse: &[f32],
     g: f32,
@@ -462,37 +415,27 @@ fn backward_tiles(
     let mut dh = vec![0f32; n * d];
     let scale = g as f64 / plan.total;
     for (start, rows) in plan.blocks() {
-        let hb = gather_rows(h, rows)?;
-        let hb_rows = match dw {
-            Some(_) => hb.flatten_all()?.to_vec1::<f32>()?,
-            None => Vec::new(),
-        };
-        let lse = &lse[start..start + rows.len()];
-        let mut acc: Option<Tensor> = None;
+        let r = rows.len();
+        let hb = gather_rows(h, rows)?.flatten_all()?.to_vec1::<f32>()?;
+        let lse = &lse[start..start + r];
+        let mut acc = vec![0f32; r * d];
         for (v0, len) in plan.tiles(vocab) {
-            let wt = weight_tile(w, v0, len)?;
-            let mut z = logits_tile(&hb, &wt)?;
+            let tile = head.tile(v0, len, d)?;
+            let mut z = tile.logits(&hb, r, d)?;
             softmax_minus_onehot(&mut z, len, v0, rows, lse, plan, scale);
             if let Some(dw) = dw.as_deref_mut() {
                 gemm_into(
                     &mut dw[v0 * d..(v0 + len) * d],
-                    MatRef::row_major(&z, rows.len(), len).t(),
-                    MatRef::row_major(&hb_rows, rows.len(), d),
+                    MatRef::row_major(&z, r, len).t(),
+                    MatRef::row_major(&hb, r, d),
                     1.0,
                     true,
                 )?;
             }
-            let dz = Tensor::from_vec(z, (rows.len(), len), h.device())?;
-            let part = dz.matmul(&wt)?;
-            acc = Some(match acc {
-                Some(a) => (a + part)?,
-                None => part,
-            });
+            tile.accumulate(&mut acc, &z, r, d)?;
         }
-        let Some(acc) = acc else { continue };
-        let block = acc.flatten_all()?.to_vec1::<f32>()?;
-        for (&r, src) in rows.iter().zip(block.chunks(d)) {
-            dh[r as usize * d..(r as usize + 1) * d].copy_from_slice(src);
+        for (&row, src) in rows.iter().zip(acc.chunks(d)) {
+            dh[row as usize * d..(row as usize + 1) * d].copy_from_slice(src);
         }
     }
     Tensor::from_vec(dh, (n, d), h.device())
@@ -508,6 +451,11 @@ struct LinearCrossEntropy {
     /// recomputed: with it the backward needs a single `exp` pass per row instead of a max
     /// pass, a sum pass and an `exp` pass. Filled exactly once, by `cpu_fwd`.
     lse: OnceLock<Vec<f32>>,
+    /// Set for a frozen head whose input is tracked: the forward also computes `dh`
+    /// ([`one_pass`]) and the backward only scales it.
+    grad_in_forward: bool,
+    /// `d loss / d h` for an upstream gradient of 1, from a one-pass forward.
+    dh: OnceLock<Vec<f32>>,
 }
 
 impl CustomOp1 for LinearCrossEntropy {
@@ -518,6 +466,12 @@ impl CustomOp1 for LinearCrossEntropy {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let _profile = super::profile::span(super::profile::Kind::Loss);
         let h = cpu_to_tensor(storage, layout)?;
+        if self.grad_in_forward {
+            let one = one_pass::forward_with_grad(&h, &self.w, &self.plan)?;
+            let _ = self.lse.set(one.lse);
+            let _ = self.dh.set(one.dh);
+            return Ok((CpuStorage::F32(vec![one.loss as f32]), Shape::from(())));
+        }
         let (loss, lse) = forward_pass(&h, &self.w, &self.plan)?;
         // A second forward of the same op (which candle never does) would compute the same.
         let _ = self.lse.set(lse);
@@ -535,6 +489,11 @@ impl CustomOp1 for LinearCrossEntropy {
             .copied()
             .ok_or_else(|| err("linear_cross_entropy: empty upstream gradient"))?;
         let h = arg.detach();
+        if let Some(dh) = self.dh.get() {
+            return Ok(Some(
+                (Tensor::from_slice(dh, h.shape(), h.device())? * g as f64)?,
+            ));
+        }
         let recomputed;
         let lse = match self.lse.get() {
             Some(l) => l,
@@ -625,6 +584,8 @@ fn trained_with_chunks(
         trained: Some((grads.clone(), w.id())),
         plan,
         lse: OnceLock::new(),
+        grad_in_forward: false,
+        dh: OnceLock::new(),
     })
 }
 
@@ -661,6 +622,8 @@ fn with_head(
             trained: None,
             plan,
             lse: OnceLock::new(),
+            grad_in_forward: true,
+            dh: OnceLock::new(),
         });
     }
     let (loss, _) = forward_pass(&h, w, &plan)?;
@@ -829,6 +792,50 @@ mod tests {
             // w is frozen: it is not an input of the graph at all.
             assert!(grads.get(&w).is_none());
         }
+    }
+
+    /// The one-pass forward rescales each row's running sums whenever a later tile holds a
+    /// larger logit. Here every tile's logits are larger than the last one's (the head's rows
+    /// grow along the vocabulary), so every row rescales at every tile; the gradient must still
+    /// equal autograd's through the unfused loss, and the two-pass backward (a trained head's)
+    /// over the same tiles.
+    #[test]
+    fn one_pass_gradient_survives_a_max_that_rises_every_tile() {
+        let mut c = case(true);
+        for (v, row) in c.w.chunks_mut(DIM).enumerate() {
+            let grow = 0.5 + 6.0 * v as f32 / VOCAB as f32;
+            row.iter_mut().for_each(|x| *x = x.abs() * grow);
+        }
+        c.h.iter_mut().for_each(|x| *x = x.abs());
+        let (h, w) = tensors(&c);
+        let hv = Var::from_tensor(&h).unwrap();
+        let reference = reference_loss(hv.as_tensor(), &w, &c);
+        let want = vec2(reference.backward().unwrap().get(hv.as_tensor()).unwrap());
+        let (loss, got) = fused_with_grad(&c, &w, CHUNK);
+        assert!(
+            (loss - scalar(&reference)).abs() < 1e-4,
+            "{loss} vs {}",
+            scalar(&reference)
+        );
+        let diff = max_diff_slices(&got, &want);
+        assert!(
+            diff < 1e-5,
+            "one pass against autograd: max |dh diff| {diff}"
+        );
+        // The same tiles through the two-pass backward.
+        let head = HeadWeight::Dense(w.clone());
+        let plan = Plan::new(&h, head.dims().unwrap(), &c.targets, &c.weights, CHUNK).unwrap();
+        let (_, lse) = forward_pass(&h, &head, &plan).unwrap();
+        let two = vec2(&backward_tiles(&h, &head, &plan, &lse, 1.0, None).unwrap());
+        let diff = max_diff_slices(&got, &two);
+        assert!(
+            diff < 1e-5,
+            "one pass against two passes: max |dh diff| {diff}"
+        );
+        assert!(
+            got.iter().any(|&v| v.abs() > 1e-3),
+            "a gradient that is not all zero"
+        );
     }
 
     /// The loss in f64, straight from the definition.

@@ -18,7 +18,7 @@
 use super::bf16_gemm::{gemm_bf16, BfRhs};
 use super::dropout::DropoutMask;
 use super::frozen_rows::FrozenRows;
-use super::gemm::{gemm_into, gemm_into_ld, MatRef};
+use super::gemm::{gemm_into, gemm_into_ld, product, MatRef};
 use super::generic::OpPath;
 use super::logical_f32;
 use super::profile::{span, Kind};
@@ -254,15 +254,11 @@ impl LoraLinear {
         r: usize,
         beta: f32,
     ) -> Result<Vec<f32>> {
-        let mut h = vec![0f32; m * r];
-        gemm_into(
-            &mut h,
+        product(
             MatRef::row_major(xd, m, k),
             MatRef::row_major(a, r, k).t(),
             beta,
-            false,
-        )?;
-        Ok(h)
+        )
     }
 }
 
@@ -285,8 +281,22 @@ impl CustomOp3 for LoraLinear {
         let (a, b) = (logical_f32(as_, al)?, logical_f32(bs, bl)?);
         let m = x.len() / k.max(1);
         super::profile::add_gemm_flops(2.0 * (m * (k * out + r * (k + out))) as f64);
-        let mut y = vec![0f32; m * out];
-        base_forward(&self.w, &x, m, &mut y)?;
+        let mut y = match &self.w {
+            // The f32 base writes all of `y`: no zero-fill first.
+            FrozenBase::Dense(w) => with_weight(w, |w| {
+                let _gemm = span(Kind::Gemm);
+                product(
+                    MatRef::row_major(&x, m, k),
+                    MatRef::row_major(w, out, k).t(),
+                    1.0,
+                )
+            })?,
+            _ => {
+                let mut y = vec![0f32; m * out];
+                base_forward(&self.w, &x, m, &mut y)?;
+                y
+            }
+        };
         let _profile = span(Kind::Gemm);
         let h = self.h(&self.dropped(x), &a, m, k, r, 1.0)?;
         gemm_into(
@@ -329,15 +339,11 @@ impl CustomOp3 for LoraLinear {
         let dh = if want_x || want_a {
             let (bst, bl) = b.storage_and_layout();
             let bv = cpu_f32(&bst, bl)?;
-            let mut dh = vec![0f32; m * r];
-            gemm_into(
-                &mut dh,
+            product(
                 MatRef::row_major(&g, m, out),
                 MatRef::row_major(&bv, out, r),
                 scale,
-                false,
-            )?;
-            dh
+            )?
         } else {
             Vec::new()
         };
@@ -347,25 +353,19 @@ impl CustomOp3 for LoraLinear {
             let (xst, xl) = x.storage_and_layout();
             let xd = self.dropped(cpu_f32(&xst, xl)?);
             if want_a {
-                let mut v = vec![0f32; r * k];
-                gemm_into(
-                    &mut v,
+                let v = product(
                     MatRef::row_major(&dh, m, r).t(),
                     MatRef::row_major(&xd, m, k),
                     1.0,
-                    false,
                 )?;
                 da = Some(Tensor::from_vec(v, (r, k), &Device::Cpu)?);
             }
             if want_b {
                 let h = self.h(&xd, &av, m, k, r, scale)?;
-                let mut v = vec![0f32; out * r];
-                gemm_into(
-                    &mut v,
+                let v = product(
                     MatRef::row_major(&g, m, out).t(),
                     MatRef::row_major(&h, m, r),
                     1.0,
-                    false,
                 )?;
                 db = Some(Tensor::from_vec(v, (out, r), &Device::Cpu)?);
             }
@@ -373,13 +373,10 @@ impl CustomOp3 for LoraLinear {
 
         let dx = if want_x {
             // The masked LoRA part first, so the mask touches only it; then g·W on top.
-            let mut v = vec![0f32; m * k];
-            gemm_into(
-                &mut v,
+            let mut v = product(
                 MatRef::row_major(&dh, m, r),
                 MatRef::row_major(&av, r, k),
                 1.0,
-                false,
             )?;
             if let Some(mask) = &self.dropout {
                 mask.apply(&mut v);

@@ -9,7 +9,7 @@
 //! the trainer reads it ([`WeightGrads::take`]); the GEMM's `dst = dst + a·b` does the
 //! accumulation of gradient accumulation for free.
 
-use super::gemm::{gemm_into, MatRef};
+use super::gemm::{gemm_into, product, MatRef};
 use super::logical_f32;
 use super::profile::{add_gemm_flops, span, Kind};
 use candle_core::{
@@ -56,13 +56,10 @@ impl WeightGrads {
             .inner
             .lock()
             .map_err(|_| candle_core::Error::Msg("weight gradients poisoned".into()))?;
-        let n = g.cols * x.cols;
         match map.get_mut(&id) {
             Some(buf) => gemm_into(buf, g.t(), x, 1.0, true),
             None => {
-                let mut buf = vec![0f32; n];
-                gemm_into(&mut buf, g.t(), x, 1.0, false)?;
-                map.insert(id, buf);
+                map.insert(id, product(g.t(), x, 1.0)?);
                 Ok(())
             }
         }
@@ -103,9 +100,8 @@ impl CustomOp2 for TrainedLinear {
         let (x, w) = (logical_f32(xs, xl)?, logical_f32(ws, wl)?);
         let m = x.len() / k.max(1);
         add_gemm_flops(2.0 * (m * k * out) as f64);
-        let mut y = vec![0f32; m * out];
         let (xm, wm) = (MatRef::row_major(&x, m, k), MatRef::row_major(&w, out, k));
-        gemm_into(&mut y, xm, wm.t(), 1.0, false)?;
+        let y = product(xm, wm.t(), 1.0)?;
         let mut dims = xl.dims().to_vec();
         if let Some(d) = dims.last_mut() {
             *d = out;
@@ -131,8 +127,7 @@ impl CustomOp2 for TrainedLinear {
             let (ws, wl) = w.storage_and_layout();
             let wv = cpu_slice(&ws, wl)?;
             add_gemm_flops(2.0 * (m * k * out) as f64);
-            let mut v = vec![0f32; m * k];
-            gemm_into(&mut v, gm, MatRef::row_major(&wv, out, k), 1.0, false)?;
+            let v = product(gm, MatRef::row_major(&wv, out, k), 1.0)?;
             Some(Tensor::from_vec(v, x.shape(), &Device::Cpu)?)
         } else {
             None

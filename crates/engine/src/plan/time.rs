@@ -24,7 +24,9 @@
 use super::calibrate::Calibration;
 use super::params::{adapted_linears, tensors, trainable_parameters};
 use super::request::{ComputeDevice, PlanRequest, Throughput};
-use super::work::{bf16_flops_per_token, block_activations, loss_is_fused, train_flops_per_token};
+use super::work::{
+    bf16_flops_per_token, block_activations, head_gemm_passes, logit_passes, train_flops_per_token,
+};
 use crate::model::config::Config;
 use crate::peft::method::Method;
 use serde::{Deserialize, Serialize};
@@ -116,13 +118,10 @@ pub fn step_work(c: &Config, req: &PlanRequest) -> StepWork {
     } else {
         0.0
     };
-    let logit_passes = if loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu) {
-        2.0
-    } else {
-        1.0
-    };
+    let on_cpu = req.device == ComputeDevice::Cpu;
+    let logit_passes = logit_passes(c, &req.method, on_cpu);
     let block_passes = if req.grad_checkpointing { 3.0 } else { 2.0 };
-    let head_passes = if logit_passes > 1.0 { 3.0 } else { 2.0 };
+    let head_passes = head_gemm_passes(c, &req.method, on_cpu);
     let (block_params, head_params) = matmul_params(c);
     let bf16_flops = micro * tokens * bf16_flops_per_token(c, req);
     // bf16 weights are half the bytes a pass reads.

@@ -118,8 +118,8 @@ pub fn kv_cache_bytes(c: &Config, tokens: usize) -> u64 {
 /// `6·r·(in+out)`; attention `4·s·q` forward and `8·s·q` backward per layer (on the CPU
 /// only the causally visible part, about half); the logits
 /// `2·h·V` forward and again for their input gradient (and for the weight gradient when the
-/// head trains), plus a recomputation when the loss is fused; checkpointing repeats the block
-/// forwards.
+/// head trains), plus a recomputation where the fused loss has one ([`head_gemm_passes`]);
+/// checkpointing repeats the block forwards.
 pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let (h, v, s) = (
         c.hidden_size as f64,
@@ -151,14 +151,7 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
         false => 1.0,
     };
     let attn = 4.0 * s * c.q_dim() as f64 * c.num_hidden_layers as f64 * visible;
-    let logits = 2.0
-        * h
-        * v
-        * if loss_is_fused(c, &req.method, req.device == ComputeDevice::Cpu) {
-            3.0
-        } else {
-            2.0
-        };
+    let logits = 2.0 * h * v * head_gemm_passes(c, &req.method, req.device == ComputeDevice::Cpu);
     let fwd = fwd_blocks + lora + attn;
     let recompute = if req.grad_checkpointing { fwd } else { 0.0 };
     fwd + recompute + bwd + 2.0 * lora + 2.0 * attn + logits
@@ -166,8 +159,8 @@ pub fn train_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
 
 /// The part of [`train_flops_per_token`] that runs at the bf16 rate in a `bf16_compute` run
 /// (0 otherwise): the frozen base's products — each block projection's forward (again under
-/// checkpointing) and its input gradient, and the tied or frozen head's three passes in the
-/// fused loss. LoRA's own products and the attention stay f32.
+/// checkpointing) and its input gradient, and the frozen head's passes in the fused loss.
+/// LoRA's own products and the attention stay f32.
 pub fn bf16_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
     let bf16 = req.bf16_compute
         && req.device == ComputeDevice::Cpu
@@ -182,7 +175,29 @@ pub fn bf16_flops_per_token(c: &Config, req: &PlanRequest) -> f64 {
         .filter_map(|t| t.dims)
         .map(|(i, o)| passes * 2.0 * i as f64 * o as f64)
         .sum();
-    blocks + 3.0 * 2.0 * c.hidden_size as f64 * c.vocab_size as f64
+    blocks
+        + head_gemm_passes(c, &req.method, true) * 2.0 * c.hidden_size as f64 * c.vocab_size as f64
+}
+
+/// Products of the tokens with the whole output head per step, for the logits and their input
+/// gradient (a trained head's weight gradient is one more, counted with the other weights').
+/// On the CPU a frozen head's fused loss does both in one pass over the vocabulary
+/// (`ops::linear_cross_entropy`'s one-pass forward accumulates `softmax · W` as it goes): 2.
+/// The other fused loss recomputes each tile of logits in its backward: 3. Unfused: 2.
+pub fn head_gemm_passes(c: &Config, method: &Method, on_cpu: bool) -> f64 {
+    if on_cpu && !output_head_trains(c, method) {
+        2.0
+    } else if loss_is_fused(c, method, on_cpu) {
+        3.0
+    } else {
+        2.0
+    }
+}
+
+/// Passes over each token's row of logits (`tokens × vocab` f32 written or read): one, except
+/// where the fused loss recomputes them in its backward ([`head_gemm_passes`]).
+pub fn logit_passes(c: &Config, method: &Method, on_cpu: bool) -> f64 {
+    head_gemm_passes(c, method, on_cpu) - 1.0
 }
 
 /// The fused loss's bound on one logits tile (`ops::linear_cross_entropy`).

@@ -70,6 +70,9 @@ pub fn train(
     let _lock = RunLock::acquire(out)?;
     let mut record = begin_record(model, data, out, cfg, resume.is_some())?;
     let result = run(model, data, cfg, resume, cancel, &mut record, on_event);
+    // The steps' activations were kept for reuse between steps; an app that lives on does
+    // not need to hold its peak.
+    crate::runtime::release_freed_memory();
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
         record.error = Some(e.into());

@@ -1,0 +1,107 @@
+//! The head's rows a tile at a time, as the loss's GEMMs take them: slices of a borrowed f32
+//! or bf16 head, or rows widened on demand (a quantized head is never widened whole). The
+//! products go straight into the buffers the loss works on (no candle tensor per tile, which
+//! cost a copy of every tile of logits and an add per tile in the backward).
+
+use super::{logits_tile_bf16, weight_tile, with_bf16_head, Bf16Tiles, HeadWeight};
+use crate::ops::bf16_gemm::{gemm_bf16, BfRhs};
+use crate::ops::gemm::{gemm_into, product, MatRef};
+use candle_core::{DType, Result, Storage};
+use half::bf16;
+use std::borrow::Cow;
+
+/// A tile of the head's rows, `[len, d]`, as the GEMMs take it.
+pub(super) enum Tile<'a> {
+    F32(Cow<'a, [f32]>),
+    Bf16(Cow<'a, [bf16]>),
+}
+
+impl Tile<'_> {
+    /// Row `i` widened to f32 into `out` (`d` values).
+    pub(super) fn row_into(&self, i: usize, out: &mut [f32]) {
+        let d = out.len();
+        match self {
+            Tile::F32(t) => out.copy_from_slice(&t[i * d..(i + 1) * d]),
+            Tile::Bf16(t) => {
+                for (o, v) in out.iter_mut().zip(&t[i * d..(i + 1) * d]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+
+    /// The logits `hb · tileᵀ`, row-major `[r, len]` (`hb`: `[r, d]`), straight from the GEMM.
+    pub(super) fn logits(&self, hb: &[f32], r: usize, d: usize) -> Result<Vec<f32>> {
+        match self {
+            Tile::F32(t) => product(
+                MatRef::row_major(hb, r, d),
+                MatRef::row_major(t, t.len() / d.max(1), d).t(),
+                1.0,
+            ),
+            Tile::Bf16(t) => logits_tile_bf16(hb, r, t, d, t.len() / d.max(1)),
+        }
+    }
+
+    /// `acc += z · tile` (`z`: `[r, len]`, `acc`: `[r, d]`).
+    pub(super) fn accumulate(&self, acc: &mut [f32], z: &[f32], r: usize, d: usize) -> Result<()> {
+        match self {
+            Tile::F32(t) => {
+                let len = t.len() / d.max(1);
+                gemm_into(
+                    acc,
+                    MatRef::row_major(z, r, len),
+                    MatRef::row_major(t, len, d),
+                    1.0,
+                    true,
+                )
+            }
+            Tile::Bf16(t) => {
+                let len = t.len() / d.max(1);
+                gemm_bf16(acc, d, z, r, len, BfRhs::Plain(t), d, true)
+            }
+        }
+    }
+}
+
+/// Runs `f` with the head's tiles at hand: a borrowed f32 or bf16 head is sliced, other heads
+/// are widened tile by tile.
+pub(super) fn with_head<R>(w: &HeadWeight, f: impl FnOnce(Head<'_>) -> Result<R>) -> Result<R> {
+    match w {
+        HeadWeight::Bf16(t) => with_bf16_head(t, |wb| f(Head::Bf16(&Bf16Tiles::Slice(wb)))),
+        HeadWeight::RowsBf16 { rows, .. } => f(Head::Bf16(&Bf16Tiles::Rows(rows))),
+        HeadWeight::Dense(t) if t.dtype() == DType::F32 && t.device().is_cpu() => {
+            let t = t.contiguous()?;
+            let (storage, layout) = t.storage_and_layout();
+            let whole = match &*storage {
+                Storage::Cpu(c) => crate::ops::logical_f32(c, layout)?,
+                _ => candle_core::bail!("linear_cross_entropy: the head is not on the CPU"),
+            };
+            f(Head::F32(&whole))
+        }
+        _ => f(Head::Tiles(w)),
+    }
+}
+
+/// Where each tile of the head comes from.
+#[derive(Clone, Copy)]
+pub(super) enum Head<'a> {
+    /// The whole f32 head, borrowed: tiles are slices of it.
+    F32(&'a [f32]),
+    /// bf16 rows, multiplied in bf16 with f32 sums (`--bf16-compute`).
+    Bf16(&'a Bf16Tiles<'a>),
+    /// Rows widened to f32 tile by tile (a quantized or non-f32 head).
+    Tiles(&'a HeadWeight),
+}
+
+impl<'a> Head<'a> {
+    /// Rows `v0..v0+len` (`d` wide).
+    pub(super) fn tile(&self, v0: usize, len: usize, d: usize) -> Result<Tile<'a>> {
+        Ok(match *self {
+            Head::F32(whole) => Tile::F32(Cow::Borrowed(&whole[v0 * d..(v0 + len) * d])),
+            Head::Bf16(tiles) => Tile::Bf16(tiles.tile(v0, len, d)?),
+            Head::Tiles(w) => Tile::F32(Cow::Owned(
+                weight_tile(w, v0, len)?.flatten_all()?.to_vec1::<f32>()?,
+            )),
+        })
+    }
+}
