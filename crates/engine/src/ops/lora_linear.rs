@@ -18,7 +18,7 @@
 use super::bf16_gemm::{gemm_bf16, BfRhs};
 use super::dropout::DropoutMask;
 use super::frozen_rows::FrozenRows;
-use super::gemm::{gemm_into, gemm_into_ld, product, MatRef};
+use super::gemm::{gemm_into, gemm_raw, product, MatRef};
 use super::generic::OpPath;
 use super::logical_f32;
 use super::profile::{span, Kind};
@@ -86,25 +86,28 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<Cow<'a, [f32]>> 
     }
 }
 
-/// `y[:, tile] (+)= x·W_tileᵀ` for every tile of rows of `w`, `y` row-major `[m, out]`.
-fn base_forward(w: &FrozenBase, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+/// `x·Wᵀ`, row-major `[m, out]`. The f32 products write every element of a buffer that is
+/// never zero-filled; the bf16 ones fill it first (their kernels take slices).
+fn base_forward(w: &FrozenBase, x: &[f32], m: usize) -> Result<Vec<f32>> {
     let (out, k) = w.dims()?;
     match w {
         FrozenBase::Dense(w) => with_weight(w, |w| {
             let _gemm = span(Kind::Gemm);
-            gemm_into(
-                y,
+            product(
                 MatRef::row_major(x, m, k),
                 MatRef::row_major(w, out, k).t(),
                 1.0,
-                false,
             )
         }),
+        FrozenBase::Rows(rows) => rows_forward(rows.as_ref(), x, m),
         FrozenBase::Bf16(w) => with_bf16(w, |w| {
             let _gemm = span(Kind::Gemm);
-            gemm_bf16(y, out, x, m, k, BfRhs::Transposed(w), out, false)
+            let mut y = vec![0f32; m * out];
+            gemm_bf16(&mut y, out, x, m, k, BfRhs::Transposed(w), out, false)?;
+            Ok(y)
         }),
         FrozenBase::RowsBf16(rows) => {
+            let mut y = vec![0f32; m * out];
             let step = rows.tile_rows();
             let mut tile = vec![bf16::ZERO; step.min(out) * k];
             for r0 in (0..out).step_by(step) {
@@ -126,31 +129,52 @@ fn base_forward(w: &FrozenBase, x: &[f32], m: usize, y: &mut [f32]) -> Result<()
                     false,
                 )?;
             }
-            Ok(())
-        }
-        FrozenBase::Rows(rows) => {
-            let step = rows.tile_rows();
-            let mut tile = vec![0f32; step.min(out) * k];
-            for r0 in (0..out).step_by(step) {
-                let r1 = (r0 + step).min(out);
-                let t = &mut tile[..(r1 - r0) * k];
-                {
-                    let _dequant = span(Kind::Dequant);
-                    rows.widen_rows_into(r0, r1, t)?;
-                }
-                let _gemm = span(Kind::Gemm);
-                gemm_into_ld(
-                    &mut y[r0..],
-                    out,
-                    MatRef::row_major(x, m, k),
-                    MatRef::row_major(t, r1 - r0, k).t(),
-                    1.0,
-                    false,
-                )?;
-            }
-            Ok(())
+            Ok(y)
         }
     }
+}
+
+/// `x·Wᵀ` for a base widened tile by tile, into a buffer that is never zero-filled: the tiles'
+/// column blocks cover every column of `y`.
+fn rows_forward(rows: &dyn FrozenRows, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    let (out, k) = rows.dims();
+    let xm = MatRef::row_major(x, m, k);
+    if !xm.fits() {
+        bail!(
+            "lora linear: x holds {} values, not {m} rows of {k}",
+            x.len()
+        );
+    }
+    let step = rows.tile_rows().max(1);
+    let mut tile = vec![0f32; step.min(out) * k];
+    let mut y: Vec<f32> = Vec::with_capacity(m * out);
+    let threads = candle_core::utils::get_num_threads();
+    for r0 in (0..out).step_by(step) {
+        let r1 = (r0 + step).min(out);
+        let t = &mut tile[..(r1 - r0) * k];
+        {
+            let _dequant = span(Kind::Dequant);
+            rows.widen_rows_into(r0, r1, t)?;
+        }
+        let _gemm = span(Kind::Gemm);
+        // SAFETY: `x` and the tile fit their shapes (checked above; the tile is sliced to
+        // `(r1 − r0)·k`), and `y` has room for m rows of `out` of which this call writes
+        // columns r0..r1 of each (rows at stride `out`), without reading them.
+        unsafe {
+            gemm_raw(
+                y.as_mut_ptr().add(r0),
+                out,
+                xm,
+                MatRef::row_major(t, r1 - r0, k).t(),
+                1.0,
+                false,
+                threads,
+            );
+        }
+    }
+    // SAFETY: the column blocks r0..r1 above cover 0..out in every one of the m rows.
+    unsafe { y.set_len(m * out) };
+    Ok(y)
 }
 
 /// `dx += g·W`, `g` row-major `[m, out]`, `dx` `[m, in]`: a tile of rows of `W` meets the
@@ -281,22 +305,7 @@ impl CustomOp3 for LoraLinear {
         let (a, b) = (logical_f32(as_, al)?, logical_f32(bs, bl)?);
         let m = x.len() / k.max(1);
         super::profile::add_gemm_flops(2.0 * (m * (k * out + r * (k + out))) as f64);
-        let mut y = match &self.w {
-            // The f32 base writes all of `y`: no zero-fill first.
-            FrozenBase::Dense(w) => with_weight(w, |w| {
-                let _gemm = span(Kind::Gemm);
-                product(
-                    MatRef::row_major(&x, m, k),
-                    MatRef::row_major(w, out, k).t(),
-                    1.0,
-                )
-            })?,
-            _ => {
-                let mut y = vec![0f32; m * out];
-                base_forward(&self.w, &x, m, &mut y)?;
-                y
-            }
-        };
+        let mut y = base_forward(&self.w, &x, m)?;
         let _profile = span(Kind::Gemm);
         let h = self.h(&self.dropped(x), &a, m, k, r, 1.0)?;
         gemm_into(
