@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 pub struct Calibration {
     /// Resident bytes of the process before any model: binary, libc/rayon threads, allocator
     /// arenas, the dataset. Measured as the peak RSS of a checkpointed 128-token run of the
-    /// 260K-parameter demo model (24.4 MiB, `peft bench plan --model demo`, 2026-12-01) minus
-    /// its model terms (6.5 MiB since the CPU's fused loss and QLoRA op keep less).
+    /// 260K-parameter demo model minus its model terms (6.5 MiB since the CPU's fused loss and
+    /// QLoRA op keep less): 20.1–20.4 MiB in two runs of `peft bench plan --model demo`
+    /// (2026-12-01, the second session; the same binary as the session before, which measured
+    /// 24.4 MiB on a VM of the same type, measures 20.4 now).
     pub runtime_bytes: u64,
     /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
     /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
@@ -69,10 +71,17 @@ pub struct Calibration {
     /// 128-token step of SmolLM2 slower per token than a 384-token one.
     pub weight_passes: f64,
     /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
-    /// weight, gradient and two moments and writes three; the gradient norm reads once more).
+    /// weight, gradient and two moments and writes three; the gradient norm reads once more),
+    /// at the elementwise probe's speed. Set from `peft bench train --configs full --profile`
+    /// (SmolLM2-135M, 2026-12-01): "optimizer (clip + AdamW)" 0.236 s a step over 538 MB of
+    /// parameters at 81 GB/s: 35.5. Not fitted: a free fit drives it to 0 (full fine-tuning's
+    /// extra work scales with the parameters in every term, and two model shapes cannot
+    /// separate them), which would price AdamW on a 7B model at nothing.
     pub optimizer_passes: f64,
-    /// The same per micro-step (candle allocates each weight gradient, fills the embedding's
-    /// by scatter, and accumulates). With `optimizer_passes`, fitted to full fine-tuning: 121.
+    /// The same per micro-step (the gradients handed from the graph to the optimizer: the
+    /// embedding's scatter, the tied head's sum, the buffers). Set from the same profile: the
+    /// step's "rest" is 0.13 s longer than LoRA's: 19. (Both were fitted together, to 121,
+    /// while candle still zero-filled and accumulated every weight gradient.)
     pub gradient_passes: f64,
     /// CUDA/Metal context and allocator reserve on a GPU.
     pub gpu_context_bytes: u64,
@@ -88,7 +97,7 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Self {
-            runtime_bytes: 18 << 20,
+            runtime_bytes: 14 << 20,
             tokenizer_bytes_per_token: 400,
             logits_grad_copies: 6.5,
             activation_slack: 0.0,
@@ -99,8 +108,8 @@ impl Default for Calibration {
             dequant_passes: 12.1,
             weight_passes: 21.4,
             recompute_passes: 24.8,
-            optimizer_passes: 50.3,
-            gradient_passes: 70.5,
+            optimizer_passes: 35.5,
+            gradient_passes: 19.0,
             gpu_context_bytes: 400 << 20,
             step_overhead_s: 0.0070,
             adapter_pass_s: 93.5e-6,

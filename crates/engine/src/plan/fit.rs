@@ -2,9 +2,12 @@
 //! `peft bench plan --fit` prints): a non-negative least-squares fit of the *relative* step-time
 //! error, so a 30 ms step of the demo model weighs as much as a 5 s step of a 135M model.
 //!
-//! Two constants are held, not fitted: `gemm_efficiency` and `logit_passes`. With two model
-//! shapes every per-token term is nearly collinear with the FLOPs, and a free fit trades GEMM
-//! time for absurd logit passes (hundreds) at the same residual.
+//! Held, not fitted: `gemm_efficiency` and `logit_passes` (with two model shapes every
+//! per-token term is nearly collinear with the FLOPs, and a free fit trades GEMM time for
+//! absurd logit passes, hundreds, at the same residual), and `optimizer_passes` with
+//! `gradient_passes` (full fine-tuning's extra work scales with the parameter count in every
+//! term; a free fit put all of it elsewhere and priced AdamW at nothing). Those are set from
+//! `peft bench train --profile` instead.
 
 use super::calibrate::Calibration;
 use super::request::Throughput;
@@ -19,18 +22,16 @@ pub struct TimeSample {
 }
 
 /// Fitted terms, in the order of [`features`].
-const FITTED: usize = 8;
+const FITTED: usize = 7;
 
 /// Seconds per unit of each fitted constant, and the seconds of the held terms.
 fn features(s: &TimeSample, k: &Calibration) -> ([f64; FITTED], f64) {
     let w = &s.work;
     let bw = s.throughput.mem_gbps.max(0.1) * 1e9;
-    // `optimizer_passes` and `gradient_passes` are one term when every sample has one
-    // micro-step; the fit scales both, keeping their ratio.
-    let opt_share = k.optimizer_passes + k.gradient_passes * w.micro_steps;
-    let ratio = opt_share / (k.optimizer_passes + k.gradient_passes).max(1e-12);
+    let optimizer = k.optimizer_passes + k.gradient_passes * w.micro_steps;
     let held = w.flops / (s.throughput.gemm_gflops.max(1.0) * 1e9 * k.gemm_efficiency)
-        + k.logit_passes * w.logit_bytes / bw;
+        + k.logit_passes * w.logit_bytes / bw
+        + optimizer * w.trainable_bytes / bw;
     (
         [
             w.activation_bytes / bw,
@@ -38,7 +39,6 @@ fn features(s: &TimeSample, k: &Calibration) -> ([f64; FITTED], f64) {
             w.recomputed_bytes / bw,
             w.dequant_bytes / bw,
             w.weight_bytes / bw,
-            w.trainable_bytes * ratio / bw,
             w.adapter_passes,
             1.0,
         ],
@@ -63,7 +63,6 @@ pub fn fit_time(samples: &[TimeSample], base: &Calibration) -> Calibration {
         base.recompute_passes,
         base.dequant_passes,
         base.weight_passes,
-        base.optimizer_passes + base.gradient_passes,
         base.adapter_pass_s,
         base.step_overhead_s,
     ];
@@ -76,17 +75,14 @@ pub fn fit_time(samples: &[TimeSample], base: &Calibration) -> Calibration {
             x[j] = current[j];
         }
     }
-    let split = base.optimizer_passes / (base.optimizer_passes + base.gradient_passes).max(1e-12);
     Calibration {
         memory_passes: x[0],
         attention_passes: x[1],
         recompute_passes: x[2],
         dequant_passes: x[3],
         weight_passes: x[4],
-        optimizer_passes: x[5] * split,
-        gradient_passes: x[5] * (1.0 - split),
-        adapter_pass_s: x[6],
-        step_overhead_s: x[7],
+        adapter_pass_s: x[5],
+        step_overhead_s: x[6],
         ..*base
     }
 }
@@ -217,8 +213,8 @@ mod tests {
                 }
             })
             .collect();
-        // Start from other values: only the held terms (GEMM efficiency, logit passes) and the
-        // optimizer/gradient split are shared with the truth.
+        // Start from other values: only the held terms (GEMM efficiency, logit, optimizer and
+        // gradient passes) are shared with the truth.
         let start = Calibration {
             memory_passes: 1.0,
             attention_passes: 1.0,
@@ -226,12 +222,14 @@ mod tests {
             dequant_passes: 1.0,
             weight_passes: 1.0,
             adapter_pass_s: 1.0,
-            optimizer_passes: 1.0,
-            gradient_passes: 3.0,
             step_overhead_s: 1.0,
             ..truth
         };
         let got = fit_time(&samples, &start);
+        // Held: the optimizer's terms stay as given (and the others are still exact, so the
+        // fit subtracted their share of each step).
+        assert_eq!(got.optimizer_passes, start.optimizer_passes);
+        assert_eq!(got.gradient_passes, start.gradient_passes);
         for (name, g, t) in [
             ("memory", got.memory_passes, truth.memory_passes),
             ("attention", got.attention_passes, truth.attention_passes),
@@ -239,8 +237,6 @@ mod tests {
             ("dequant", got.dequant_passes, truth.dequant_passes),
             ("adapter pass", got.adapter_pass_s, truth.adapter_pass_s),
             ("weight", got.weight_passes, truth.weight_passes),
-            ("optimizer", got.optimizer_passes, truth.optimizer_passes),
-            ("gradient", got.gradient_passes, truth.gradient_passes),
             ("fixed", got.step_overhead_s, truth.step_overhead_s),
         ] {
             assert!((g / t - 1.0).abs() < 1e-6, "{name}: fitted {g}, true {t}");
