@@ -17,7 +17,7 @@
 
 use super::bf16_gemm::{gemm_bf16, BfRhs};
 use super::dropout::DropoutMask;
-use super::frozen_rows::FrozenRows;
+use super::frozen_rows::{with_bf16_tile, with_f32_tile, FrozenRows};
 use super::gemm::{gemm_into, gemm_raw, product, MatRef};
 use super::generic::OpPath;
 use super::logical_f32;
@@ -109,26 +109,28 @@ fn base_forward(w: &FrozenBase, x: &[f32], m: usize) -> Result<Vec<f32>> {
         FrozenBase::RowsBf16(rows) => {
             let mut y = vec![0f32; m * out];
             let step = rows.tile_rows();
-            let mut tile = vec![bf16::ZERO; step.min(out) * k];
-            for r0 in (0..out).step_by(step) {
-                let r1 = (r0 + step).min(out);
-                let t = &mut tile[..(r1 - r0) * k];
-                {
-                    let _dequant = span(Kind::Dequant);
-                    rows.widen_rows_bf16_into(r0, r1, t)?;
+            with_bf16_tile(step.min(out) * k, |tile| -> Result<()> {
+                for r0 in (0..out).step_by(step) {
+                    let r1 = (r0 + step).min(out);
+                    let t = &mut tile[..(r1 - r0) * k];
+                    {
+                        let _dequant = span(Kind::Dequant);
+                        rows.widen_rows_bf16_into(r0, r1, t)?;
+                    }
+                    let _gemm = span(Kind::Gemm);
+                    gemm_bf16(
+                        &mut y[r0..],
+                        out,
+                        x,
+                        m,
+                        k,
+                        BfRhs::Transposed(t),
+                        r1 - r0,
+                        false,
+                    )?;
                 }
-                let _gemm = span(Kind::Gemm);
-                gemm_bf16(
-                    &mut y[r0..],
-                    out,
-                    x,
-                    m,
-                    k,
-                    BfRhs::Transposed(t),
-                    r1 - r0,
-                    false,
-                )?;
-            }
+                Ok(())
+            })?;
             Ok(y)
         }
     }
@@ -146,33 +148,36 @@ fn rows_forward(rows: &dyn FrozenRows, x: &[f32], m: usize) -> Result<Vec<f32>> 
         );
     }
     let step = rows.tile_rows().max(1);
-    let mut tile = vec![0f32; step.min(out) * k];
     let mut y: Vec<f32> = Vec::with_capacity(m * out);
     let threads = candle_core::utils::get_num_threads();
-    for r0 in (0..out).step_by(step) {
-        let r1 = (r0 + step).min(out);
-        let t = &mut tile[..(r1 - r0) * k];
-        {
-            let _dequant = span(Kind::Dequant);
-            rows.widen_rows_into(r0, r1, t)?;
+    with_f32_tile(step.min(out) * k, |tile| -> Result<()> {
+        for r0 in (0..out).step_by(step) {
+            let r1 = (r0 + step).min(out);
+            let t = &mut tile[..(r1 - r0) * k];
+            {
+                let _dequant = span(Kind::Dequant);
+                rows.widen_rows_into(r0, r1, t)?;
+            }
+            let _gemm = span(Kind::Gemm);
+            // SAFETY: `x` and the tile fit their shapes (checked above; the tile is sliced to
+            // `(r1 − r0)·k`), and `y` has room for m rows of `out` of which this call writes
+            // columns r0..r1 of each (rows at stride `out`), without reading them.
+            unsafe {
+                gemm_raw(
+                    y.as_mut_ptr().add(r0),
+                    out,
+                    xm,
+                    MatRef::row_major(t, r1 - r0, k).t(),
+                    1.0,
+                    false,
+                    threads,
+                );
+            }
         }
-        let _gemm = span(Kind::Gemm);
-        // SAFETY: `x` and the tile fit their shapes (checked above; the tile is sliced to
-        // `(r1 − r0)·k`), and `y` has room for m rows of `out` of which this call writes
-        // columns r0..r1 of each (rows at stride `out`), without reading them.
-        unsafe {
-            gemm_raw(
-                y.as_mut_ptr().add(r0),
-                out,
-                xm,
-                MatRef::row_major(t, r1 - r0, k).t(),
-                1.0,
-                false,
-                threads,
-            );
-        }
-    }
-    // SAFETY: the column blocks r0..r1 above cover 0..out in every one of the m rows.
+        Ok(())
+    })?;
+    // SAFETY: the column blocks r0..r1 above cover 0..out in every one of the m rows (an
+    // error above returned before this line, leaving `y` empty).
     unsafe { y.set_len(m * out) };
     Ok(y)
 }
@@ -198,49 +203,51 @@ fn base_backward(w: &FrozenBase, g: &[f32], m: usize, dx: &mut [f32]) -> Result<
         }),
         FrozenBase::RowsBf16(rows) => {
             let step = rows.tile_rows();
-            let mut tile = vec![bf16::ZERO; step.min(out) * k];
             let mut g_cols = Vec::new();
-            for r0 in (0..out).step_by(step) {
-                let r1 = (r0 + step).min(out);
-                let t = &mut tile[..(r1 - r0) * k];
-                {
-                    let _dequant = span(Kind::Dequant);
-                    rows.widen_rows_bf16_into(r0, r1, t)?;
+            with_bf16_tile(step.min(out) * k, |tile| {
+                for r0 in (0..out).step_by(step) {
+                    let r1 = (r0 + step).min(out);
+                    let t = &mut tile[..(r1 - r0) * k];
+                    {
+                        let _dequant = span(Kind::Dequant);
+                        rows.widen_rows_bf16_into(r0, r1, t)?;
+                    }
+                    let _gemm = span(Kind::Gemm);
+                    // The tile's columns of g, contiguous (all of g when one tile covers W).
+                    let g_tile: &[f32] = if r0 == 0 && r1 == out {
+                        g
+                    } else {
+                        g_cols.clear();
+                        g_cols.extend(g.chunks(out).flat_map(|row| &row[r0..r1]));
+                        &g_cols
+                    };
+                    gemm_bf16(dx, k, g_tile, m, r1 - r0, BfRhs::Plain(t), k, true)?;
                 }
-                let _gemm = span(Kind::Gemm);
-                // The tile's columns of g, contiguous (all of g when one tile covers W).
-                let g_tile: &[f32] = if r0 == 0 && r1 == out {
-                    g
-                } else {
-                    g_cols.clear();
-                    g_cols.extend(g.chunks(out).flat_map(|row| &row[r0..r1]));
-                    &g_cols
-                };
-                gemm_bf16(dx, k, g_tile, m, r1 - r0, BfRhs::Plain(t), k, true)?;
-            }
-            Ok(())
+                Ok(())
+            })
         }
         FrozenBase::Rows(rows) => {
             let step = rows.tile_rows();
-            let mut tile = vec![0f32; step.min(out) * k];
-            for r0 in (0..out).step_by(step) {
-                let r1 = (r0 + step).min(out);
-                let t = &mut tile[..(r1 - r0) * k];
-                {
-                    let _dequant = span(Kind::Dequant);
-                    rows.widen_rows_into(r0, r1, t)?;
+            with_f32_tile(step.min(out) * k, |tile| {
+                for r0 in (0..out).step_by(step) {
+                    let r1 = (r0 + step).min(out);
+                    let t = &mut tile[..(r1 - r0) * k];
+                    {
+                        let _dequant = span(Kind::Dequant);
+                        rows.widen_rows_into(r0, r1, t)?;
+                    }
+                    let _gemm = span(Kind::Gemm);
+                    let g_tile = MatRef {
+                        data: &g[r0..],
+                        rows: m,
+                        cols: r1 - r0,
+                        rs: out,
+                        cs: 1,
+                    };
+                    gemm_into(dx, g_tile, MatRef::row_major(t, r1 - r0, k), 1.0, true)?;
                 }
-                let _gemm = span(Kind::Gemm);
-                let g_tile = MatRef {
-                    data: &g[r0..],
-                    rows: m,
-                    cols: r1 - r0,
-                    rs: out,
-                    cs: 1,
-                };
-                gemm_into(dx, g_tile, MatRef::row_major(t, r1 - r0, k), 1.0, true)?;
-            }
-            Ok(())
+                Ok(())
+            })
         }
     }
 }
