@@ -301,3 +301,57 @@ fn a_bf16_qlora_run_follows_its_f32_curve() {
         "the bf16 QLoRA run computed exactly the f32 run's losses"
     );
 }
+
+/// Evaluation multiplies a bf16 base the way the run trains it: with the run's bf16 products
+/// when asked (what a `--bf16-compute` run passes), which are not the f32 products of the same
+/// bf16 weights, and equal the training loss function's over the same batches.
+#[test]
+fn evaluation_follows_the_runs_bf16_products() {
+    use peft_engine::data::batch::make_batch;
+    use peft_engine::data::render::TokenizedExample;
+    use peft_engine::model::decoder::{LoadOptions, WeightDtype};
+    use peft_engine::peft::method::apply_method;
+    use peft_engine::train::step::{batch_loss, evaluate};
+
+    let mut d = bundled()
+        .build_weights(&LoadOptions {
+            dtype: WeightDtype::Bf16,
+            ..Default::default()
+        })
+        .unwrap();
+    apply_method(&mut d, &lora_cfg(true).method, 7).unwrap();
+    let val: Vec<TokenizedExample> = (0..3)
+        .map(|i| TokenizedExample {
+            input_ids: (0..20)
+                .map(|t| ((t * 7 + i * 3) % 500 + 1) as u32)
+                .collect(),
+            loss_mask: vec![1; 20],
+            full_len: 20,
+        })
+        .collect();
+    let plain = evaluate(&d, &val, 2, 0, false).unwrap().unwrap();
+    let bf16 = evaluate(&d, &val, 2, 0, true).unwrap().unwrap();
+    let ctx = ForwardCtx {
+        bf16_products: true,
+        ..Default::default()
+    };
+    let model = Arc::new(d.detached());
+    let (mut total, mut weight) = (0.0, 0.0);
+    for chunk in val.chunks(2) {
+        let b = make_batch(&chunk.iter().collect::<Vec<_>>(), 0).unwrap();
+        let n = b.trained_positions() as f64;
+        let loss = batch_loss(&model, &b, &ctx, None).unwrap();
+        total += loss.to_scalar::<f32>().unwrap() as f64 * n;
+        weight += n;
+    }
+    assert_eq!(
+        bf16,
+        total / weight,
+        "evaluation in bf16 is the training loss's"
+    );
+    assert_ne!(bf16, plain, "the bf16 products changed nothing");
+    assert!(
+        (bf16 - plain).abs() / plain < 0.02,
+        "bf16 {bf16} vs f32 {plain}"
+    );
+}

@@ -570,7 +570,13 @@ impl Run<'_> {
         if !((cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last) {
             return Ok(None);
         }
-        let Some(loss) = evaluate(&self.rm.decoder, &self.prep.val, cfg.batch_size, self.pad)?
+        let Some(loss) = evaluate(
+            &self.rm.decoder,
+            &self.prep.val,
+            cfg.batch_size,
+            self.pad,
+            cfg.bf16_compute,
+        )?
         else {
             return Ok(None);
         };

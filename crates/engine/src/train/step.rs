@@ -183,6 +183,8 @@ pub fn batch_loss(
 }
 
 /// Mean validation loss (no dropout, no gradients kept); `None` without validation examples.
+/// `bf16_products`: the run's `--bf16-compute`, so its bf16 base is multiplied as training
+/// multiplies it (in f32 each call widened every projection to an f32 copy first).
 ///
 /// # Errors
 /// Compute errors.
@@ -191,6 +193,7 @@ pub fn evaluate(
     val: &[TokenizedExample],
     batch_size: usize,
     pad: u32,
+    bf16_products: bool,
 ) -> Result<Option<f64>> {
     if val.is_empty() {
         return Ok(None);
@@ -203,7 +206,11 @@ pub fn evaluate(
         let refs: Vec<&TokenizedExample> = chunk.iter().collect();
         let b = make_batch(&refs, pad)?;
         let n = b.trained_positions() as f64;
-        let loss = batch_loss(&model, &b, &ForwardCtx::default(), None)?;
+        let ctx = ForwardCtx {
+            bf16_products,
+            ..Default::default()
+        };
+        let loss = batch_loss(&model, &b, &ctx, None)?;
         total += loss.to_scalar::<f32>()? as f64 * n;
         weight += n;
     }
