@@ -311,7 +311,7 @@ fn evaluation_follows_the_runs_bf16_products() {
     use peft_engine::data::render::TokenizedExample;
     use peft_engine::model::decoder::{LoadOptions, WeightDtype};
     use peft_engine::peft::method::apply_method;
-    use peft_engine::train::step::{batch_loss, evaluate};
+    use peft_engine::train::step::{batch_loss, evaluate, EvalMode};
 
     let mut d = bundled()
         .build_weights(&LoadOptions {
@@ -329,8 +329,14 @@ fn evaluation_follows_the_runs_bf16_products() {
             full_len: 20,
         })
         .collect();
-    let plain = evaluate(&d, &val, 2, 0, false).unwrap().unwrap();
-    let bf16 = evaluate(&d, &val, 2, 0, true).unwrap().unwrap();
+    let plain = evaluate(&d, &val, 2, 0, EvalMode::default())
+        .unwrap()
+        .unwrap();
+    let mode = EvalMode {
+        bf16_products: true,
+        pack_to: None,
+    };
+    let bf16 = evaluate(&d, &val, 2, 0, mode).unwrap().unwrap();
     let ctx = ForwardCtx {
         bf16_products: true,
         ..Default::default()

@@ -370,3 +370,38 @@ fn the_planner_costs_an_epoch_by_the_rows_it_computes() {
         "{a} {b}"
     );
 }
+
+/// A packing run evaluates packed too: the same mean loss over the same trained tokens as the
+/// examples one by one, from fewer, fuller rows. Rows of 12 tokens take the examples (7, 4, 9
+/// and 5 tokens, and a copy of the first) as 7+4, 9, 5+7; batches of 2 rows, so the last
+/// batch holds one row.
+#[test]
+fn a_packing_run_evaluates_packed_with_the_same_loss() {
+    use peft_engine::train::step::{evaluate, EvalMode};
+    let (model, _) = lora_model();
+    let mut val = examples();
+    val.push(val[0].clone());
+    let unpacked = evaluate(&model, &val, 2, 0, EvalMode::default())
+        .unwrap()
+        .unwrap();
+    let mode = EvalMode {
+        pack_to: Some(12),
+        ..Default::default()
+    };
+    let packed = evaluate(&model, &val, 2, 0, mode).unwrap().unwrap();
+    assert!(
+        ((packed - unpacked) / unpacked).abs() < 1e-5,
+        "packed {packed} vs unpacked {unpacked}"
+    );
+    // The rows: checked against `pack_rows` in file order, the order evaluation packs in.
+    let lengths: Vec<usize> = val.iter().map(|e| e.input_ids.len()).collect();
+    let rows = pack_rows(&lengths, &[0, 1, 2, 3, 4], 12).unwrap();
+    assert_eq!(rows, vec![vec![0, 1], vec![2], vec![3, 4]]);
+    // An example longer than a row is refused with its length, not truncated.
+    let tight = EvalMode {
+        pack_to: Some(8),
+        ..Default::default()
+    };
+    let err = evaluate(&model, &val, 2, 0, tight).unwrap_err().to_string();
+    assert!(err.contains("9 tokens"), "{err}");
+}

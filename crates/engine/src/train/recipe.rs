@@ -33,7 +33,7 @@ use crate::train::optim::{clip_scale, grad_norm, AdamW};
 use crate::train::prepare::{prepare_data, prepare_model, validate, PreparedData, RunModel};
 use crate::train::run_lock::RunLock;
 use crate::train::schedule::lr_at;
-use crate::train::step::{batch_loss, evaluate};
+use crate::train::step::{batch_loss, evaluate, EvalMode};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -575,7 +575,10 @@ impl Run<'_> {
             &self.prep.val,
             cfg.batch_size,
             self.pad,
-            cfg.bf16_compute,
+            EvalMode {
+                bf16_products: cfg.bf16_compute,
+                pack_to: cfg.packing.then_some(cfg.seq_len),
+            },
         )?
         else {
             return Ok(None);

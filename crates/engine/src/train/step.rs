@@ -2,7 +2,7 @@
 //! masked loss (fused with the output projection when that is frozen), and a validation pass
 //! without a graph.
 
-use crate::data::batch::{make_batch, Batch};
+use crate::data::batch::{make_batch, pack_batch, pack_rows, Batch};
 use crate::data::render::TokenizedExample;
 use crate::error::{Error, Result};
 use crate::model::ctx::ForwardCtx;
@@ -182,18 +182,28 @@ pub fn batch_loss(
     masked_cross_entropy(&logits.reshape((n, vocab))?, &targets, &weights)
 }
 
+/// How a run evaluates: as it trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EvalMode {
+    /// The run's `--bf16-compute`: its bf16 base multiplied as training multiplies it (in f32
+    /// each call widened every projection to an f32 copy first).
+    pub bf16_products: bool,
+    /// With the run's packing, rows of this many tokens (its `seq_len`): short examples end to
+    /// end, each with its own positions and mask, so a batch computes no padding. The loss is
+    /// the same mean over the same trained tokens.
+    pub pack_to: Option<usize>,
+}
+
 /// Mean validation loss (no dropout, no gradients kept); `None` without validation examples.
-/// `bf16_products`: the run's `--bf16-compute`, so its bf16 base is multiplied as training
-/// multiplies it (in f32 each call widened every projection to an f32 copy first).
 ///
 /// # Errors
-/// Compute errors.
+/// Compute errors; an example longer than `mode.pack_to`.
 pub fn evaluate(
     model: &Decoder,
     val: &[TokenizedExample],
     batch_size: usize,
     pad: u32,
-    bf16_products: bool,
+    mode: EvalMode,
 ) -> Result<Option<f64>> {
     if val.is_empty() {
         return Ok(None);
@@ -201,16 +211,34 @@ pub fn evaluate(
     // Through detached weights: no graph, so evaluation never holds more than one block's
     // activations (with a tracked model it kept them all, defeating checkpointing).
     let model = Arc::new(model.detached());
+    let ctx = ForwardCtx {
+        bf16_products: mode.bf16_products,
+        ..Default::default()
+    };
+    let batches: Vec<Batch> = match mode.pack_to {
+        Some(capacity) => {
+            let lengths: Vec<usize> = val.iter().map(|e| e.input_ids.len()).collect();
+            let order: Vec<usize> = (0..val.len()).collect();
+            let rows = pack_rows(&lengths, &order, capacity)?;
+            rows.chunks(batch_size.max(1))
+                .map(|chunk| {
+                    let rows: Vec<Vec<&TokenizedExample>> = chunk
+                        .iter()
+                        .map(|r| r.iter().map(|&i| &val[i]).collect())
+                        .collect();
+                    pack_batch(&rows, pad)
+                })
+                .collect::<Result<_>>()?
+        }
+        None => val
+            .chunks(batch_size.max(1))
+            .map(|chunk| make_batch(&chunk.iter().collect::<Vec<_>>(), pad))
+            .collect::<Result<_>>()?,
+    };
     let (mut total, mut weight) = (0.0, 0.0);
-    for chunk in val.chunks(batch_size) {
-        let refs: Vec<&TokenizedExample> = chunk.iter().collect();
-        let b = make_batch(&refs, pad)?;
+    for b in &batches {
         let n = b.trained_positions() as f64;
-        let ctx = ForwardCtx {
-            bf16_products,
-            ..Default::default()
-        };
-        let loss = batch_loss(&model, &b, &ctx, None)?;
+        let loss = batch_loss(&model, b, &ctx, None)?;
         total += loss.to_scalar::<f32>()? as f64 * n;
         weight += n;
     }
