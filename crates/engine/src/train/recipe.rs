@@ -69,10 +69,10 @@ pub fn train(
     // Before the record is touched: a folder another process trains into is refused as it is.
     let _lock = RunLock::acquire(out)?;
     let mut record = begin_record(model, data, out, cfg, resume.is_some())?;
+    // What a step frees stays for the next step, and goes back to the kernel after the run.
+    let memory = crate::runtime::StepMemory::keep();
     let result = run(model, data, cfg, resume, cancel, &mut record, on_event);
-    // The steps' activations were kept for reuse between steps; an app that lives on does
-    // not need to hold its peak.
-    crate::runtime::release_freed_memory();
+    drop(memory);
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
         record.error = Some(e.into());
