@@ -62,17 +62,22 @@ fn run(h: &Tensor, w: &HeadWeight, head: Head<'_>, plan: &Plan) -> Result<OnePas
         for (v0, len) in plan.tiles(vocab) {
             let tile = head.tile(v0, len, d)?;
             let mut z = tile.logits(&hb, r, d)?;
+            // The head's row of each target in this tile (one row of W per active row, once).
+            for (&row, tr) in rows.iter().zip(target_rows.chunks_mut(d)) {
+                let t = plan.targets[row as usize] as usize;
+                if (v0..v0 + len).contains(&t) {
+                    tile.row_into(t - v0, tr)?;
+                }
+            }
             // Each row: rescale its sums to the new max, turn its logits into exp(z − max).
             z.par_chunks_mut(len)
                 .zip(state.par_iter_mut())
                 .zip(acc.par_chunks_mut(d))
-                .zip(target_rows.par_chunks_mut(d))
                 .zip(rows.par_iter())
-                .for_each(|((((zr, st), ar), tr), &row)| {
+                .for_each(|(((zr, st), ar), &row)| {
                     let t = plan.targets[row as usize] as usize;
                     if (v0..v0 + len).contains(&t) {
                         st.picked = zr[t - v0];
-                        tile.row_into(t - v0, tr);
                     }
                     let m = max_lanes(zr);
                     if m == f32::NEG_INFINITY {
