@@ -166,11 +166,10 @@ pub(crate) unsafe fn gemm_raw(
         }
         return;
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    if threads > 1 && m * n * k >= SPLIT_WORK {
+        split(dst, ld, a, b, beta, accumulate, threads);
+        return;
+    }
     // `gemm` computes `dst = alpha·dst + beta·a·b`, reading `dst` only when `accumulate`.
     gemm::gemm(
         m,
@@ -191,8 +190,75 @@ pub(crate) unsafe fn gemm_raw(
         false,
         false,
         false,
-        par,
+        gemm::Parallelism::None,
     );
+}
+
+/// Products from this many multiply-adds on are shared between threads (the `gemm` crate's own
+/// threading threshold).
+const SPLIT_WORK: usize = 48 * 48 * 256;
+
+/// A raw output pointer shared by the threads of [`split`], each writing its own block.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: the blocks written through it are disjoint (see `split`).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// Through a method, so that a closure captures the whole (`Send`) wrapper, not its field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// [`gemm_raw`] shared between `threads` threads by output blocks, each one a single-threaded
+/// product on its own columns of `b` (its own rows of `a` when `b` is narrow).
+///
+/// Why not the crate's own threads: they split its work by blocks of output columns of the
+/// transposed problem, so every thread packs the *whole* weight operand (both of them pack
+/// every row of W into their own buffers on each call). Split by the weight's rows here, each
+/// thread packs only its half: a LoRA step on SmolLM2 runs ≈ 10 % faster.
+///
+/// # Safety
+/// As [`gemm_raw`].
+unsafe fn split(
+    dst: *mut f32,
+    ld: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    let (m, n) = (a.rows, b.cols);
+    // Blocks of output columns are whole vectors of the crate's kernel (16 lanes); blocks of
+    // rows, whole groups of its 6 register columns.
+    let by_cols = n >= 64 * threads;
+    let (len, align) = if by_cols { (n, 16) } else { (m, 6) };
+    let chunk = len.div_ceil(threads).div_ceil(align) * align;
+    let dst = Dst(dst);
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let (s, e) = (t * chunk, ((t + 1) * chunk).min(len));
+        // SAFETY: each block is the product's own columns s..e (rows s..e) of `dst`, disjoint
+        // from the others; the sub-views start inside their data (s < len) and keep `fits`.
+        if by_cols {
+            let b = MatRef {
+                data: &b.data[s * b.cs..],
+                cols: e - s,
+                ..b
+            };
+            gemm_raw(dst.ptr().add(s), ld, a, b, beta, accumulate, 1);
+        } else {
+            let a = MatRef {
+                data: &a.data[s * a.rs..],
+                rows: e - s,
+                ..a
+            };
+            gemm_raw(dst.ptr().add(s * ld), ld, a, b, beta, accumulate, 1);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -245,5 +311,46 @@ mod tests {
             MatRef::row_major(&b, k, n)
         )
         .is_err());
+    }
+
+    /// Shared between threads by columns (a wide `b`) or by rows (a narrow one), in every
+    /// layout, into a wider buffer and accumulating: the same as one thread's product, and the
+    /// elements outside the product untouched.
+    #[test]
+    fn threads_share_a_product_without_changing_it() {
+        for (m, k, n) in [(70, 64, 200), (300, 256, 9)] {
+            assert!(m * k * n >= SPLIT_WORK && (n >= 128) == (n == 200));
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let views = [
+                (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n)),
+                (
+                    MatRef::row_major(&a, k, m).t(),
+                    MatRef::row_major(&b, n, k).t(),
+                ),
+            ];
+            for (av, bv) in views {
+                let ld = n + 3;
+                let run = |threads: usize, accumulate: bool| {
+                    let mut dst: Vec<f32> = (0..m * ld).map(|i| i as f32 * 1e-3).collect();
+                    unsafe { gemm_raw(dst.as_mut_ptr(), ld, av, bv, 0.5, accumulate, threads) };
+                    dst
+                };
+                for accumulate in [false, true] {
+                    let (one, two) = (run(1, accumulate), run(2, accumulate));
+                    let fresh = run(1, accumulate);
+                    assert_eq!(one, fresh);
+                    for (i, (x, y)) in one.iter().zip(&two).enumerate() {
+                        if i % ld >= n {
+                            assert_eq!(*y, i as f32 * 1e-3, "outside the product at {i}");
+                        }
+                        assert!(
+                            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                            "{x} vs {y} at {i}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -21,6 +21,7 @@ use super::frozen_rows::{with_bf16_tile, with_f32_tile, FrozenRows};
 use super::gemm::{gemm_into, gemm_raw, product, MatRef};
 use super::generic::OpPath;
 use super::logical_f32;
+use super::narrow_gemm::x_at;
 use super::profile::{span, Kind};
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
@@ -275,7 +276,7 @@ impl LoraLinear {
         }
     }
 
-    /// `beta · dropout(x)·Aᵀ`, `[m, r]`.
+    /// `beta · dropout(x)·Aᵀ`, `[m, r]` ([`super::narrow_gemm`]).
     fn h(
         &self,
         xd: &[f32],
@@ -285,11 +286,7 @@ impl LoraLinear {
         r: usize,
         beta: f32,
     ) -> Result<Vec<f32>> {
-        product(
-            MatRef::row_major(xd, m, k),
-            MatRef::row_major(a, r, k).t(),
-            beta,
-        )
+        x_at(xd, m, k, a, r, beta)
     }
 }
 
@@ -355,11 +352,9 @@ impl CustomOp3 for LoraLinear {
         let dh = if want_x || want_a {
             let (bst, bl) = b.storage_and_layout();
             let bv = cpu_f32(&bst, bl)?;
-            product(
-                MatRef::row_major(&g, m, out),
-                MatRef::row_major(&bv, out, r),
-                scale,
-            )?
+            // Bᵀ `[r, out]` (a few KB) so that the narrow kernel reads it along its rows.
+            let bt: Vec<f32> = (0..r * out).map(|i| bv[(i % out) * r + i / out]).collect();
+            x_at(&g, m, out, &bt, r, scale)?
         } else {
             Vec::new()
         };
@@ -378,11 +373,14 @@ impl CustomOp3 for LoraLinear {
             }
             if want_b {
                 let h = self.h(&xd, &av, m, k, r, scale)?;
-                let v = product(
-                    MatRef::row_major(&g, m, out).t(),
-                    MatRef::row_major(&h, m, r),
+                // As dBᵀ `[r, out]`, turned back into `[out, r]` (a few KB): the GEMM's kernel
+                // fills its vectors along the result's columns, out of them rather than r.
+                let v_t = product(
+                    MatRef::row_major(&h, m, r).t(),
+                    MatRef::row_major(&g, m, out),
                     1.0,
                 )?;
+                let v: Vec<f32> = (0..out * r).map(|i| v_t[(i % r) * out + i / r]).collect();
                 db = Some(Tensor::from_vec(v, (out, r), &Device::Cpu)?);
             }
         }

@@ -30,6 +30,7 @@ mod linear_cross_entropy;
 mod linear_cross_entropy_generic;
 mod lora_delta;
 mod lora_linear;
+pub(crate) mod narrow_gemm;
 pub mod profile;
 mod rms_norm;
 mod rope;
