@@ -28,7 +28,10 @@ pub struct Calibration {
     /// 260K-parameter demo model minus its model terms (6.5 MiB since the CPU's fused loss and
     /// QLoRA op keep less): 20.1–20.4 MiB in two runs of `peft bench plan --model demo`
     /// (2026-12-01, the second session; the same binary as the session before, which measured
-    /// 24.4 MiB on a VM of the same type, measures 20.4 now).
+    /// 24.4 MiB on a VM of the same type, measures 20.4 now). 16 MiB since the next session:
+    /// that cell measured 22.1–22.5 MiB (the previous binary 21.0–21.1 on the same VM; the
+    /// extra MiB is the GEMM crate's per-thread packing slab, now touched by every pool thread
+    /// as each packs its own part of the weight, `ops::gemm::split`).
     pub runtime_bytes: u64,
     /// Tokenizer and chat template per vocabulary entry (the `tokenizers` BPE maps hold every
     /// token string twice plus merges): fitted from SmolLM2 (49,152 tokens) vs the demo (512).
@@ -47,9 +50,10 @@ pub struct Calibration {
     /// those temporaries).
     pub activation_slack: f64,
     /// Share of the GEMM probe's speed the matmuls of a training step sustain (thinner
-    /// shapes, transposed operands in backward). Set from `perf record` of a SmolLM2 LoRA step
-    /// (GEMM kernels ≈ 45 % of the samples, 81 GFLOP in 1.6 s) rather than fitted: with two
-    /// model shapes every per-token term is collinear with the FLOPs.
+    /// shapes, transposed operands in backward). Set from `peft bench train --configs lora
+    /// --profile` (2026-12-01: the linears at 212.8 GFLOP/s against the engine's own GEMM at
+    /// 274.8 on the probe's shape; 0.69 while the probe ran candle's matmul) rather than
+    /// fitted: with two model shapes every per-token term is collinear with the FLOPs.
     pub gemm_efficiency: f64,
     /// Bytes moved per byte of block activation the forward computes (the forward, and
     /// candle's backward with its zero-filled and accumulated gradients), at the elementwise
@@ -67,8 +71,10 @@ pub struct Calibration {
     /// once more, and the per-block graph and gradient hand-off around it). Fitted: 25.
     pub recompute_passes: f64,
     /// The same per byte of matmul weight per pass (the GEMM packs its weight operand into
-    /// panels on every call; the backward reads it transposed). Fitted: 21: what makes a
-    /// 128-token step of SmolLM2 slower per token than a 384-token one.
+    /// panels on every call; the backward reads it transposed). Fitted: 21.4, what makes a
+    /// 128-token step of SmolLM2 slower per token than a 384-token one, while each of the
+    /// two threads packed the whole weight; halved since each packs its own half
+    /// (`ops::gemm::split`).
     pub weight_passes: f64,
     /// Passes over 4 B per trainable parameter in each optimizer step (AdamW reads the
     /// weight, gradient and two moments and writes three; the gradient norm reads once more),
@@ -97,16 +103,16 @@ pub struct Calibration {
 impl Default for Calibration {
     fn default() -> Self {
         Self {
-            runtime_bytes: 14 << 20,
+            runtime_bytes: 16 << 20,
             tokenizer_bytes_per_token: 400,
             logits_grad_copies: 6.5,
             activation_slack: 0.0,
-            gemm_efficiency: 0.69,
+            gemm_efficiency: 0.77,
             memory_passes: 22.5,
             attention_passes: 128.1,
             logit_passes: 24.0,
             dequant_passes: 12.1,
-            weight_passes: 21.4,
+            weight_passes: 10.7,
             recompute_passes: 24.8,
             optimizer_passes: 35.5,
             gradient_passes: 19.0,
