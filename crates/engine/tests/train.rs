@@ -379,3 +379,34 @@ fn crash_during_a_checkpoint_write_keeps_the_previous_one() {
     assert_eq!(ck.trainable.len(), 70);
     let _ = DType::F32;
 }
+
+/// The loop runs on a thread of the pool (so each step's parallel products start on its own
+/// thread instead of waking the pool from outside), every event reaches the caller's callback
+/// there, and the caller's thread gets the summary back.
+#[test]
+fn the_loop_runs_on_the_thread_pool_and_reports_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = text_dataset(dir.path(), &STORIES);
+    let cfg = config(lora(4, 0.0), 3, 1e-2);
+    let caller = std::thread::current().id();
+    let (mut steps, mut off_pool) = (0, 0);
+    let s = train(
+        &bundled(),
+        &data,
+        &dir.path().join("run"),
+        &cfg,
+        None,
+        None,
+        &mut |e, _| {
+            if rayon::current_thread_index().is_none() || std::thread::current().id() == caller {
+                off_pool += 1;
+            }
+            if matches!(e, TrainEvent::Step(_)) {
+                steps += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!((steps, off_pool), (3, 0));
+    assert_eq!(s.status, TrainStatus::Completed);
+}
