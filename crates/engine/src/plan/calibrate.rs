@@ -93,7 +93,10 @@ pub struct Calibration {
     pub gpu_context_bytes: u64,
     /// Seconds per pass through one adapted projection beyond its FLOPs and bytes: the fused
     /// LoRA linear runs half a dozen rank-sized matmuls, each a hand-off to the thread pool.
-    /// Fitted: 94 µs.
+    /// Fitted: 94 µs while the loop woke the pool from outside for each; 52 µs refitted on the
+    /// demo model's 12 cells (where it is most of the step) once the loop runs on the pool
+    /// (`peft bench plan --model demo --methods lora,qlora,full --rounds 1 --fit`, 2026-12-01;
+    /// the same fit's other terms, several at 0, were not adopted).
     pub adapter_pass_s: f64,
     /// Fixed seconds per optimizer step (batch assembly, progress, the loss read-back).
     /// Fitted: 7 ms.
@@ -118,7 +121,7 @@ impl Default for Calibration {
             gradient_passes: 19.0,
             gpu_context_bytes: 400 << 20,
             step_overhead_s: 0.0070,
-            adapter_pass_s: 93.5e-6,
+            adapter_pass_s: 52e-6,
         }
     }
 }
