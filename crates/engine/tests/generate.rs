@@ -22,6 +22,9 @@ fn greedy_from_bos_reproduces_the_reference_story() {
     let ids = m.prompt_ids("").unwrap();
     assert_eq!(ids, vec![1], "an empty prompt starts from BOS");
     let mut streamed = String::new();
+    // The loop runs on a thread of the pool (each op's parallel parts start on it), so every
+    // piece reaches the callback there, never on the caller's thread.
+    let (caller, mut off_pool) = (std::thread::current().id(), 0);
     let g = generate(
         &m.weights(&LoadOptions::default()).unwrap(),
         &m.tokenizer,
@@ -29,9 +32,15 @@ fn greedy_from_bos_reproduces_the_reference_story() {
         &GenerateOptions::greedy(60),
         &m.stop_ids(),
         None,
-        &mut |t| streamed.push_str(t),
+        &mut |t| {
+            streamed.push_str(t);
+            if rayon::current_thread_index().is_none() || std::thread::current().id() == caller {
+                off_pool += 1;
+            }
+        },
     )
     .unwrap();
+    assert_eq!(off_pool, 0);
     // Reference: llama2.c's doc/stories260K.md and candle's models::llama (SOURCE.md).
     let want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
     assert!(g.text.starts_with(want), "got: {}", g.text);

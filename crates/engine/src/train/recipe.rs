@@ -41,7 +41,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Called with every event and the run's record as it stands after that event, on the thread
-/// pool's thread that runs the loop (see [`train`]); the caller's thread waits meanwhile.
+/// that runs the loop (a thread of the run's own pool, `runtime::on_own_pool`); the caller's
+/// thread waits meanwhile.
 pub type OnEvent<'a> = &'a mut (dyn FnMut(&TrainEvent, &RunRecord) + Send);
 
 /// Trains `model` on the file `data`, writing checkpoints, the record and the result into
@@ -72,16 +73,11 @@ pub fn train(
     let mut record = begin_record(model, data, out, cfg, resume.is_some())?;
     // What a step frees stays for the next step, and goes back to the kernel after the run.
     let memory = crate::runtime::StepMemory::keep();
-    // The loop runs on one of the thread pool's own threads, the caller's waiting: each of the
-    // step's parallel ops then runs its first part on the loop's thread and hands only the
-    // rest to the pool, where from outside it hands over all of it and sleeps until it is
-    // done — a wake-up on each of the step's ~500 products. LoRA on SmolLM2: 313–320 → 333–348
+    // On a thread pool of its own (`runtime::on_own_pool`): LoRA on SmolLM2 313–320 → 333–348
     // tokens/s in three alternating runs (2 cores).
-    let result = rayon::join(
-        || run(model, data, cfg, resume, cancel, &mut record, on_event),
-        || (),
-    )
-    .0;
+    let result = crate::runtime::on_own_pool(|| {
+        run(model, data, cfg, resume, cancel, &mut record, on_event)
+    });
     drop(memory);
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
