@@ -24,6 +24,7 @@ pub fn run(a: HardwareArgs) -> peft_engine::Result<()> {
         ("FMA", f.fma),
         ("NEON", f.neon),
         ("AMX-BF16", f.amx_bf16),
+        ("AVX512-BF16", f.avx512_bf16),
     ]
     .iter()
     .filter(|(_, on)| *on)

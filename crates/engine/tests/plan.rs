@@ -606,6 +606,43 @@ fn the_recommender_packs_short_examples_only() {
 }
 
 #[test]
+fn avx512_bf16_dot_products_are_recommended_only_where_measured_faster_than_f32() {
+    use peft_engine::plan::Throughput;
+    let c = smollm2();
+    let d = data(256);
+    let mut dot = cpu();
+    dot.features.avx512f = true;
+    dot.features.avx512_bf16 = true;
+    let hw = Hardware::assumed_with_cpu(dot, 64 * GIB, None);
+    let with = |bf16: Option<f64>| RecommendOptions {
+        base: PlanRequest {
+            throughput: Throughput {
+                gemm_gflops: 200.0,
+                mem_gbps: 48.0,
+                bf16_gemm_gflops: bf16,
+            },
+            ..PlanRequest::default()
+        },
+        ..RecommendOptions::default()
+    };
+    // Zen 4-like (dot products twice the f32 rate): on, and the reason names the unit.
+    let fast = recommend(&c, &hw, &d, &with(Some(400.0)));
+    assert!(!fast.candidates.is_empty());
+    for cand in &fast.candidates {
+        assert!(cand.request.bf16_compute, "{}", cand.label);
+        assert!(cand.reason.contains("AVX512-BF16"), "{}", cand.reason);
+    }
+    // Sapphire Rapids-like (slower than its f32 FMAs), or not measured: off.
+    for slow in [Some(150.0), None] {
+        let r = recommend(&c, &hw, &d, &with(slow));
+        assert!(
+            r.candidates.iter().all(|cand| !cand.request.bf16_compute),
+            "{slow:?}"
+        );
+    }
+}
+
+#[test]
 fn the_recommender_computes_in_bf16_where_the_cpu_has_amx_tiles() {
     use peft_engine::model::decoder::WeightDtype;
     use peft_engine::train::TrainConfig;

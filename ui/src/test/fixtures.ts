@@ -20,7 +20,7 @@ export const settings: TrainConfig = {
 
 export const hardware: HardwareView = {
   hardware: {
-    cpu: { model: "Test CPU", arch: "x86_64", physical_cores: 2, logical_cores: 2, features: { avx2: true, avx512f: false, fma: true, neon: false, amx_bf16: false } },
+    cpu: { model: "Test CPU", arch: "x86_64", physical_cores: 2, logical_cores: 2, features: { avx2: true, avx512f: false, fma: true, neon: false, amx_bf16: false, avx512_bf16: false } },
     memory: { total_bytes: 8 * 2 ** 30, available_bytes: 6 * 2 ** 30, swap_total_bytes: 0, swap_free_bytes: 0 },
     gpu: { backends: { cuda: false, metal: false }, gpus: [], notes: ["No NVIDIA driver found (NVIDIA GPUs need the NVIDIA driver; none is installed)."] },
     assumed: false,

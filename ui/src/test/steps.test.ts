@@ -81,6 +81,20 @@ describe("step components", () => {
     expect(w.settings?.bf16_compute).toBe(false);
   });
 
+  it("Plan names the CPU's bf16 unit beside the option", () => {
+    for (const [extra, unit] of [[{ amx_bf16: true }, "(AMX)"], [{ avx512f: true, avx512_bf16: true }, "(AVX512-BF16)"]] as const) {
+      cleanup();
+      const w = new Wizard(fakeApi());
+      w.dataset = dataset;
+      w.plan = plan;
+      w.useSettings(settings);
+      const cpu = { ...hardware.hardware.cpu, features: { ...hardware.hardware.cpu.features, ...extra } };
+      w.hardware = { ...hardware, hardware: { ...hardware.hardware, cpu } };
+      withWizard(PlanStep, w);
+      expect(screen.getByTestId("bf16-compute").closest("label")?.textContent).toContain(unit);
+    }
+  });
+
   it("Plan offers the devices and plans again for the one chosen", async () => {
     const asked: (string | undefined)[] = [];
     const w = new Wizard(fakeApi({ planRecommend: async (base) => { asked.push(base.device); return plan; } }));

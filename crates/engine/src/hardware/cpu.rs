@@ -16,6 +16,25 @@ pub struct CpuFeatures {
     /// faster than f32; without them it is emulated (the same numbers, slower).
     #[serde(default)]
     pub amx_bf16: bool,
+    /// AVX512-BF16 dot products (Zen 4 and 5, Cooper Lake): `--bf16-compute` runs natively
+    /// where there is no AMX; whether that beats f32 is measured (`plan::calibrate`).
+    #[serde(default)]
+    pub avx512_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// The bf16 products a CPU with these features runs (what `ops::Bf16Backend::detect`
+    /// finds on the running one, before the OS's say on AMX tiles).
+    pub fn bf16_backend(&self) -> crate::ops::Bf16Backend {
+        use crate::ops::Bf16Backend;
+        if self.amx_bf16 {
+            Bf16Backend::Amx
+        } else if self.avx512_bf16 && self.avx512f {
+            Bf16Backend::Dot
+        } else {
+            Bf16Backend::Emulated
+        }
+    }
 }
 
 /// The host processor.
@@ -56,6 +75,7 @@ pub fn detect_features() -> CpuFeatures {
         f.avx2 = std::arch::is_x86_feature_detected!("avx2");
         f.avx512f = std::arch::is_x86_feature_detected!("avx512f");
         f.fma = std::arch::is_x86_feature_detected!("fma");
+        f.avx512_bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
         // CPUID.(EAX=7, ECX=0):EDX bits 22 (AMX-BF16) and 24 (AMX-TILE); whether the OS
         // grants the tile state is `ops::Bf16Backend`'s concern.
         let leaf = std::arch::x86_64::__cpuid_count(7, 0);

@@ -3,47 +3,81 @@
 //! This is what PyTorch's CPU autocast does for a linear layer, and what a GPU's tensor cores
 //! do for our bf16 runs.
 //!
-//! Two backends compute the same products:
+//! Three backends compute the same products:
 //! - **AMX** ([`super::amx`]) where the CPU has it: the weight is packed into VNNI tiles per
 //!   block of 32 output columns and each 32×32 block of the result is one tile kernel;
+//! - **AVX512-BF16 dot products** ([`super::bf16_dot`]) where it has those but no AMX (Zen 4);
 //! - **emulated** elsewhere: the rounded activations and the weight widened to f32 through the
-//!   f32 GEMM. The product of two bf16 values is exact in f32, so the two differ only in the
-//!   order of the f32 sums; it is no faster than f32, and exists so that a `--bf16-compute` run means
-//!   the same numbers on every CPU (and is tested on every CPU).
+//!   f32 GEMM. The product of two bf16 values is exact in f32, so the backends differ only in the
+//!   order of the f32 sums; it is no faster than f32, and exists so that a `--bf16-compute` run
+//!   means the same numbers on every CPU (and is tested on every CPU).
 
 use super::amx;
+use super::bf16_dot;
 use super::gemm::{gemm_into_ld, MatRef};
 use candle_core::{bail, Result};
 use half::bf16;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Which kernel computes [`gemm_bf16`] on this CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "snake_case")]
 pub enum Bf16Backend {
     /// Native bf16 tiles (Intel AMX).
     Amx,
+    /// Native bf16 dot products (AVX512-BF16's `vdpbf16ps`, [`super::bf16_dot`]): whether
+    /// they beat f32 depends on the CPU (2× its f32 rate on Zen 4, 0.7× on Sapphire Rapids),
+    /// which the planner measures.
+    Dot,
     /// Rounded to bf16, multiplied in f32: the same numbers, no faster than f32.
     Emulated,
 }
 
 impl Bf16Backend {
-    /// This machine's backend. `PEFT_BF16_EMULATE=1` forces the emulated one (to check on an
-    /// AMX machine what a CPU without it computes).
+    /// This machine's backend: AMX, else AVX512-BF16, else emulated. `PEFT_BF16_BACKEND=amx`,
+    /// `dot` or `emulated` picks one the CPU has (to check on an AMX machine what another CPU
+    /// computes); one it lacks, or any other value, leaves the detected one.
     pub fn detect() -> Self {
-        static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let forced =
-            *FORCED.get_or_init(|| std::env::var_os("PEFT_BF16_EMULATE").is_some_and(|v| v == "1"));
-        if amx::available() && !forced {
+        static CHOSEN: std::sync::OnceLock<Bf16Backend> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let wanted = std::env::var("PEFT_BF16_BACKEND").ok();
+            Self::choose(
+                wanted.as_deref(),
+                amx::available(),
+                super::bf16_dot::available(),
+            )
+        })
+    }
+
+    /// The backend for a `PEFT_BF16_BACKEND` value and what the CPU has.
+    fn choose(wanted: Option<&str>, amx: bool, dot: bool) -> Self {
+        match wanted {
+            Some("emulated") => return Bf16Backend::Emulated,
+            Some("dot") if dot => return Bf16Backend::Dot,
+            Some("amx") if amx => return Bf16Backend::Amx,
+            _ => {}
+        }
+        if amx {
             Bf16Backend::Amx
+        } else if dot {
+            Bf16Backend::Dot
         } else {
             Bf16Backend::Emulated
         }
+    }
+
+    /// Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16).
+    pub fn is_native(self) -> bool {
+        self != Bf16Backend::Emulated
     }
 
     /// For logs and `peft info`.
     pub fn describe(self) -> &'static str {
         match self {
             Bf16Backend::Amx => "native (AMX bf16 tiles)",
+            Bf16Backend::Dot => "native (AVX512-BF16 dot products)",
             Bf16Backend::Emulated => "emulated (no native bf16 matrix unit: slower than f32)",
         }
     }
@@ -91,6 +125,11 @@ pub(crate) fn gemm_bf16(
             Ok(())
         }
         (Bf16Backend::Amx, _) => amx_gemm(dst, ld, a, m, k, b, n, accumulate),
+        (Bf16Backend::Dot, BfRhs::Transposed(w)) if k.is_multiple_of(2) && k > 0 => {
+            bf16_dot::gemm_weight_rows(dst, ld, a, m, k, w, n, accumulate);
+            Ok(())
+        }
+        (Bf16Backend::Dot, _) => bf16_dot::gemm(dst, ld, a, m, k, b, n, accumulate),
         (Bf16Backend::Emulated, _) => emulated_gemm(dst, ld, a, m, k, b, n, accumulate),
     }
 }
@@ -115,7 +154,7 @@ pub(crate) fn round_into(src: &[f32], dst: &mut [bf16]) {
         .for_each(|(d, s)| round_serial(s, d));
 }
 
-fn round_serial(src: &[f32], dst: &mut [bf16]) {
+pub(super) fn round_serial(src: &[f32], dst: &mut [bf16]) {
     #[cfg(target_arch = "x86_64")]
     {
         static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -186,14 +225,14 @@ pub(crate) fn emulated_gemm(
 
 /// A raw pointer shared by the threads of one call, each writing its own columns.
 #[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
+pub(super) struct SharedDst(pub(super) *mut f32);
 // SAFETY: the threads of `amx_gemm` write disjoint column ranges of `dst` (see there).
 unsafe impl Send for SharedDst {}
 unsafe impl Sync for SharedDst {}
 
 impl SharedDst {
     /// Through a method, so a closure captures the whole (`Send`) wrapper, not its pointer.
-    fn ptr(self) -> *mut f32 {
+    pub(super) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
@@ -293,27 +332,7 @@ fn amx_gemm_weight_rows(
     const BL: usize = amx::BLOCK;
     let a_blocks = m.div_ceil(BL);
     let group = k / 2 * 16; // u32 per 16-column group of one packed block
-                            // aᵀ in VNNI tiles: block `jb` holds activation rows jb·32.. as two groups of 16 columns.
-    let mut packed = vec![0u32; a_blocks * 2 * group];
-    packed
-        .par_chunks_mut(2 * group)
-        .enumerate()
-        .for_each(|(jb, block)| {
-            for g in 0..2 {
-                let cols = &mut block[g * group..(g + 1) * group];
-                for j in 0..16 {
-                    let row = jb * BL + 16 * g + j;
-                    if row >= m {
-                        continue; // already zero
-                    }
-                    let src = &a[row * k..(row + 1) * k];
-                    for (p, pair) in src.chunks_exact(2).enumerate() {
-                        cols[p * 16 + j] =
-                            u32::from(round_bits(pair[0])) | (u32::from(round_bits(pair[1])) << 16);
-                    }
-                }
-            }
-        });
+    let packed = pack_rows_vnni(a, m, k);
     let w_blocks = n / BL;
     let threads = candle_core::utils::get_num_threads().clamp(1, w_blocks);
     let per = w_blocks.div_ceil(threads);
@@ -361,9 +380,38 @@ fn amx_gemm_weight_rows(
     });
 }
 
+/// `aᵀ` (`a: [m, k]` f32, `k` even) rounded to bf16 as VNNI operands of 32 columns: block `jb`
+/// holds activation rows `jb·32..` as two groups of 16 columns, each `k/2` pairs × 16 u32
+/// (`[p·16 + j] = (a[row, 2p], a[row, 2p+1])`, low half first); rows past `m` are zero.
+pub(super) fn pack_rows_vnni(a: &[f32], m: usize, k: usize) -> Vec<u32> {
+    const BL: usize = 32;
+    let group = k / 2 * 16;
+    let mut packed = vec![0u32; m.div_ceil(BL) * 2 * group];
+    packed
+        .par_chunks_mut(2 * group)
+        .enumerate()
+        .for_each(|(jb, block)| {
+            for g in 0..2 {
+                let cols = &mut block[g * group..(g + 1) * group];
+                for j in 0..16 {
+                    let row = jb * BL + 16 * g + j;
+                    if row >= m {
+                        continue; // already zero
+                    }
+                    let src = &a[row * k..(row + 1) * k];
+                    for (p, pair) in src.chunks_exact(2).enumerate() {
+                        cols[p * 16 + j] =
+                            u32::from(round_bits(pair[0])) | (u32::from(round_bits(pair[1])) << 16);
+                    }
+                }
+            }
+        });
+    packed
+}
+
 /// Packs output columns `n0..n0+32` of `B` (zero past `n` and past `k`) as two VNNI tiles
 /// columns: `packed[g·kp/2·16 + p·16 + j] = (B[2p, n0+16g+j], B[2p+1, n0+16g+j])`, low half first.
-fn pack_b(packed: &mut [u32], b: BfRhs<'_>, k: usize, kp: usize, n: usize, n0: usize) {
+pub(super) fn pack_b(packed: &mut [u32], b: BfRhs<'_>, k: usize, kp: usize, n: usize, n0: usize) {
     let pairs = kp / 2;
     match b {
         BfRhs::Transposed(w) => {
@@ -498,6 +546,10 @@ mod tests {
         AmxPacked,
         /// Whatever `gemm_bf16` picks (the weight's rows as A where the shape allows).
         Dispatched,
+        /// AVX512-BF16 with the activations broadcast and the right operand packed.
+        DotPacked,
+        /// AVX512-BF16 with the weight's rows broadcast (transposed weights, even K only).
+        DotWeightRows,
     }
 
     fn check(m: usize, k: usize, n: usize, plain: bool, path: Path) {
@@ -519,6 +571,11 @@ mod tests {
             Path::Emulated => emulated_gemm(&mut dst, ld, &a, m, k, b, n, true),
             Path::AmxPacked => amx_gemm(&mut dst, ld, &a, m, k, b, n, true),
             Path::Dispatched => gemm_bf16(&mut dst, ld, &a, m, k, b, n, true),
+            Path::DotPacked => bf16_dot::gemm(&mut dst, ld, &a, m, k, b, n, true),
+            Path::DotWeightRows => {
+                bf16_dot::gemm_weight_rows(&mut dst, ld, &a, m, k, &w, n, true);
+                Ok(())
+            }
         }
         .unwrap();
         for i in 0..m {
@@ -572,6 +629,42 @@ mod tests {
                 check(m, k, n, true, path);
             }
         }
+    }
+
+    #[test]
+    fn avx512_bf16_dot_products_equal_the_f64_reference_where_the_cpu_has_them() {
+        if !bf16_dot::available() {
+            eprintln!("this CPU has no AVX512-BF16: the dot-product path is not checked here");
+            return;
+        }
+        // Past the kernel's 12-row tiles and 32-column blocks too, and an odd K for the
+        // packed path (its padding pair).
+        let shapes = SHAPES
+            .iter()
+            .copied()
+            .chain([(13, 2, 33), (25, 130, 100), (3, 3, 70)]);
+        for (m, k, n) in shapes {
+            check(m, k, n, false, Path::DotPacked);
+            check(m, k, n, true, Path::DotPacked);
+            if k % 2 == 0 {
+                check(m, k, n, false, Path::DotWeightRows);
+            }
+        }
+    }
+
+    #[test]
+    fn the_backend_is_the_best_the_cpu_has_unless_one_it_has_is_asked_for() {
+        use Bf16Backend::*;
+        let choose = Bf16Backend::choose;
+        assert_eq!(choose(None, true, true), Amx);
+        assert_eq!(choose(None, false, true), Dot);
+        assert_eq!(choose(None, false, false), Emulated);
+        assert_eq!(choose(Some("dot"), true, true), Dot);
+        assert_eq!(choose(Some("emulated"), true, true), Emulated);
+        // Asking for what the CPU lacks, or for nothing known, keeps the detected backend.
+        assert_eq!(choose(Some("amx"), false, true), Dot);
+        assert_eq!(choose(Some("dot"), false, false), Emulated);
+        assert_eq!(choose(Some("fast"), true, true), Amx);
     }
 
     #[test]

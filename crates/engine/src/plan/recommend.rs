@@ -12,13 +12,14 @@
 use super::calibrate::Calibration;
 use super::elsewhere::{elsewhere, ElsewhereFit};
 use super::estimate::{estimate_with, Estimate};
-use super::request::{ComputeDevice, PlanRequest};
+use super::request::{ComputeDevice, PlanRequest, Throughput};
 use crate::data::inspect::DatasetReport;
 use crate::device::DeviceChoice;
 use crate::hardware::Hardware;
 use crate::memory::format_bytes;
 use crate::model::config::Config;
 use crate::model::decoder::WeightDtype;
+use crate::ops::Bf16Backend;
 use crate::peft::method::{LoraSettings, Method};
 use serde::{Deserialize, Serialize};
 
@@ -104,11 +105,32 @@ pub struct RecommendOptions {
     /// which is how packing is on by default where it raises tokens/s.
     #[serde(default)]
     pub packing: Option<bool>,
-    /// bf16 compute as the user fixed it; `None`: the recommender's — on for LoRA and QLoRA on
-    /// a CPU with native bf16 products (AMX tiles; 1.4× f32's tokens/s measured, the loss
-    /// within 0.5 % of f32's), off elsewhere (emulated it is no faster than f32).
+    /// bf16 compute as the user fixed it; `None`: the recommender's ([`bf16_pays`]) — on for
+    /// LoRA and QLoRA on a CPU with AMX tiles (1.4× f32's tokens/s measured, the loss within
+    /// 0.5 % of f32's) or with AVX512-BF16 dot products measured faster than its f32 GEMM, off
+    /// elsewhere (emulated it is no faster than f32).
     #[serde(default)]
     pub bf16_compute: Option<bool>,
+}
+
+/// Whether bf16 products are the faster choice on this CPU: AMX tiles always are; AVX512-BF16
+/// dot products only where the measured bf16 GEMM rate beats the f32 one (Zen 4's
+/// `vdpbf16ps` does twice an f32 FMA's work per cycle, Sapphire Rapids' about 0.7×), and an
+/// unmeasured rate is no reason to switch.
+pub fn bf16_pays(hw: &Hardware, t: &Throughput) -> bool {
+    match hw.cpu.features.bf16_backend() {
+        Bf16Backend::Amx => true,
+        Bf16Backend::Dot => t.bf16_gemm_gflops.is_some_and(|b| b > t.gemm_gflops),
+        Bf16Backend::Emulated => false,
+    }
+}
+
+/// The unit a recommended bf16 run multiplies on, for its reason.
+fn bf16_unit(hw: &Hardware) -> &'static str {
+    match hw.cpu.features.bf16_backend() {
+        Bf16Backend::Amx => "this CPU's AMX tiles",
+        _ => "this CPU's AVX512-BF16 dot products",
+    }
 }
 
 /// Packing must save at least this share of the epoch to be chosen: below it the estimate's
@@ -278,7 +300,7 @@ pub fn recommend_with(
                 let frozen_base = matches!(m, Method::Lora(_) | Method::Qlora(_));
                 req.bf16_compute = device == ComputeDevice::Cpu
                     && frozen_base
-                    && o.bf16_compute.unwrap_or(hw.cpu.features.amx_bf16);
+                    && o.bf16_compute.unwrap_or(bf16_pays(hw, &o.base.throughput));
                 if req.bf16_compute {
                     req.weight_dtype = WeightDtype::Bf16;
                 } else if o.base.bf16_compute {
@@ -323,7 +345,7 @@ pub fn recommend_with(
                     false => reason,
                 };
                 let reason = match req.bf16_compute && o.bf16_compute.is_none() {
-                    true => format!("{reason}; bf16 compute on (this CPU's AMX tiles)"),
+                    true => format!("{reason}; bf16 compute on ({})", bf16_unit(hw)),
                     false => reason,
                 };
                 all.push(Candidate {
@@ -373,7 +395,10 @@ pub fn recommend_with(
                 100.0 * (1.0 - best.truncated_share)
             ));
             if best.request.bf16_compute && o.bf16_compute.is_none() {
-                s.push_str(" It computes in bf16 on this CPU's AMX tiles (adapters stay f32).");
+                s.push_str(&format!(
+                    " It computes in bf16 on {} (adapters stay f32).",
+                    bf16_unit(hw)
+                ));
             }
             s
         }

@@ -157,6 +157,7 @@ pub fn prepare_model(model: &LoadedModel, cfg: &TrainConfig) -> Result<RunModel>
         // The activations stay f32; the frozen base's products are bf16 (`ops::bf16_gemm`).
         let how = match crate::ops::Bf16Backend::detect() {
             crate::ops::Bf16Backend::Amx => "bf16 products on AMX",
+            crate::ops::Bf16Backend::Dot => "bf16 products on AVX512-BF16",
             crate::ops::Bf16Backend::Emulated => "bf16 products, emulated",
         };
         storage.compute_dtype = Some(format!("f32 with {how}"));

@@ -9,4 +9,9 @@ export type CpuFeatures = { avx2: boolean, avx512f: boolean, fma: boolean, neon:
  * Intel AMX bf16 tiles: `--bf16-compute` (the app's "bf16 compute") runs natively, and
  * faster than f32; without them it is emulated (the same numbers, slower).
  */
-amx_bf16: boolean, };
+amx_bf16: boolean, 
+/**
+ * AVX512-BF16 dot products (Zen 4 and 5, Cooper Lake): `--bf16-compute` runs natively
+ * where there is no AMX; whether that beats f32 is measured (`plan::calibrate`).
+ */
+avx512_bf16: boolean, };
