@@ -204,9 +204,10 @@ fn swiglu_composite(g: &Tensor, u: &Tensor) -> Tensor {
 
 #[test]
 fn swiglu_matches_composite() {
+    // 27 321 values: several parallel chunks and vectorised σ blocks, each with a tail.
     let (g0, u0) = (
-        (uniform(&[2, 5, 40], 21) * 4.0).unwrap(),
-        uniform(&[2, 5, 40], 22),
+        (uniform(&[3, 7, 1301], 21) * 4.0).unwrap(),
+        uniform(&[3, 7, 1301], 22),
     );
     let (y, dg, du) = grads2(&g0, &u0, |g, u| swiglu(g, u).unwrap());
     let (ye, dge, due) = grads2(&g0, &u0, swiglu_composite);
@@ -215,13 +216,13 @@ fn swiglu_matches_composite() {
     assert!(max_diff(&du, &due) < 1e-5, "du {}", max_diff(&du, &due));
     // One operand tracked at a time.
     check(
-        &[2, 5, 40],
+        &[3, 7, 1301],
         |g| swiglu(g, &u0).unwrap(),
         |g| swiglu_composite(g, &u0),
         1e-5,
     );
     check(
-        &[2, 5, 40],
+        &[3, 7, 1301],
         |u| swiglu(&g0, u).unwrap(),
         |u| swiglu_composite(&g0, u),
         1e-5,

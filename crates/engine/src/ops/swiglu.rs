@@ -9,12 +9,16 @@
 //! (`c = √(2/π)`, `κ = 0.044715`), `gelu_tanh'(g) = ½(1 + t) + ½g(1 − t²)·c(1 + 3κg²)`.
 
 use super::bridge::{logical_f32, tensor_f32};
+use super::fast_exp;
 use super::generic::OpPath;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough that scheduling is negligible.
 const CHUNK: usize = 1 << 14;
+/// Gate values whose σ is computed at once, vectorised ([`fast_exp::sigmoid`]), into a
+/// buffer on the stack.
+const BLOCK: usize = 512;
 
 #[derive(Clone, Copy)]
 enum Gate {
@@ -24,22 +28,23 @@ enum Gate {
 
 struct GatedAct(Gate);
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_K: f32 = 0.044_715;
 
 impl Gate {
-    /// `(act(g), act'(g))`.
+    /// What [`Gate::eval`] and [`Gate::value`] take as `s` for a block of gate values: σ(g)
+    /// for SiLU (vectorised); GeLU leaves `s` alone.
+    fn prepare(self, g: &[f32], s: &mut [f32]) {
+        if let Gate::Silu = self {
+            fast_exp::sigmoid(g, s);
+        }
+    }
+
+    /// `(act(g), act'(g))`; `s` from [`Gate::prepare`].
     #[inline]
-    fn eval(self, g: f32) -> (f32, f32) {
+    fn eval(self, g: f32, s: f32) -> (f32, f32) {
         match self {
-            Gate::Silu => {
-                let s = sigmoid(g);
-                (g * s, s * (1.0 + g * (1.0 - s)))
-            }
+            Gate::Silu => (g * s, s * (1.0 + g * (1.0 - s))),
             Gate::GeluTanh => {
                 let t = (SQRT_2_OVER_PI * (g + GELU_K * g * g * g)).tanh();
                 let d = 0.5 * (1.0 + t)
@@ -49,10 +54,11 @@ impl Gate {
         }
     }
 
+    /// `act(g)`; `s` from [`Gate::prepare`].
     #[inline]
-    fn value(self, g: f32) -> f32 {
+    fn value(self, g: f32, s: f32) -> f32 {
         match self {
-            Gate::Silu => g * sigmoid(g),
+            Gate::Silu => g * s,
             Gate::GeluTanh => 0.5 * g * (1.0 + (SQRT_2_OVER_PI * (g + GELU_K * g * g * g)).tanh()),
         }
     }
@@ -87,8 +93,16 @@ impl CustomOp2 for GatedAct {
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(yc, (gc, uc))| {
-                for ((o, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
-                    *o = gate.value(g) * u;
+                let mut s = [0f32; BLOCK];
+                let blocks = yc
+                    .chunks_mut(BLOCK)
+                    .zip(gc.chunks(BLOCK))
+                    .zip(uc.chunks(BLOCK));
+                for ((yb, gb), ub) in blocks {
+                    gate.prepare(gb, &mut s);
+                    for (((o, &g), &u), &s) in yb.iter_mut().zip(gb).zip(ub).zip(&s) {
+                        *o = gate.value(g, s) * u;
+                    }
                 }
             });
         Ok((CpuStorage::F32(y), gl.shape().clone()))
@@ -125,19 +139,31 @@ impl CustomOp2 for GatedAct {
                 .zip(du.par_chunks_mut(CHUNK))
                 .zip(inputs)
                 .for_each(|((dgc, duc), ((gc, uc), dc))| {
-                    let outs = dgc.iter_mut().zip(duc.iter_mut());
-                    for ((og, ou), ((&g, &u), &d)) in outs.zip(gc.iter().zip(uc).zip(dc)) {
-                        let (a, da) = kind.eval(g);
-                        *og = d * u * da;
-                        *ou = d * a;
+                    let mut s = [0f32; BLOCK];
+                    for (at, gb) in gc.chunks(BLOCK).enumerate() {
+                        kind.prepare(gb, &mut s);
+                        let r = at * BLOCK..at * BLOCK + gb.len();
+                        let outs = dgc[r.clone()].iter_mut().zip(&mut duc[r.clone()]);
+                        let ins = gb.iter().zip(&uc[r.clone()]).zip(&dc[r]).zip(&s);
+                        for ((og, ou), (((&g, &u), &d), &s)) in outs.zip(ins) {
+                            let (a, da) = kind.eval(g, s);
+                            *og = d * u * da;
+                            *ou = d * a;
+                        }
                     }
                 }),
             (true, false) => {
                 dg.par_chunks_mut(CHUNK)
                     .zip(inputs)
                     .for_each(|(o, ((gc, uc), dc))| {
-                        for (o, ((&g, &u), &d)) in o.iter_mut().zip(gc.iter().zip(uc).zip(dc)) {
-                            *o = d * u * kind.eval(g).1;
+                        let mut s = [0f32; BLOCK];
+                        for (at, gb) in gc.chunks(BLOCK).enumerate() {
+                            kind.prepare(gb, &mut s);
+                            let r = at * BLOCK..at * BLOCK + gb.len();
+                            let ins = gb.iter().zip(&uc[r.clone()]).zip(&dc[r.clone()]).zip(&s);
+                            for (o, (((&g, &u), &d), &s)) in o[r].iter_mut().zip(ins) {
+                                *o = d * u * kind.eval(g, s).1;
+                            }
                         }
                     })
             }
@@ -145,8 +171,15 @@ impl CustomOp2 for GatedAct {
                 .par_chunks_mut(CHUNK)
                 .zip(inputs)
                 .for_each(|(o, ((gc, _), dc))| {
-                    for (o, (&g, &d)) in o.iter_mut().zip(gc.iter().zip(dc)) {
-                        *o = d * kind.value(g);
+                    let mut s = [0f32; BLOCK];
+                    for (at, gb) in gc.chunks(BLOCK).enumerate() {
+                        kind.prepare(gb, &mut s);
+                        let r = at * BLOCK..at * BLOCK + gb.len();
+                        for ((o, (&g, &d)), &s) in
+                            o[r.clone()].iter_mut().zip(gb.iter().zip(&dc[r])).zip(&s)
+                        {
+                            *o = d * kind.value(g, s);
+                        }
                     }
                 }),
             (false, false) => {}
