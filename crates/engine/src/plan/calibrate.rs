@@ -142,11 +142,17 @@ fn median_secs(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f6
     Ok(times[times.len() / 2].max(1e-9))
 }
 
-/// Runs the three probes (f32 GEMM, elementwise, bf16 GEMM) for about `budget` each.
+/// Runs the three probes (f32 GEMM, elementwise, bf16 GEMM) for about `budget` each, on a
+/// thread pool of their own as a training run's steps are (`runtime::on_own_pool`), so each
+/// probe's products start on the calling thread as a step's do.
 ///
 /// # Errors
 /// [`crate::Error::Candle`] if candle cannot allocate the probe tensors.
 pub fn measure_throughput(budget: Duration) -> Result<Throughput> {
+    crate::runtime::on_own_pool(|| probes(budget))
+}
+
+fn probes(budget: Duration) -> Result<Throughput> {
     let (m, k, n) = (256usize, 576usize, 1536usize);
     // Through the engine's own GEMM call (`ops::gemm`, how the linears share a product between
     // threads), not candle's matmul: the probe measures the kernel the step runs.
