@@ -226,6 +226,9 @@ fn the_plan_computes_in_bf16_where_the_cpu_has_amx_unless_the_user_unticks_it() 
     for amx in [true, false] {
         let mut hw = peft_engine::hardware::Hardware::assumed(8 << 30, None);
         hw.cpu.features.amx_bf16 = amx;
+        // Without AMX, a CPU without AVX512-BF16 either (with it, the choice would follow this
+        // machine's measured bf16 rate: `plan::recommend::bf16_pays`).
+        hw.cpu.features.avx512_bf16 &= amx;
         *a.state().hardware.lock().unwrap() = Some(hw);
         let base = a.settings(json!({"device": "cpu"}));
         let p: Value = a.ok("plan_recommend", json!({"base": base}));

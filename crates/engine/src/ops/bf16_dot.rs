@@ -17,7 +17,7 @@
 //! measures this machine's bf16 rate, and the planner turns bf16 on by default only where it
 //! beats f32.
 
-use super::bf16_gemm::{pack_b, pack_rows_vnni, round_serial, BfRhs, SharedDst};
+use super::bf16_pack::{pack_b, pack_rows_vnni, round_serial, BfRhs, SharedDst};
 use candle_core::Result;
 use half::bf16;
 use rayon::prelude::*;

@@ -15,6 +15,7 @@ mod amx;
 mod attention;
 mod bf16_dot;
 pub(crate) mod bf16_gemm;
+mod bf16_pack;
 mod bridge;
 pub(crate) use bridge::{cpu_to_tensor, logical_f32, tensor_to_cpu};
 mod causal_softmax;
