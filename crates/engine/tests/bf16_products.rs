@@ -268,6 +268,50 @@ fn qlora_rows_in_bf16_equal_the_bf16_op_over_the_dequantized_weight() {
 }
 
 #[test]
+fn bf16_rows_of_quantized_bases_are_their_f32_rows_rounded_chunk_by_chunk() {
+    // 600 rows of 256: the bf16 widening's 64 KiB tasks hold 64 rows each, so a range of
+    // 553 rows spans nine tasks and a tail.
+    let (n, k) = (600, 256);
+    let w = uniform(&[n, k], 31);
+    let nf4 =
+        Nf4Tensor::quantize(&w.flatten_all().unwrap().to_vec1().unwrap(), (n, k), true).unwrap();
+    let bases: Vec<(&str, Arc<dyn FrozenRows>)> = vec![
+        ("nf4", Arc::new(nf4)),
+        (
+            "q4_1",
+            Arc::new(GgmlWeight::quantize(&w, GgmlDType::Q4_1).unwrap()),
+        ),
+        (
+            "q4k",
+            Arc::new(GgmlWeight::quantize(&w, GgmlDType::Q4K).unwrap()),
+        ),
+    ];
+    for (name, rows) in bases {
+        for (r0, r1) in [(37, 590), (0, n), (5, 6), (9, 9)] {
+            let len = (r1 - r0) * k;
+            let (mut wide, mut serial) = (vec![0f32; len], vec![0f32; len]);
+            rows.widen_rows_into(r0, r1, &mut wide).unwrap();
+            rows.widen_rows_serial(r0, r1, &mut serial).unwrap();
+            assert_eq!(wide, serial, "{name} {r0}..{r1}: serial widening differs");
+            let mut got = vec![half::bf16::ZERO; len];
+            rows.widen_rows_bf16_into(r0, r1, &mut got).unwrap();
+            for (i, (g, &x)) in got.iter().zip(&wide).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    half::bf16::from_f32(x).to_bits(),
+                    "{name} {r0}..{r1} at {i}"
+                );
+            }
+        }
+        let mut short = vec![half::bf16::ZERO; 3];
+        assert!(
+            rows.widen_rows_bf16_into(0, 1, &mut short).is_err(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn a_bf16_qlora_run_follows_its_f32_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = text_dataset(dir.path(), &STORIES);

@@ -151,6 +151,10 @@ impl crate::ops::FrozenRows for GgmlWeight {
     fn widen_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         ggml_op::widen_rows_into(&self.q, r0, r1, out)
     }
+
+    fn widen_rows_serial(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        ggml_op::widen_rows_serial(&self.q, r0, r1, out)
+    }
 }
 
 /// Reorders whole rows of a quantized `[out, in]` tensor: row `i` of the result is row

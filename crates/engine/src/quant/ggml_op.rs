@@ -52,32 +52,15 @@ pub fn widen_rows(q: &QTensor, r0: usize, r1: usize) -> candle_core::Result<Vec<
     Ok(out)
 }
 
-/// [`widen_rows`] into `out` (`(r1 - r0) · k` values).
-///
-/// # Errors
-/// As [`widen_rows`]; a range outside the weight or an `out` of the wrong length.
-pub fn widen_rows_into(
-    q: &QTensor,
-    r0: usize,
-    r1: usize,
-    out: &mut [f32],
-) -> candle_core::Result<()> {
-    let (n, k) = q.shape().dims2()?;
-    if r0 > r1 || r1 > n || out.len() != (r1 - r0) * k {
-        bail!(
-            "GGUF weight: rows {r0}..{r1} of {n} into {} values",
-            out.len()
-        );
-    }
-    let dtype = q.dtype();
-    let row_bytes = k / dtype.block_size() * dtype.type_size();
-    let data = q.data()?;
-    let bytes = &data[r0 * row_bytes..r1 * row_bytes];
-    if dtype == GgmlDType::Q4_1 {
-        q4_1_matmul::dequantize(bytes, k, out);
-        return Ok(());
-    }
-    let f: fn(&[u8], &mut [f32]) -> candle_core::Result<()> = match dtype {
+/// The widening of whole blocks of `dtype` (any run of whole rows of a weight).
+fn widener(
+    dtype: GgmlDType,
+) -> candle_core::Result<fn(&[u8], &mut [f32]) -> candle_core::Result<()>> {
+    Ok(match dtype {
+        GgmlDType::Q4_1 => |bytes, out| {
+            q4_1_matmul::dequantize_row(bytes, out);
+            Ok(())
+        },
         GgmlDType::Q4_0 => widen::<BlockQ4_0>,
         GgmlDType::Q5_0 => widen::<BlockQ5_0>,
         GgmlDType::Q5_1 => widen::<BlockQ5_1>,
@@ -89,7 +72,47 @@ pub fn widen_rows_into(
         GgmlDType::Q6K => widen::<BlockQ6K>,
         GgmlDType::Q8K => widen::<BlockQ8K>,
         other => bail!("no tiled matmul for GGUF type {other:?}"),
-    };
+    })
+}
+
+/// Rows `r0..r1` of `q` and their bytes, checked against `out`.
+fn rows_bytes<'a>(
+    q: &QTensor,
+    data: &'a [u8],
+    r0: usize,
+    r1: usize,
+    out: &[f32],
+) -> candle_core::Result<(usize, usize, &'a [u8])> {
+    let (n, k) = q.shape().dims2()?;
+    if r0 > r1 || r1 > n || out.len() != (r1 - r0) * k {
+        bail!(
+            "GGUF weight: rows {r0}..{r1} of {n} into {} values",
+            out.len()
+        );
+    }
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    Ok((k, row_bytes, &data[r0 * row_bytes..r1 * row_bytes]))
+}
+
+/// [`widen_rows`] into `out` (`(r1 - r0) · k` values).
+///
+/// # Errors
+/// As [`widen_rows`]; a range outside the weight or an `out` of the wrong length.
+pub fn widen_rows_into(
+    q: &QTensor,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    let data = q.data()?;
+    let (k, row_bytes, bytes) = rows_bytes(q, &data, r0, r1, out)?;
+    let dtype = q.dtype();
+    if dtype == GgmlDType::Q4_1 {
+        q4_1_matmul::dequantize(bytes, k, out);
+        return Ok(());
+    }
+    let f = widener(dtype)?;
     // Whole rows per work item; each row is whole blocks, so every slice is aligned.
     let out_at = out.as_mut_ptr() as usize;
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -107,6 +130,21 @@ pub fn widen_rows_into(
         bail!("{dtype:?} rows are not whole aligned blocks")
     }
     Ok(())
+}
+
+/// [`widen_rows_into`] on the calling thread (for a caller that shares rows out itself).
+///
+/// # Errors
+/// As [`widen_rows_into`].
+pub fn widen_rows_serial(
+    q: &QTensor,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    let data = q.data()?;
+    let (_, _, bytes) = rows_bytes(q, &data, r0, r1, out)?;
+    widener(q.dtype())?(bytes, out)
 }
 
 /// Forward op `x · Wᵀ`; its backward applies [`GgmlMatMulT`] to the output gradient.

@@ -196,6 +196,22 @@ impl FrozenRows for Nf4Tensor {
         dequantize_rows_into(self, r0, r1 - r0, out);
         Ok(())
     }
+
+    fn widen_rows_serial(&self, r0: usize, r1: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let (n, k) = self.shape();
+        if r0 > r1 || r1 > n || out.len() != (r1 - r0) * k {
+            bail!(
+                "NF4 `{}`: rows {r0}..{r1} of {n} into {} values",
+                self.name(),
+                out.len()
+            );
+        }
+        if self.device_codes().is_some() {
+            bail!("NF4 `{}`: codes live on a device", self.name());
+        }
+        self.dequantize_range_into(r0 * k, out);
+        Ok(())
+    }
 }
 
 /// Splits `[..., k]` into `(m, k)` and checks `k`.
