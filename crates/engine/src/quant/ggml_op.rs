@@ -52,10 +52,11 @@ pub fn widen_rows(q: &QTensor, r0: usize, r1: usize) -> candle_core::Result<Vec<
     Ok(out)
 }
 
+/// Widens whole blocks of one type into f32.
+type Widen = fn(&[u8], &mut [f32]) -> candle_core::Result<()>;
+
 /// The widening of whole blocks of `dtype` (any run of whole rows of a weight).
-fn widener(
-    dtype: GgmlDType,
-) -> candle_core::Result<fn(&[u8], &mut [f32]) -> candle_core::Result<()>> {
+fn widener(dtype: GgmlDType) -> candle_core::Result<Widen> {
     Ok(match dtype {
         GgmlDType::Q4_1 => |bytes, out| {
             q4_1_matmul::dequantize_row(bytes, out);
